@@ -1,0 +1,69 @@
+"""msgspec encoders and decoders shared by storage engines and transports.
+
+Decoders are cached per type: building one is far costlier than using it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+from rio.core.errors import StateDecodeError
+
+__all__ = ["decode_state", "decode_state_json", "encode_state", "encode_state_json"]
+
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+@functools.lru_cache(maxsize=1024)
+def _msgpack_decoder(state_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(state_type)
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_decoder(state_type: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(state_type)
+
+
+def encode_state(state: Any) -> bytes:
+    """Encode a state value as msgpack."""
+    return _msgpack_encoder.encode(state)
+
+
+def encode_state_json(state: Any) -> bytes:
+    """Encode a state value as JSON (for engines that store JSON documents)."""
+    return _json_encoder.encode(state)
+
+
+def decode_state(data: bytes, state_type: Any, type_name: str, object_id: str) -> Any:
+    """Decode msgpack ``data`` into ``state_type``.
+
+    Raises:
+        StateDecodeError: naming the actor type, id and msgspec's path to the bad field.
+    """
+    try:
+        return _msgpack_decoder(state_type).decode(data)
+    except msgspec.DecodeError as e:
+        raise _decode_error(e, state_type, type_name, object_id) from e
+
+
+def decode_state_json(data: bytes | str, state_type: Any, type_name: str, object_id: str) -> Any:
+    """Decode JSON ``data`` into ``state_type``; errors as in :func:`decode_state`."""
+    try:
+        return _json_decoder(state_type).decode(data)
+    except msgspec.DecodeError as e:
+        raise _decode_error(e, state_type, type_name, object_id) from e
+
+
+def _decode_error(
+    e: msgspec.DecodeError, state_type: Any, type_name: str, object_id: str
+) -> StateDecodeError:
+    tname = getattr(state_type, "__qualname__", repr(state_type))
+    return StateDecodeError(
+        f"stored state of {type_name}/{object_id} does not decode into {tname}: {e}. "
+        "The stored value was left untouched; migrate it or change the state type "
+        "(new fields need defaults)."
+    )

@@ -1,0 +1,87 @@
+"""The state storage interface every engine implements.
+
+A stored state is a value of the actor's declared state type plus an integer
+version. Versions start at 1 and grow by one on each write. Every write names the
+version it read (``0`` for "nothing stored yet"); when another writer got there first
+the write fails with :class:`rio.StateConflict` and nothing is overwritten. There is
+no last-writer-wins path in any engine.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, NamedTuple
+
+__all__ = ["StateStorage", "StoredState"]
+
+
+class StoredState(NamedTuple):
+    """A loaded state and the version it was stored under."""
+
+    value: Any
+    version: int
+
+
+class StateStorage(abc.ABC):
+    """Where actor state lives. One instance per process, shared by its activations.
+
+    Implementations must be safe to call concurrently from many tasks of one event
+    loop, and must make :meth:`save` atomic with respect to other processes writing
+    the same key (compare-and-set on ``expected_version``).
+    """
+
+    #: The URL this engine was opened from, password masked (for messages and logs).
+    url: str = ""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create or migrate the schema. Idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    @abc.abstractmethod
+    async def load(self, type_name: str, object_id: str, state_type: Any) -> StoredState | None:
+        """Return the stored state of ``(type_name, object_id)``, or None when none is stored.
+
+        Raises:
+            StateDecodeError: the stored bytes do not decode into ``state_type``.
+            StorageError: the engine failed.
+        """
+
+    @abc.abstractmethod
+    async def save(
+        self,
+        type_name: str,
+        object_id: str,
+        state: Any,
+        state_type: Any,
+        expected_version: int,
+    ) -> int:
+        """Write ``state`` if the stored version is still ``expected_version``.
+
+        ``expected_version`` 0 means the caller saw nothing stored. Returns the new
+        version (``expected_version + 1``).
+
+        Raises:
+            StateConflict: another writer changed the stored version.
+            StorageError: the engine failed; the write may or may not have happened.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, type_name: str, object_id: str, expected_version: int) -> None:
+        """Remove the stored state if its version is still ``expected_version``.
+
+        Deleting something not stored with ``expected_version`` 0 is a no-op.
+
+        Raises:
+            StateConflict: the stored version differs.
+        """
+
+    async def __aenter__(self) -> StateStorage:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,223 @@
+"""SQLite state storage through aiosqlite: rio's embedded default.
+
+One file under the data directory, WAL mode, schema created on first use. Several
+processes may share the file: each opens its own connection, writes are
+compare-and-set on the version column, and a busy database is waited on
+(``busy_timeout``), never turned into a lost write.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from typing import Any
+
+import aiosqlite
+
+from rio.core.codec import decode_state, encode_state
+from rio.core.errors import ConfigError, StateConflict, StorageError, StorageUnavailable
+from rio.storage.base import StateStorage, StoredState
+
+__all__ = ["SQLiteStorage"]
+
+_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+
+#: Migrations, applied in order; the schema version is the number applied.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS {p}state (
+        type_name TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        version   INTEGER NOT NULL,
+        data      BLOB NOT NULL,
+        PRIMARY KEY (type_name, object_id)
+    ) WITHOUT ROWID
+    """,
+]
+
+
+class SQLiteStorage(StateStorage):
+    """State in one SQLite file.
+
+    Args:
+        path: the database file; its folder is created. ``":memory:"`` works too.
+        prefix: table name prefix, so several apps can share one file.
+        synchronous: SQLite's ``synchronous`` pragma. ``NORMAL`` (default) survives a
+            process crash (kill -9) with every acknowledged write; ``FULL`` also
+            survives power loss, at the cost of an fsync per write.
+        busy_timeout_ms: how long a writer waits for another process's lock.
+
+    Example::
+
+        app = rio.App(storage="sqlite:///var/lib/myapp/state.db")
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        prefix: str = "rio_",
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 30_000,
+        url: str | None = None,
+    ) -> None:
+        if not _PREFIX_RE.match(prefix):
+            raise ConfigError(
+                f"sqlite table prefix {prefix!r} is not allowed: use letters, digits and _"
+            )
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(
+                f"sqlite synchronous={synchronous!r}: expected OFF, NORMAL, FULL or EXTRA"
+            )
+        self.path = path
+        self.url = url or f"sqlite:///{path}"
+        self._prefix = prefix
+        self._synchronous = synchronous.upper()
+        self._busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+        p = prefix
+        self._sql_load = f"SELECT data, version FROM {p}state WHERE type_name=? AND object_id=?"
+        self._sql_insert = (
+            f"INSERT INTO {p}state (type_name, object_id, version, data) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (type_name, object_id) DO NOTHING"
+        )
+        self._sql_update = (
+            f"UPDATE {p}state SET data=?, version=version+1 "
+            "WHERE type_name=? AND object_id=? AND version=?"
+        )
+        self._sql_delete = f"DELETE FROM {p}state WHERE type_name=? AND object_id=? AND version=?"
+        self._sql_version = f"SELECT version FROM {p}state WHERE type_name=? AND object_id=?"
+
+    async def open(self) -> None:
+        """Open the file (creating its folder) and apply pending migrations."""
+        if self._db is not None:
+            return
+        if self.path != ":memory:":
+            folder = os.path.dirname(os.path.abspath(self.path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as e:
+                raise StorageUnavailable(
+                    f"cannot create the folder {folder!r} for {self.url}: {e}"
+                ) from e
+        try:
+            db = await aiosqlite.connect(
+                self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
+            )
+        except (sqlite3.Error, OSError) as e:
+            raise StorageUnavailable(f"cannot open {self.url}: {e}") from e
+        try:
+            await db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            if self.path != ":memory:":
+                await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute(f"PRAGMA synchronous={self._synchronous}")
+            await self._migrate(db)
+        except sqlite3.Error as e:
+            await db.close()
+            raise StorageUnavailable(f"cannot prepare {self.url}: {e}") from e
+        self._db = db
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        p = self._prefix
+        # BEGIN IMMEDIATE takes the write lock, so two processes starting at once
+        # run each migration exactly once.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(f"CREATE TABLE IF NOT EXISTS {p}schema (version INTEGER NOT NULL)")
+            async with db.execute(f"SELECT version FROM {p}schema") as cur:
+                row = await cur.fetchone()
+            applied = int(row[0]) if row else 0
+            if row is None:
+                await db.execute(f"INSERT INTO {p}schema (version) VALUES (0)")
+            if applied > len(_MIGRATIONS):
+                raise StorageError(
+                    f"{self.url} has schema version {applied}, newer than this rio "
+                    f"knows ({len(_MIGRATIONS)}): upgrade rio"
+                )
+            for sql in _MIGRATIONS[applied:]:
+                await db.execute(sql.format(p=p))
+            await db.execute(f"UPDATE {p}schema SET version=?", (len(_MIGRATIONS),))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        """Close the connection."""
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StorageError(f"{self.url} is not open: call open() first")
+        return self._db
+
+    async def load(self, type_name: str, object_id: str, state_type: Any) -> StoredState | None:
+        """Read one state."""
+        try:
+            async with self._conn().execute(self._sql_load, (type_name, object_id)) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.url}: loading {type_name}/{object_id} failed: {e}") from e
+        if row is None:
+            return None
+        return StoredState(decode_state(row[0], state_type, type_name, object_id), int(row[1]))
+
+    async def save(
+        self,
+        type_name: str,
+        object_id: str,
+        state: Any,
+        state_type: Any,
+        expected_version: int,
+    ) -> int:
+        """Compare-and-set one state (an INSERT for version 0, an UPDATE otherwise)."""
+        data = encode_state(state)
+        db = self._conn()
+        try:
+            if expected_version == 0:
+                cur = await db.execute(self._sql_insert, (type_name, object_id, data))
+            else:
+                cur = await db.execute(
+                    self._sql_update, (data, type_name, object_id, expected_version)
+                )
+            changed = cur.rowcount
+            await cur.close()
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.url}: saving {type_name}/{object_id} failed: {e}") from e
+        if changed != 1:
+            raise await self._conflict(type_name, object_id, expected_version, "writer")
+        return expected_version + 1
+
+    async def delete(self, type_name: str, object_id: str, expected_version: int) -> None:
+        """Compare-and-delete one state."""
+        if expected_version == 0:
+            if await self._version(type_name, object_id) != 0:
+                raise await self._conflict(type_name, object_id, 0, "deleter")
+            return
+        try:
+            cur = await self._conn().execute(
+                self._sql_delete, (type_name, object_id, expected_version)
+            )
+            changed = cur.rowcount
+            await cur.close()
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.url}: deleting {type_name}/{object_id} failed: {e}") from e
+        if changed != 1:
+            raise await self._conflict(type_name, object_id, expected_version, "deleter")
+
+    async def _version(self, type_name: str, object_id: str) -> int:
+        async with self._conn().execute(self._sql_version, (type_name, object_id)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _conflict(
+        self, type_name: str, object_id: str, expected: int, who: str
+    ) -> StateConflict:
+        actual = await self._version(type_name, object_id)
+        return StateConflict(
+            f"{type_name}/{object_id} in {self.url}: stored version is {actual}, "
+            f"the {who} expected {expected}; another activation or process wrote first"
+        )
