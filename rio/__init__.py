@@ -1,3 +1,84 @@
-"""rio: virtual actors for Python."""
+"""rio: virtual actors for Python, local-first, optionally clustered.
 
-from rio.core.errors import *  # noqa: F403  (replaced by the explicit public surface)
+Example::
+
+    import msgspec, rio
+
+    class CounterState(msgspec.Struct):
+        value: int = 0
+
+    class Counter(rio.Actor[CounterState]):
+        async def incr(self, by: int) -> int:
+            self.state.value += by
+            await self.save()
+            return self.state.value
+
+    app = rio.App("demo")
+
+    @app.main
+    async def main() -> None:
+        print(await Counter.ref("a").incr(1))
+
+    app.run()
+"""
+
+from rio._version import __version__
+from rio.app import App, run
+from rio.core.actor import Actor, reentrant
+from rio.core.context import current_system, timeout
+from rio.core.errors import (
+    ActivationFailed,
+    BadArguments,
+    CallTimeout,
+    ConfigError,
+    Deadlock,
+    NoNodesAvailable,
+    NodeUnreachable,
+    NoSystemRunning,
+    RegistrationError,
+    RemoteError,
+    RioError,
+    StateConflict,
+    StateDecodeError,
+    StorageError,
+    StorageUnavailable,
+    SystemStopping,
+    UnknownActorType,
+    UnknownMethod,
+    WorkerLost,
+)
+from rio.core.ref import Ref
+from rio.core.runtime import Runtime as System
+from rio.core.runtime import RuntimeStats
+
+__all__ = [
+    "ActivationFailed",
+    "Actor",
+    "App",
+    "BadArguments",
+    "CallTimeout",
+    "ConfigError",
+    "Deadlock",
+    "NoNodesAvailable",
+    "NoSystemRunning",
+    "NodeUnreachable",
+    "Ref",
+    "RegistrationError",
+    "RemoteError",
+    "RioError",
+    "RuntimeStats",
+    "StateConflict",
+    "StateDecodeError",
+    "StorageError",
+    "StorageUnavailable",
+    "System",
+    "SystemStopping",
+    "UnknownActorType",
+    "UnknownMethod",
+    "WorkerLost",
+    "__version__",
+    "current_system",
+    "reentrant",
+    "run",
+    "timeout",
+]

@@ -1,0 +1,3 @@
+"""rio's version."""
+
+__version__ = "0.1.0"

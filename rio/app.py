@@ -1,0 +1,280 @@
+"""The application object: which actors, which storage, which settings; and running it."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import tomllib
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from loguru import logger
+
+from rio.core.actor import Actor
+from rio.core.context import reset_system, set_default_system, system_token
+from rio.core.errors import ConfigError
+from rio.core.registry import actor_type
+from rio.core.runtime import Runtime
+from rio.storage import StateStorage, storage_from_url
+
+__all__ = ["App", "default_data_dir", "run"]
+
+T = TypeVar("T")
+MainFn = Callable[[], Awaitable[Any]]
+
+_APP_KEYS = {"name", "storage", "data_dir", "actors", "default_timeout", "drain_timeout"}
+
+
+def default_data_dir() -> Path:
+    """Where the embedded default keeps its files: ``$RIO_DATA_DIR`` or ``./.rio``."""
+    return Path(os.environ.get("RIO_DATA_DIR") or ".rio")
+
+
+class App:
+    """An application: registered actor types, state storage and settings.
+
+    ``async with app as system`` starts it in the running event loop;
+    :meth:`run` (or ``rio run file.py``) starts it, runs its ``main`` if it has one,
+    otherwise serves until SIGINT/SIGTERM, then drains.
+
+    Args:
+        name: the app's name (logs, default database file name).
+        actors: the actor classes this app hosts; None hosts every ``rio.Actor``
+            subclass defined in the process.
+        storage: a storage URL (``sqlite:///path.db``, ``memory://``, …) or a
+            :class:`StateStorage`. Default: SQLite at ``<data_dir>/<name>.db``.
+        data_dir: folder for the embedded default (default ``$RIO_DATA_DIR`` or ``.rio``).
+        default_timeout: seconds a call may take unless the caller says otherwise.
+        drain_timeout: seconds a stop waits for turns, hooks and saves to finish.
+        actor_options: per-type overrides by type name, e.g. ``{"Counter": {"idle_ttl": 60}}``.
+
+    Example::
+
+        app = rio.App("bank", storage="sqlite:///bank.db")
+
+        @app.main
+        async def main() -> None:
+            print(await Account.ref("alice").deposit(10))
+
+        if __name__ == "__main__":
+            app.run()
+    """
+
+    def __init__(
+        self,
+        name: str = "rio",
+        *,
+        actors: Iterable[type[Actor[Any]]] | None = None,
+        storage: str | StateStorage | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        default_timeout: float = 30.0,
+        drain_timeout: float = 30.0,
+        actor_options: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ConfigError(f"app name {name!r}: use letters, digits, '-', '_' or '.'")
+        if not default_timeout > 0:
+            raise ConfigError(f"default_timeout must be positive seconds, got {default_timeout!r}")
+        if not drain_timeout > 0:
+            raise ConfigError(f"drain_timeout must be positive seconds, got {drain_timeout!r}")
+        self.name = name
+        self.actors = None if actors is None else [actor_type(a) for a in actors]
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.storage_spec = storage
+        self.default_timeout = float(default_timeout)
+        self.drain_timeout = float(drain_timeout)
+        self.idle_ttl: dict[str, float | None] = {}
+        for type_name, opts in (actor_options or {}).items():
+            unknown = set(opts) - {"idle_ttl"}
+            if unknown:
+                raise ConfigError(
+                    f"actor_options[{type_name!r}]: unknown option(s) "
+                    f"{', '.join(sorted(unknown))}; known: idle_ttl"
+                )
+            if "idle_ttl" in opts:
+                ttl = opts["idle_ttl"]
+                if ttl is not None and (not isinstance(ttl, int | float) or ttl <= 0):
+                    raise ConfigError(
+                        f"actor_options[{type_name!r}].idle_ttl must be positive seconds "
+                        f"or None, got {ttl!r}"
+                    )
+                self.idle_ttl[type_name] = None if ttl is None else float(ttl)
+        self._main: MainFn | None = None
+        self._system: Runtime | None = None
+        self._token: Any = None
+
+    # -- building ------------------------------------------------------------------------
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> App:
+        """Build an app from a TOML file.
+
+        Example file::
+
+            [app]
+            name = "bank"
+            storage = "sqlite:///data/bank.db"
+            actors = ["examples.bank:Account"]   # import paths; omit to host all
+            default_timeout = 10
+
+            [actors.Account]
+            idle_ttl = 120        # or "never"
+        """
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(p)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from e
+        unknown_top = set(raw) - {"app", "actors"}
+        if unknown_top:
+            raise ConfigError(
+                f"{p}: unknown section(s) {', '.join(sorted(unknown_top))}; known: app, actors"
+            )
+        app_cfg = dict(raw.get("app", {}))
+        unknown = set(app_cfg) - _APP_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{p} [app]: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(_APP_KEYS))}"
+            )
+        actor_paths = app_cfg.pop("actors", None)
+        actors = None
+        if actor_paths is not None:
+            if not isinstance(actor_paths, list):
+                raise ConfigError(f"{p} [app].actors must be a list of 'module:Class' strings")
+            actors = [_import_actor(s, p) for s in actor_paths]
+        options: dict[str, dict[str, Any]] = {}
+        for type_name, opts in dict(raw.get("actors", {})).items():
+            if not isinstance(opts, dict):
+                raise ConfigError(f"{p} [actors.{type_name}] must be a table")
+            opts = dict(opts)
+            if opts.get("idle_ttl") == "never":
+                opts["idle_ttl"] = None
+            options[type_name] = opts
+        if "data_dir" in app_cfg:
+            app_cfg["data_dir"] = str((p.parent / app_cfg["data_dir"]).resolve())
+        try:
+            return cls(actors=actors, actor_options=options, **app_cfg)
+        except TypeError as e:
+            raise ConfigError(f"{p} [app]: {e}") from e
+
+    def main(self, fn: MainFn) -> MainFn:
+        """Decorate the coroutine function that :meth:`run` runs once started."""
+        self._main = fn
+        return fn
+
+    # -- running -------------------------------------------------------------------------
+
+    def make_storage(self) -> StateStorage:
+        """The storage engine this app uses (not yet opened)."""
+        spec = self.storage_spec
+        if isinstance(spec, StateStorage):
+            return spec
+        if spec is None:
+            return storage_from_url(f"sqlite:///{self.data_dir / (self.name + '.db')}")
+        return storage_from_url(spec)
+
+    def make_runtime(self) -> Runtime:
+        """A fresh, unstarted in-process runtime configured from this app."""
+        return Runtime(
+            self.make_storage(),
+            types=None if self.actors is None else {a.name for a in self.actors},
+            default_timeout=self.default_timeout,
+            drain_timeout=self.drain_timeout,
+            idle_ttl=self.idle_ttl,
+            name=self.name,
+        )
+
+    @property
+    def system(self) -> Runtime | None:
+        """The running system, or None."""
+        return self._system
+
+    async def start(self) -> Runtime:
+        """Start the app in the running event loop and return its system."""
+        if self._system is not None:
+            raise ConfigError(f"app {self.name!r} is already running")
+        system = self.make_runtime()
+        await system.start()
+        self._system = system
+        self._token = system_token(system)
+        set_default_system(system)
+        return system
+
+    async def stop(self) -> None:
+        """Drain and stop the running system (no-op when not running)."""
+        system, self._system = self._system, None
+        if system is None:
+            return
+        try:
+            await system.stop()
+        finally:
+            try:
+                reset_system(self._token)
+            except ValueError:  # reset from another context: leave it
+                pass
+            set_default_system(None)
+
+    async def __aenter__(self) -> Runtime:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve(self, main: MainFn | None = None) -> None:
+        """Start, run ``main`` (or this app's ``@app.main``) or wait for a stop signal, stop."""
+        fn = main or self._main
+        await self.start()
+        try:
+            if fn is not None:
+                await fn()
+            else:
+                await _wait_for_signal(self.name)
+        finally:
+            await self.stop()
+
+    def run(self, main: MainFn | None = None) -> None:
+        """Run the app in a new event loop (uvloop where installed) until done."""
+        run(self.serve(main))
+
+
+async def _wait_for_signal(name: str) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info("{}: serving; SIGINT or SIGTERM drains and stops", name)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    logger.info("{}: stop signal received; draining", name)
+
+
+def run(main: Awaitable[T]) -> T:
+    """Run a coroutine to completion on uvloop when installed, else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(main)  # type: ignore[arg-type]
+    return uvloop.run(main)  # type: ignore[arg-type, no-any-return]
+
+
+def _import_actor(spec: str, source: Path) -> type[Actor[Any]]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{source}: actor {spec!r} must read 'module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{source}: cannot import {module_name!r} for actor {spec!r}: {e}") from e
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Actor)):
+        raise ConfigError(f"{source}: {spec!r} is not a rio.Actor subclass")
+    return cls

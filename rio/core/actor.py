@@ -1,0 +1,296 @@
+"""The :class:`Actor` base class that users subclass, and the ``reentrant`` marker."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
+
+import msgspec
+
+from rio.core.errors import RegistrationError
+from rio.core.registry import RESERVED, ActorType, Handler, register
+
+if TYPE_CHECKING:
+    from rio.core.ref import Ref
+    from rio.core.runtime import Runtime
+
+__all__ = ["DEFAULT_IDLE_TTL", "Actor", "reentrant"]
+
+S = TypeVar("S")
+A = TypeVar("A", bound="Actor[Any]")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Idle activations are deactivated after this many seconds unless the type says otherwise.
+DEFAULT_IDLE_TTL = 600.0
+_UNSET: Any = object()
+
+
+def reentrant(fn: F) -> F:
+    """Mark one handler reentrant: its calls may interleave with other turns at ``await``.
+
+    Example::
+
+        class Room(rio.Actor):
+            @rio.reentrant
+            async def peek(self) -> int: ...
+    """
+    fn._rio_reentrant = True  # type: ignore[attr-defined]
+    return fn
+
+
+class Actor(Generic[S]):
+    """Base class of virtual actors. Subclass it; public ``async def`` methods are handlers.
+
+    An actor is addressed by its type and a string id, is activated on its first
+    message, handles one message at a time, and is deactivated when idle. Declare a
+    state type as the generic argument; it is loaded on activation and written by
+    :meth:`save`.
+
+    Class options (keywords in the class statement):
+        name: the type name used in storage and on the wire (default: class name).
+        idle_ttl: seconds idle before deactivation (default 600; ``None`` never).
+        reentrant: let every handler interleave at ``await`` (default False).
+        save_on_deactivate: save the state when deactivated (default False).
+
+    Example::
+
+        class CounterState(msgspec.Struct):
+            value: int = 0
+
+        class Counter(rio.Actor[CounterState], idle_ttl=60):
+            async def incr(self, by: int) -> int:
+                self.state.value += by
+                await self.save()
+                return self.state.value
+
+        total = await Counter.ref("a").incr(1)
+    """
+
+    __slots__ = {  # noqa: RUF023 - a dict: its values document the public slots
+        "id": "This actor's id (a str).",
+        "state": "This actor's state, loaded on activation; assign to replace it.",
+        "__dict__": "",
+        "_rio_bg": "",
+        "_rio_busy": "",
+        "_rio_deact": "",
+        "_rio_draining": "",
+        "_rio_key": "",
+        "_rio_last": "",
+        "_rio_queue": "",
+        "_rio_status": "",
+        "_rio_system": "",
+        "_rio_version": "",
+    }
+
+    id: str
+    state: S
+
+    _rio_type: ClassVar[ActorType]
+
+    def __init_subclass__(
+        cls,
+        *,
+        name: str | None = None,
+        idle_ttl: float | None = _UNSET,
+        reentrant: bool | None = None,
+        save_on_deactivate: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        parent = next(
+            (b.__dict__["_rio_type"] for b in cls.__mro__[1:] if "_rio_type" in b.__dict__),
+            None,
+        )
+        type_name = name or cls.__name__
+        if not type_name or "/" in type_name:
+            raise RegistrationError(
+                f"actor type name {type_name!r} of {cls.__qualname__} is not allowed: "
+                "it must be non-empty and contain no '/'"
+            )
+        state_type = _state_type_of(cls)
+        if state_type is None and parent is not None:
+            state_type = parent.state_type
+        if state_type is not None:
+            _check_state_type(cls, state_type)
+        if idle_ttl is _UNSET:
+            idle_ttl = parent.idle_ttl if parent else DEFAULT_IDLE_TTL
+        if idle_ttl is not None and idle_ttl <= 0:
+            raise RegistrationError(
+                f"{cls.__qualname__}: idle_ttl must be positive seconds or None, got {idle_ttl}"
+            )
+        init = cls.__init__
+        if init is not object.__init__:
+            required = [
+                p.name
+                for p in list(inspect.signature(init).parameters.values())[1:]
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
+            if required:
+                raise RegistrationError(
+                    f"{cls.__qualname__}.__init__ takes required arguments "
+                    f"({', '.join(required)}); rio creates actors with no arguments: "
+                    "set fields in on_activate or give them defaults"
+                )
+        handlers: dict[str, Handler] = {}
+        for attr in dir(cls):
+            if attr.startswith("_"):
+                continue
+            fn = inspect.getattr_static(cls, attr)
+            if isinstance(fn, staticmethod | classmethod) or not inspect.iscoroutinefunction(fn):
+                continue
+            if attr in RESERVED:
+                if attr in ("on_activate", "on_deactivate"):
+                    continue
+                if getattr(Actor, attr, None) is not fn:
+                    raise RegistrationError(
+                        f"{cls.__qualname__}.{attr} clashes with rio's own {attr!r}; "
+                        "rename the handler"
+                    )
+                continue
+            handlers[attr] = Handler(
+                owner=type_name,
+                name=attr,
+                fn=fn,
+                reentrant=bool(getattr(fn, "_rio_reentrant", False)),
+            )
+        class_reentrant = (
+            reentrant if reentrant is not None else (parent.reentrant if parent else False)
+        )
+        info = ActorType(
+            name=type_name,
+            cls=cls,
+            state_type=state_type,
+            handlers=handlers,
+            reentrant=class_reentrant,
+            idle_ttl=idle_ttl,
+            save_on_deactivate=bool(
+                save_on_deactivate
+                if save_on_deactivate is not None
+                else (parent.save_on_deactivate if parent else False)
+            ),
+            has_on_activate=cls.on_activate is not Actor.on_activate,
+            has_on_deactivate=cls.on_deactivate is not Actor.on_deactivate,
+        )
+        from rio.core.ref import make_ref_class
+
+        info.ref_cls = make_ref_class(info)
+        cls._rio_type = info
+        register(info)
+
+    # -- public API for handler code ---------------------------------------------
+
+    @classmethod
+    def ref(cls: type[A], object_id: str | int) -> Ref[A]:
+        """A reference to the actor of this type with id ``object_id``.
+
+        The actor need not exist: it is activated by its first message.
+
+        Example::
+
+            total = await Counter.ref("a").incr(1)
+        """
+        from rio.core.ref import new_ref
+
+        return new_ref(cls._rio_type, object_id, None)
+
+    @property
+    def system(self) -> Runtime:
+        """The runtime hosting this activation."""
+        return self._rio_system
+
+    async def save(self) -> None:
+        """Write the state to storage; returns once it is stored.
+
+        Raises:
+            StateConflict: another activation or process wrote this object's state since
+                it was loaded. This activation is stale and is deactivated after the
+                current turn; the next call loads the newer state.
+        """
+        await self._rio_system.save_state(self)
+
+    async def clear_state(self) -> None:
+        """Delete the stored state and reset :attr:`state` to the type's default."""
+        await self._rio_system.clear_state(self)
+
+    def deactivate(self) -> None:
+        """Deactivate this actor once the current turn ends (rio-rs' self shutdown).
+
+        Messages that arrive meanwhile are delivered to a fresh activation.
+        """
+        self._rio_deact = True
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a background task owned by this activation.
+
+        It is cancelled (and awaited) when the actor deactivates. Calls it makes to
+        this actor's own ref are ordinary turns. If it fails, the error is logged and
+        the activation is deactivated.
+        """
+        return self._rio_system.spawn_for(self, coro)
+
+    async def run_blocking(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run a blocking function in a thread and await its result.
+
+        Deactivation waits for it to finish.
+        """
+        return await self._rio_system.run_blocking_for(self, fn, *args)
+
+    def start_thread(
+        self, fn: Callable[..., Any], *args: Any, name: str | None = None
+    ) -> threading.Event:
+        """Start ``fn(stop_event, *args)`` in a thread owned by this activation.
+
+        On deactivation the returned event is set and the thread is joined, so a
+        blocking loop should check ``stop_event.is_set()``. Refs called from the
+        thread return ``concurrent.futures.Future`` objects.
+        """
+        return self._rio_system.start_thread_for(self, fn, args, name)
+
+    # -- lifecycle hooks -----------------------------------------------------------
+
+    async def on_activate(self) -> None:
+        """Called after the state is loaded, before the first message. Override it.
+
+        An exception here fails the activation: the caller gets
+        :class:`rio.ActivationFailed` and the object is not left half-alive.
+        """
+
+    async def on_deactivate(self) -> None:
+        """Called before the actor is deactivated (idle, self, operator, shutdown).
+
+        Background tasks are still running when it is called; they are stopped after.
+        """
+
+    def __repr__(self) -> str:
+        ident = getattr(self, "id", "?")
+        return f"<{self._rio_type.name}/{ident}>"
+
+
+def _state_type_of(cls: type) -> Any | None:
+    for base in getattr(cls, "__orig_bases__", ()):
+        origin = get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, Actor):
+            args = get_args(base)
+            if args and not isinstance(args[0], TypeVar) and args[0] is not Any:
+                return args[0]
+    return None
+
+
+def _check_state_type(cls: type, state_type: Any) -> None:
+    try:
+        default = state_type()
+    except Exception as e:
+        raise RegistrationError(
+            f"{cls.__qualname__}: state type {getattr(state_type, '__qualname__', state_type)} "
+            f"must build a default with no arguments (give every field a default): {e}"
+        ) from e
+    try:
+        msgspec.msgpack.encode(default)
+    except (TypeError, msgspec.EncodeError) as e:
+        raise RegistrationError(
+            f"{cls.__qualname__}: state type {state_type!r} cannot be encoded by msgspec: {e}"
+        ) from e

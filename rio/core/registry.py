@@ -1,0 +1,297 @@
+"""The registry: actor type names to classes, handlers and their signatures.
+
+Every subclass of :class:`rio.Actor` is registered when its class statement runs.
+Handlers are the class's public ``async def`` methods; their annotations are read
+lazily, on first call, so forward references to types defined later in the module
+resolve.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from rio.core.errors import BadArguments, RegistrationError, UnknownActorType, UnknownMethod
+
+if TYPE_CHECKING:
+    from rio.core.actor import Actor
+
+__all__ = ["ActorType", "Handler", "actor_type", "all_types", "lookup_type", "register"]
+
+#: Names of the Actor base and the Ref that handlers may not take.
+RESERVED: frozenset[str] = frozenset(
+    {
+        "id",
+        "state",
+        "save",
+        "clear_state",
+        "deactivate",
+        "ref",
+        "spawn",
+        "run_blocking",
+        "start_thread",
+        "on_activate",
+        "on_deactivate",
+        "type_name",
+        "with_timeout",
+        "system",
+    }
+)
+
+Validator = Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+def _make_checker(name: str, tp: Any) -> Callable[[Any], Any] | None:
+    """A function that returns the value (possibly converted) or raises ``ValueError``."""
+    if tp is Any or tp is object or tp is inspect.Parameter.empty:
+        return None
+    if tp is int:
+
+        def check_int(v: Any) -> Any:
+            if type(v) is int or (isinstance(v, int) and not isinstance(v, bool)):
+                return v
+            raise ValueError(f"Expected `int`, got `{type(v).__name__}`")
+
+        return check_int
+    if tp is float:
+
+        def check_float(v: Any) -> Any:
+            if type(v) is float or (isinstance(v, int | float) and not isinstance(v, bool)):
+                return v
+            raise ValueError(f"Expected `float`, got `{type(v).__name__}`")
+
+        return check_float
+    if isinstance(tp, type) and (
+        tp in (str, bytes, bool, bytearray) or issubclass(tp, msgspec.Struct)
+    ):
+
+        def check_instance(v: Any) -> Any:
+            if isinstance(v, tp):
+                return v
+            raise ValueError(f"Expected `{tp.__name__}`, got `{type(v).__name__}`")
+
+        return check_instance
+    if tp is None or tp is type(None):
+
+        def check_none(v: Any) -> Any:
+            if v is None:
+                return v
+            raise ValueError(f"Expected `null`, got `{type(v).__name__}`")
+
+        return check_none
+
+    def check_convert(v: Any) -> Any:
+        try:
+            return msgspec.convert(v, tp, strict=True)
+        except msgspec.ValidationError as e:
+            raise ValueError(str(e)) from None
+
+    return check_convert
+
+
+@dataclass(slots=True)
+class Handler:
+    """One handler of an actor type: its function, options and argument checks."""
+
+    owner: str
+    name: str
+    fn: Callable[..., Any]
+    reentrant: bool
+    _validate: Validator | None = None
+    _ready: bool = False
+    #: The argument check to call on the hot path; prepares itself on first use.
+    check: Validator = field(default=None)  # type: ignore[assignment]
+    return_type: Any = None
+    param_types: list[tuple[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.check = self.validate
+
+    def validate(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Check a call's arguments against the handler; returns them, possibly converted.
+
+        Raises:
+            BadArguments: naming the handler, the parameter and what was wrong.
+        """
+        if not self._ready:
+            self._prepare()
+        assert self._validate is not None
+        return self._validate(args, kwargs)
+
+    def _prepare(self) -> None:
+        qual = f"{self.owner}.{self.name}()"
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception as e:
+            raise RegistrationError(
+                f"{qual}: cannot resolve its annotations ({type(e).__name__}: {e}); "
+                "annotation types must be importable from the handler's module"
+            ) from e
+        sig = inspect.signature(self.fn)
+        params = list(sig.parameters.values())[1:]  # drop self
+        self.return_type = hints.get("return", Any)
+        self.param_types = [(p.name, hints.get(p.name, Any)) for p in params]
+        checkers = [_make_checker(p.name, hints.get(p.name, Any)) for p in params]
+        simple = all(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
+        )
+        n = len(params)
+        names = [p.name for p in params]
+        by_name = dict(zip(names, checkers, strict=True))
+        has_checks = any(c is not None for c in checkers)
+        bound_sig = sig.replace(parameters=params)
+
+        def fail(detail: str, cause: BaseException | None = None) -> BadArguments:
+            err = BadArguments(f"{qual}: {detail}")
+            err.__cause__ = cause
+            return err
+
+        def check_one(pname: str, value: Any) -> Any:
+            checker = by_name.get(pname)
+            if checker is None:
+                return value
+            try:
+                return checker(value)
+            except ValueError as e:
+                raise fail(f"argument {pname!r}: {e}") from None
+
+        # The common case, positional arguments of exactly the annotated builtin or
+        # Struct types, is checked by ``type(a) is t`` alone.
+        exact = tuple(
+            t if isinstance(t, type) and t not in (bool, object) and c is not None else None
+            for (_, t), c in zip(self.param_types, checkers, strict=True)
+        )
+        exact_ok = simple and all(e is not None for e in exact)
+
+        def validate(
+            args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if exact_ok and not kwargs and len(args) == n:
+                for a, t in zip(args, exact):  # noqa: B905 - lengths checked above
+                    if type(a) is not t:
+                        break
+                else:
+                    return args, kwargs
+            if simple and not kwargs and len(args) == n:
+                if not has_checks:
+                    return args, kwargs
+                out = []
+                for i, v in enumerate(args):
+                    c = checkers[i]
+                    if c is None:
+                        out.append(v)
+                        continue
+                    try:
+                        out.append(c(v))
+                    except ValueError as e:
+                        raise fail(f"argument {names[i]!r}: {e}") from None
+                return tuple(out), kwargs
+            try:
+                bound = bound_sig.bind(*args, **kwargs)
+            except TypeError as e:
+                raise fail(f"{e}; signature is {self.name}{bound_sig}") from None
+            for pname, value in list(bound.arguments.items()):
+                bound.arguments[pname] = check_one(pname, value)
+            return tuple(bound.args), dict(bound.kwargs)
+
+        self._validate = validate
+        self.check = validate
+        self._ready = True
+
+
+@dataclass(slots=True)
+class ActorType:
+    """What rio knows about one actor class."""
+
+    name: str
+    cls: type[Actor[Any]]
+    state_type: Any | None
+    handlers: dict[str, Handler]
+    reentrant: bool
+    idle_ttl: float | None
+    save_on_deactivate: bool
+    has_on_activate: bool
+    has_on_deactivate: bool
+    ref_cls: type[Any] = field(default=object)
+
+    def handler(self, method: str) -> Handler:
+        """The handler called ``method``.
+
+        Raises:
+            UnknownMethod: naming the type and listing its handlers.
+        """
+        h = self.handlers.get(method)
+        if h is None:
+            raise UnknownMethod(self.unknown_method_message(method))
+        return h
+
+    def unknown_method_message(self, method: str) -> str:
+        """The message for a call to a method this type lacks."""
+        known = ", ".join(sorted(self.handlers)) or "none"
+        hint = ""
+        attr = getattr(self.cls, method, None)
+        if attr is not None and not inspect.iscoroutinefunction(attr):
+            hint = " (it exists but is not an `async def`, so it is not a handler)"
+        elif method.startswith("_"):
+            hint = " (names starting with _ are private, not handlers)"
+        return f"{self.name} has no handler {method!r}{hint}; its handlers: {known}"
+
+
+_TYPES: dict[str, ActorType] = {}
+
+
+def register(info: ActorType) -> None:
+    """Register an actor type under its name.
+
+    Re-registering a class of the same module and qualified name replaces the old one
+    (a reloaded module); another class under a taken name is an error.
+    """
+    old = _TYPES.get(info.name)
+    if old is not None and old.cls is not info.cls:
+        same = (old.cls.__module__, old.cls.__qualname__) == (
+            info.cls.__module__,
+            info.cls.__qualname__,
+        )
+        if not same:
+            raise RegistrationError(
+                f"actor type name {info.name!r} is taken by "
+                f"{old.cls.__module__}.{old.cls.__qualname__}; give "
+                f"{info.cls.__module__}.{info.cls.__qualname__} another one with "
+                f"class {info.cls.__name__}(rio.Actor, name='...')"
+            )
+    _TYPES[info.name] = info
+
+
+def lookup_type(name: str) -> ActorType:
+    """The registered type called ``name``.
+
+    Raises:
+        UnknownActorType: listing the registered names.
+    """
+    info = _TYPES.get(name)
+    if info is None:
+        known = ", ".join(sorted(_TYPES)) or "none"
+        raise UnknownActorType(f"no actor type named {name!r} is registered; known: {known}")
+    return info
+
+
+def actor_type(cls: type[Any]) -> ActorType:
+    """The :class:`ActorType` of an actor class."""
+    info = cls.__dict__.get("_rio_type")
+    if not isinstance(info, ActorType):
+        raise UnknownActorType(
+            f"{cls.__qualname__} is not an actor class: subclass rio.Actor to make one"
+        )
+    return info
+
+
+def all_types() -> dict[str, ActorType]:
+    """A snapshot of every registered type by name."""
+    return dict(_TYPES)

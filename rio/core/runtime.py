@@ -1,0 +1,779 @@
+"""The in-process runtime: activations, mailboxes, turns, deadlines, deactivation.
+
+How a call runs. ``ref.incr(1)`` reaches :meth:`Runtime.call`, which finds (or
+creates) the activation. When the activation is idle and its mailbox empty, the
+handler starts *eagerly*, in the caller's own stack: a handler that finishes without
+suspending costs no task, no queue and no event-loop round trip. When it suspends,
+the rest of the turn continues in one task. When the activation is busy, the call is
+appended to its mailbox (a deque) and one drain task per busy activation runs the
+queued turns in arrival order. Every waiting caller has a deadline timer; a call
+cycle among non-reentrant actors is refused at once with :class:`Deadlock`.
+
+This module knows nothing of worker processes or the cluster: they wrap a
+:class:`Runtime` and route calls to it through :meth:`Runtime.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from _thread import get_ident
+import traceback
+import types
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from functools import partial
+from typing import Any, TypeVar
+
+import msgspec
+from loguru import logger
+
+from rio.core.actor import Actor
+from rio.core.background import Background
+from rio.core.context import CALLER_DEADLINE, CURRENT_TURN
+from rio.core.errors import (
+    ActivationFailed,
+    CallTimeout,
+    Deadlock,
+    RegistrationError,
+    RemoteError,
+    RioError,
+    StateConflict,
+    SystemStopping,
+    UnknownActorType,
+    qualified_name,
+)
+from rio.core.ref import Ref, new_ref
+from rio.core.registry import ActorType, Handler, actor_type, lookup_type
+from rio.storage.base import StateStorage
+
+__all__ = ["Runtime", "RuntimeStats"]
+
+R = TypeVar("R")
+
+NEW, ACTIVATING, ACTIVE, DEACTIVATING, DEAD = range(5)
+#: Nested eager calls deeper than this are queued instead, bounding stack depth.
+MAX_EAGER_DEPTH = 48
+
+Key = tuple[str, str]
+# A queued message: handler (None for a deactivation request), args, kwargs, chain,
+# deadline, caller future, deadline timer.
+Message = tuple[
+    Handler | None,
+    tuple[Any, ...],
+    dict[str, Any],
+    tuple[Key, ...],
+    float,
+    "asyncio.Future[Any]",
+    "asyncio.TimerHandle | None",
+]
+
+
+class RuntimeStats(msgspec.Struct, frozen=True):
+    """An immutable snapshot of a runtime's activity."""
+
+    activations: int
+    by_type: dict[str, int]
+    queued: int
+
+
+def _key_str(key: Key) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], first: Any) -> Generator[Any, Any, Any]:
+    """Continue a coroutine whose first step already ran (it yielded ``first``)."""
+    yielded = first
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as e:
+            try:
+                yielded = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _run_resumed(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
+    return await _resume(coro, first)
+
+
+class Runtime:
+    """Hosts activations in this process and runs their turns.
+
+    Args:
+        storage: where actor state lives (opened by :meth:`start`).
+        types: names of the actor types hosted here; None hosts every registered type.
+        default_timeout: seconds a call may take when the caller sets no deadline.
+        drain_timeout: seconds :meth:`stop` waits for turns and hooks to finish.
+        idle_ttl: per-type overrides of the class's ``idle_ttl`` (seconds or None).
+        name: a label for logs and messages.
+    """
+
+    def __init__(
+        self,
+        storage: StateStorage,
+        *,
+        types: set[str] | None = None,
+        default_timeout: float = 30.0,
+        drain_timeout: float = 30.0,
+        idle_ttl: dict[str, float | None] | None = None,
+        name: str = "rio",
+    ) -> None:
+        if not default_timeout > 0:
+            raise ValueError(f"default_timeout must be positive, got {default_timeout}")
+        self.storage = storage
+        self.name = name
+        self.default_timeout = float(default_timeout)
+        self.drain_timeout = float(drain_timeout)
+        self._hosted = types
+        self._idle_ttl = dict(idle_ttl or {})
+        self._acts: dict[Key, Actor[Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id = -1
+        self._stopping = False
+        self._started = False
+        self._deact_waiters: dict[Key, list[asyncio.Future[None]]] = {}
+        self._saving: dict[Key, asyncio.Future[None]] = {}
+        self._turn_tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._ctx: contextvars.Context | None = None
+        self.background = Background(self)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open storage and start the idle sweeper. Call from the loop that will serve."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        await self.storage.open()
+        self._started = True
+        ctx = contextvars.copy_context()
+        ctx.run(CURRENT_TURN.set, None)
+        ctx.run(CALLER_DEADLINE.set, None)
+        self._ctx = ctx
+        self._sweeper = self._create_task(self._sweep_idle())
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._started and not self._stopping
+
+    async def stop(self) -> None:
+        """Drain: finish queued turns, run deactivation hooks, save, close storage.
+
+        New calls from outside any turn are refused with :class:`SystemStopping`
+        from the moment this starts; calls made by running turns still work.
+        """
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        loop = self._loop_()
+        deadline = loop.time() + self.drain_timeout
+        while self._acts and loop.time() < deadline:
+            waits = [self._request_deactivation(a, front=False) for a in list(self._acts.values())]
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.gather(*waits, return_exceptions=True)
+            except TimeoutError:
+                break
+        if self._acts:
+            stuck = ", ".join(_key_str(k) for k in list(self._acts)[:10])
+            logger.warning(
+                "{}: drain timeout ({}s) passed with {} activation(s) busy ({}); cancelling",
+                self.name,
+                self.drain_timeout,
+                len(self._acts),
+                stuck,
+            )
+            for task in list(self._turn_tasks):
+                task.cancel()
+            for act in list(self._acts.values()):
+                self._discard(act, SystemStopping(f"{self.name} stopped before this call ran"))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.storage.close()
+
+    # -- calls ---------------------------------------------------------------------
+
+    def ref(self, actor: type[Actor[Any]] | str, object_id: str | int) -> Ref[Any]:
+        """A ref bound to this runtime. ``actor`` is a class or a registered type name."""
+        info = lookup_type(actor) if isinstance(actor, str) else actor_type(actor)
+        return new_ref(info, object_id, self)
+
+    def call(
+        self,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Send one call; returns an awaitable for its answer.
+
+        Raises at once (no awaitable) for bad arguments, a refused deadlock, or a
+        stopping system.
+        """
+        if get_ident() != self._thread_id:
+            return self._call_threadsafe(key, handler, args, kwargs, timeout)
+        args, kwargs = handler.check(args, kwargs)
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        turn = CURRENT_TURN.get()
+        if turn is None:
+            if self._stopping:
+                raise SystemStopping(
+                    f"{self.name} is stopping: call to {_key_str(key)}.{handler.name}() refused"
+                )
+            chain: tuple[Key, ...] = (key,)
+            deadline = now + (timeout or self.default_timeout)
+            outer = CALLER_DEADLINE.get()
+            if outer is not None and outer < deadline:
+                deadline = outer
+        else:
+            chain = turn[1]
+            deadline = turn[2]
+            if timeout is not None and now + timeout < deadline:
+                deadline = now + timeout
+            if key in chain and not (handler.reentrant or self._reentrant_type(key)):
+                raise self._deadlock(chain, key, handler)
+            chain = (*chain, key)
+        act = self._acts.get(key)
+        if act is None:
+            act = self._new_activation(key, handler.owner)
+        act._rio_last = now
+        status = act._rio_status
+        if len(chain) <= MAX_EAGER_DEPTH:
+            if status == ACTIVE:
+                if not act._rio_busy and not act._rio_queue:
+                    return self._run_eager(act, handler, args, kwargs, chain, deadline)
+                if handler.reentrant or act._rio_type.reentrant:
+                    return self._run_eager(act, handler, args, kwargs, chain, deadline)
+            elif status == NEW:
+                return self._run_eager(
+                    act, handler, args, kwargs, chain, deadline, activate=True
+                )
+        chain = chain[:-1]
+        if now >= deadline:
+            raise CallTimeout(f"{_key_str(key)}.{handler.name}(): deadline already passed")
+        fut = loop.create_future()
+        timer = loop.call_at(deadline, self._expire, fut, key, handler.name, deadline - now)
+        queue = act._rio_queue
+        if queue is None:
+            queue = act._rio_queue = deque()
+        queue.append((handler, args, kwargs, chain, deadline, fut, timer))
+        if not act._rio_busy and not act._rio_draining:
+            self._start_drain(act)
+        return fut
+
+    def _call_threadsafe(
+        self,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise SystemStopping(f"{self.name} is not running")
+
+        async def call() -> Any:
+            return await self.call(key, handler, args, kwargs, timeout)
+
+        return asyncio.run_coroutine_threadsafe(call(), loop)
+
+    def _reentrant_type(self, key: Key) -> bool:
+        act = self._acts.get(key)
+        return act is not None and act._rio_type.reentrant
+
+    def _deadlock(self, chain: tuple[Key, ...], key: Key, handler: Handler) -> Deadlock:
+        start = chain.index(key)
+        cycle = [_key_str(k) for k in chain[start:]] + [_key_str(key)]
+        return Deadlock(
+            f"call cycle among non-reentrant actors: {' -> '.join(cycle)} "
+            f"(calling {handler.name}()); {_key_str(key)} is still in a turn waiting on "
+            "this chain. Mark the type (reentrant=True) or the handler (@rio.reentrant) "
+            "reentrant, or break the cycle",
+            cycle,
+        )
+
+    def _expire(self, fut: asyncio.Future[Any], key: Key, method: str, budget: float) -> None:
+        if not fut.done():
+            fut.set_exception(
+                CallTimeout(
+                    f"{_key_str(key)}.{method}() did not answer within {budget:.3g}s; "
+                    "the handler may still be running. Raise the deadline with "
+                    "ref.with_timeout(seconds) or rio.timeout(seconds)"
+                )
+            )
+
+    # -- turns ---------------------------------------------------------------------
+
+    def _run_eager(
+        self,
+        act: Actor[Any],
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+        activate: bool = False,
+    ) -> asyncio.Future[Any]:
+        loop = self._loop
+        assert loop is not None
+        act._rio_busy += 1
+        if activate:
+            coro = self._activate_then(act, handler, args, kwargs)
+        elif kwargs:
+            coro = handler.fn(act, *args, **kwargs)
+        else:
+            coro = handler.fn(act, *args)
+        token = CURRENT_TURN.set((act, chain, deadline))
+        try:
+            try:
+                first = coro.send(None)
+            except StopIteration as stop:
+                act._rio_busy -= 1
+                if act._rio_deact or act._rio_queue:
+                    self._turn_finished_slow(act)
+                fut = loop.create_future()
+                fut.set_result(stop.value)
+                return fut
+            except Exception as e:
+                self._turn_finished(act)
+                fut = loop.create_future()
+                fut.set_exception(self._wrap(act, handler, e))
+                return fut
+            except BaseException:
+                self._turn_finished(act)
+                raise
+            task = loop.create_task(_run_resumed(coro, first))
+        finally:
+            CURRENT_TURN.reset(token)
+        self._turn_tasks.add(task)
+        fut = loop.create_future()
+        now = loop.time()
+        timer = loop.call_at(deadline, self._expire, fut, act._rio_key, handler.name, deadline - now)
+        task.add_done_callback(partial(self._eager_done, act, handler, fut, timer))
+        return fut
+
+    def _eager_done(
+        self,
+        act: Actor[Any],
+        handler: Handler,
+        fut: asyncio.Future[Any],
+        timer: asyncio.TimerHandle,
+        task: asyncio.Task[Any],
+    ) -> None:
+        self._turn_tasks.discard(task)
+        timer.cancel()
+        self._turn_finished(act)
+        if task.cancelled():
+            if not fut.done():
+                fut.set_exception(
+                    SystemStopping(f"{act!r}.{handler.name}() was cancelled by shutdown")
+                )
+            return
+        exc = task.exception()
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(self._wrap(act, handler, exc))
+        else:
+            fut.set_result(task.result())
+
+    def _turn_finished(self, act: Actor[Any]) -> None:
+        act._rio_busy -= 1
+        self._turn_finished_slow(act)
+
+    def _turn_finished_slow(self, act: Actor[Any]) -> None:
+        if not act._rio_busy and (act._rio_deact or act._rio_queue) and not act._rio_draining:
+            self._start_drain(act)
+
+    def _wrap(self, act: Actor[Any], handler: Handler | None, e: BaseException) -> BaseException:
+        if isinstance(e, RioError):
+            return e
+        tb = "".join(traceback.format_exception(e))
+        err = RemoteError(qualified_name(type(e)), str(e), tb)
+        err.__cause__ = e
+        return err
+
+    def _create_task(self, coro: Coroutine[Any, Any, R]) -> asyncio.Task[R]:
+        loop = self._loop
+        assert loop is not None and self._ctx is not None
+        return loop.create_task(coro, context=self._ctx.copy())
+
+    def _start_drain(self, act: Actor[Any]) -> None:
+        act._rio_draining = True
+        self._create_task(self._drain(act))
+
+    async def _drain(self, act: Actor[Any]) -> None:
+        """Run queued turns of one activation in arrival order until its mailbox empties."""
+        loop = self._loop_()
+        key = act._rio_key
+        try:
+            while True:
+                if act._rio_deact and not act._rio_busy:
+                    await self._deactivate_now(act)
+                    return
+                queue = act._rio_queue
+                if not queue or act._rio_busy:
+                    return
+                handler, args, kwargs, chain, deadline, fut, timer = queue.popleft()
+                if handler is None:
+                    act._rio_deact = True
+                    continue
+                if fut.done():
+                    continue
+                if act._rio_status == NEW:
+                    try:
+                        await self._activate(act, chain + (key,), deadline)
+                    except ActivationFailed as e:
+                        if not fut.done():
+                            fut.set_exception(e)
+                        return
+                reentrant = handler.reentrant or act._rio_type.reentrant
+                if reentrant and act._rio_status == ACTIVE and len(chain) < MAX_EAGER_DEPTH:
+                    inner = self._run_eager(act, handler, args, kwargs, (*chain, key), deadline)
+                    _chain_future(inner, fut, timer)
+                    continue
+                act._rio_busy += 1
+                token = CURRENT_TURN.set((act, (*chain, key), deadline))
+                try:
+                    result = await handler.fn(act, *args, **kwargs)
+                except asyncio.CancelledError:
+                    if not fut.done():
+                        fut.set_exception(SystemStopping(f"{act!r} was cancelled by shutdown"))
+                    raise
+                except Exception as e:
+                    if not fut.done():
+                        fut.set_exception(self._wrap(act, handler, e))
+                else:
+                    if not fut.done():
+                        fut.set_result(result)
+                finally:
+                    CURRENT_TURN.reset(token)
+                    act._rio_busy -= 1
+                    if timer is not None:
+                        timer.cancel()
+                    act._rio_last = loop.time()
+        finally:
+            act._rio_draining = False
+
+    # -- activation and deactivation ------------------------------------------------
+
+    def _new_activation(self, key: Key, type_name: str) -> Actor[Any]:
+        if self._hosted is not None and type_name not in self._hosted:
+            raise UnknownActorType(
+                f"{self.name} does not host actor type {type_name!r} "
+                f"(hosted: {', '.join(sorted(self._hosted)) or 'none'}); "
+                "add it to App(actors=[...])"
+            )
+        info = lookup_type(type_name)
+        act: Actor[Any] = info.cls.__new__(info.cls)
+        act.id = key[1]
+        act._rio_key = key
+        act._rio_system = self  # type: ignore[assignment]
+        act._rio_busy = 0
+        act._rio_queue = None
+        act._rio_status = NEW
+        act._rio_deact = False
+        act._rio_draining = False
+        act._rio_bg = None
+        act._rio_version = 0
+        act._rio_last = 0.0
+        self._acts[key] = act
+        return act
+
+    async def _activate_then(
+        self, act: Actor[Any], handler: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        turn = CURRENT_TURN.get()
+        assert turn is not None
+        await self._activate(act, turn[1], turn[2])
+        return await handler.fn(act, *args, **kwargs)
+
+    async def _activate(self, act: Actor[Any], chain: tuple[Key, ...], deadline: float) -> None:
+        act._rio_status = ACTIVATING
+        info: ActorType = act._rio_type
+        where = _key_str(act._rio_key)
+        step = "__init__"
+        try:
+            if info.cls.__init__ is not object.__init__:
+                act.__init__()
+            step = "loading state"
+            if info.state_type is not None:
+                stored = await self.storage.load(info.name, act.id, info.state_type)
+                if stored is None:
+                    act.state = info.state_type()
+                    act._rio_version = 0
+                else:
+                    act.state = stored.value
+                    act._rio_version = stored.version
+            step = "on_activate"
+            if info.has_on_activate:
+                await act.on_activate()
+        except Exception as e:
+            err = ActivationFailed(
+                f"activating {where} failed in {step}: {type(e).__name__}: {e}"
+                + ("" if step != "loading state" else f" (storage {self.storage.url})")
+            )
+            err.__cause__ = e
+            self._discard(act, err)
+            raise err from e
+        act._rio_status = ACTIVE
+
+    def _discard(self, act: Actor[Any], err: BaseException) -> None:
+        """Drop an activation at once, failing whatever waits on it."""
+        act._rio_status = DEAD
+        key = act._rio_key
+        if self._acts.get(key) is act:
+            del self._acts[key]
+        self.background.cancel_all(act)
+        queue, act._rio_queue = act._rio_queue, None
+        for msg in queue or ():
+            if msg[6] is not None:
+                msg[6].cancel()
+            if not msg[5].done():
+                if msg[0] is None:
+                    msg[5].set_result(None)
+                else:
+                    msg[5].set_exception(err)
+        for w in self._deact_waiters.pop(key, ()):
+            if not w.done():
+                w.set_result(None)
+
+    def _request_deactivation(self, act: Actor[Any], *, front: bool) -> asyncio.Future[None]:
+        loop = self._loop_()
+        fut: asyncio.Future[None] = loop.create_future()
+        if act._rio_status == DEAD:
+            fut.set_result(None)
+            return fut
+        self._deact_waiters.setdefault(act._rio_key, []).append(fut)
+        queue = act._rio_queue
+        if queue is None:
+            queue = act._rio_queue = deque()
+        msg: Message = (None, (), {}, (), 0.0, loop.create_future(), None)
+        if front:
+            queue.appendleft(msg)
+        else:
+            queue.append(msg)
+        if not act._rio_busy and not act._rio_draining:
+            self._start_drain(act)
+        return fut
+
+    async def deactivate(self, actor: type[Actor[Any]] | str | Ref[Any], object_id: Any = None) -> bool:
+        """Deactivate one actor after its current turn (an operator's call).
+
+        Returns False when it was not active. Example::
+
+            await system.deactivate(Counter, "a")
+        """
+        if isinstance(actor, Ref):
+            key = actor._rio_key
+        else:
+            info = lookup_type(actor) if isinstance(actor, str) else actor_type(actor)
+            key = (info.name, str(object_id))
+        act = self._acts.get(key)
+        if act is None:
+            return False
+        await self._request_deactivation(act, front=True)
+        return True
+
+    async def _deactivate_now(self, act: Actor[Any]) -> None:
+        info: ActorType = act._rio_type
+        key = act._rio_key
+        was_active = act._rio_status == ACTIVE
+        act._rio_status = DEACTIVATING
+        act._rio_busy += 1
+        try:
+            if was_active and info.has_on_deactivate:
+                token = CURRENT_TURN.set(
+                    (act, (key,), self._loop_().time() + self.default_timeout)
+                )
+                try:
+                    await act.on_deactivate()
+                except Exception as e:
+                    logger.opt(exception=e).error(
+                        "{}: on_deactivate of {} raised {}", self.name, _key_str(key), e
+                    )
+                finally:
+                    CURRENT_TURN.reset(token)
+            await self.background.stop_all(act)
+            if was_active and info.save_on_deactivate and info.state_type is not None:
+                try:
+                    await self.save_state(act)
+                except Exception as e:
+                    logger.opt(exception=e).error(
+                        "{}: saving {} on deactivation failed: {}", self.name, _key_str(key), e
+                    )
+        finally:
+            act._rio_busy -= 1
+            act._rio_status = DEAD
+            if self._acts.get(key) is act:
+                del self._acts[key]
+            for w in self._deact_waiters.pop(key, ()):
+                if not w.done():
+                    w.set_result(None)
+            self._rehome(act)
+
+    def _rehome(self, act: Actor[Any]) -> None:
+        """Hand messages that arrived during deactivation to a fresh activation."""
+        queue, act._rio_queue = act._rio_queue, None
+        pending = [m for m in queue or () if m[0] is not None and not m[5].done()]
+        if not pending:
+            return
+        fresh = self._acts.get(act._rio_key) or self._new_activation(
+            act._rio_key, act._rio_type.name
+        )
+        fresh._rio_queue = deque(pending)
+        if not fresh._rio_busy and not fresh._rio_draining:
+            self._start_drain(fresh)
+
+    async def _sweep_idle(self) -> None:
+        loop = self._loop_()
+        while True:
+            ttls = [self._ttl(a._rio_type) for a in self._acts.values()]
+            finite = [t for t in ttls if t is not None]
+            period = min(max(min(finite, default=60.0) / 4, 0.01), 30.0)
+            await asyncio.sleep(period)
+            now = loop.time()
+            for act in list(self._acts.values()):
+                ttl = self._ttl(act._rio_type)
+                if (
+                    ttl is not None
+                    and act._rio_status == ACTIVE
+                    and not act._rio_busy
+                    and not act._rio_queue
+                    and not act._rio_draining
+                    and now - act._rio_last >= ttl
+                ):
+                    act._rio_deact = True
+                    self._start_drain(act)
+
+    def _ttl(self, info: ActorType) -> float | None:
+        return self._idle_ttl.get(info.name, info.idle_ttl)
+
+    # -- state -----------------------------------------------------------------------
+
+    async def save_state(self, act: Actor[Any]) -> None:
+        """Write an activation's state with its version (see :meth:`Actor.save`)."""
+        info: ActorType = act._rio_type
+        if info.state_type is None:
+            raise RegistrationError(f"{info.name} declares no state type; nothing to save")
+        key = act._rio_key
+        while (pending := self._saving.get(key)) is not None:
+            await asyncio.shield(pending)
+        done: asyncio.Future[None] = self._loop_().create_future()
+        self._saving[key] = done
+        try:
+            act._rio_version = await self.storage.save(
+                info.name, act.id, act.state, info.state_type, act._rio_version
+            )
+        except StateConflict:
+            act._rio_deact = True
+            raise
+        finally:
+            del self._saving[key]
+            done.set_result(None)
+
+    async def clear_state(self, act: Actor[Any]) -> None:
+        """Delete an activation's stored state and reset it to the default."""
+        info: ActorType = act._rio_type
+        if info.state_type is None:
+            raise RegistrationError(f"{info.name} declares no state type; nothing to clear")
+        try:
+            await self.storage.delete(info.name, act.id, act._rio_version)
+        except StateConflict:
+            act._rio_deact = True
+            raise
+        act.state = info.state_type()
+        act._rio_version = 0
+
+    # -- background work (delegated) -------------------------------------------------
+
+    def spawn_for(self, act: Actor[Any], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """See :meth:`Actor.spawn`."""
+        return self.background.spawn(act, coro)
+
+    async def run_blocking_for(self, act: Actor[Any], fn: Callable[..., R], *args: Any) -> R:
+        """See :meth:`Actor.run_blocking`."""
+        return await self.background.run_blocking(act, fn, *args)
+
+    def start_thread_for(
+        self, act: Actor[Any], fn: Callable[..., Any], args: tuple[Any, ...], name: str | None
+    ) -> threading.Event:
+        """See :meth:`Actor.start_thread`."""
+        return self.background.start_thread(act, fn, args, name)
+
+    def background_failed(self, act: Actor[Any], what: str, exc: BaseException) -> None:
+        """Log a failed background job and deactivate its activation."""
+        logger.opt(exception=exc).error(
+            "{}: {} of {} failed: {}: {}; deactivating it",
+            self.name,
+            what,
+            _key_str(act._rio_key),
+            type(exc).__name__,
+            exc,
+        )
+        if act._rio_status in (ACTIVATING, ACTIVE):
+            act._rio_deact = True
+            if not act._rio_busy and not act._rio_draining:
+                self._start_drain(act)
+
+    # -- introspection -----------------------------------------------------------------
+
+    def stats(self) -> RuntimeStats:
+        """A snapshot: activations (total and by type) and queued messages."""
+        by_type: dict[str, int] = {}
+        queued = 0
+        for (tname, _), act in self._acts.items():
+            by_type[tname] = by_type.get(tname, 0) + 1
+            queued += len(act._rio_queue or ())
+        return RuntimeStats(len(self._acts), by_type, queued)
+
+    def is_active(self, actor: type[Actor[Any]] | str, object_id: str) -> bool:
+        """True when ``(actor, object_id)`` has a live activation here."""
+        name = actor if isinstance(actor, str) else actor_type(actor).name
+        act = self._acts.get((name, object_id))
+        return act is not None and act._rio_status in (ACTIVATING, ACTIVE)
+
+    def _loop_(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            raise SystemStopping(f"{self.name} has not been started")
+        return loop
+
+
+def _chain_future(
+    inner: asyncio.Future[Any], outer: asyncio.Future[Any], timer: asyncio.TimerHandle | None
+) -> None:
+    def copy(f: asyncio.Future[Any]) -> None:
+        if timer is not None:
+            timer.cancel()
+        if outer.done():
+            if not f.cancelled():
+                f.exception()
+            return
+        if f.cancelled():
+            outer.cancel()
+        elif (e := f.exception()) is not None:
+            outer.set_exception(e)
+        else:
+            outer.set_result(f.result())
+
+    inner.add_done_callback(copy)

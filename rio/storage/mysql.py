@@ -1,0 +1,319 @@
+"""MySQL and MariaDB state storage through aiomysql.
+
+URL: ``mysql://user:password@host:3306/database?prefix=rio_`` (``mariadb://`` too).
+Options: ``prefix`` (table prefix, default ``rio_``), ``pool_size`` (default 10),
+``connect_timeout`` (seconds). The user defaults to ``root``; the database is required.
+
+One InnoDB table, ``<prefix>state``: msgpack in a ``LONGBLOB``, keyed by
+``(type_name, object_id)`` stored as ``VARBINARY`` (UTF-8 bytes), because the
+server's text collations would make ``"a"``, ``"A"`` and ``"a "`` the same key. Keys
+are limited to 255 bytes for the type name and 1024 for the id (InnoDB's index limit);
+longer ones are refused with a clear error. ``version`` is the compare-and-set
+counter, ``token`` a random number per write that lets a write retried after a lost
+connection recognise that its first attempt had already committed.
+
+DDL is not transactional in MySQL, so migrations run one by one under
+``GET_LOCK`` and each is recorded as soon as it has run; their statements use
+``IF NOT EXISTS`` so a process that died halfway can run them again.
+
+aiomysql was chosen over asyncmy: both speak the same protocol with client-side
+parameter escaping, aiomysql is pure Python (no compiler needed, installs anywhere)
+and is the one the ``mysql`` extra already named; the driver is rarely the
+bottleneck next to the server's fsync.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import aiomysql
+
+from rio.core.codec import decode_state, encode_state
+from rio.core.errors import ConfigError, StorageError
+from rio.storage import register_engine
+from rio.storage._engine import (
+    Engine,
+    Failure,
+    TableNames,
+    apply_migrations,
+    conflict,
+    parse_engine_url,
+)
+from rio.storage.base import StateStorage, StoredState
+
+__all__ = ["MySQLEngine", "MySQLStorage"]
+
+#: Error numbers that mean the connection or the server went away.
+_UNAVAILABLE = {1053, 1152, 1153, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+#: Error numbers that mean the login or the database was refused.
+_AUTH = {1044, 1045, 1049, 1698}
+_DUP_ENTRY = 1062
+
+_TYPE_MAX, _ID_MAX = 255, 1024
+
+#: Migrations of the ``state`` component; each is a list of statements.
+STATE_MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        f"""
+        CREATE TABLE IF NOT EXISTS {{state}} (
+            type_name VARBINARY({_TYPE_MAX}) NOT NULL,
+            object_id VARBINARY({_ID_MAX}) NOT NULL,
+            version   BIGINT NOT NULL,
+            token     BIGINT NOT NULL,
+            data      LONGBLOB NOT NULL,
+            PRIMARY KEY (type_name, object_id)
+        ) ENGINE=InnoDB
+        """,
+    ),
+]
+
+
+class MySQLEngine(Engine):
+    """An aiomysql pool plus migrations, shared by every rio table set on one database.
+
+    Example::
+
+        engine = MySQLEngine("mysql://app:pw@db/rio?prefix=shop_")
+        await engine.open()
+        await engine.migrate("state", STATE_MIGRATIONS)
+    """
+
+    kind = "MySQL"
+
+    def __init__(self, url: str) -> None:
+        cfg = parse_engine_url(url, engine="mysql", default_port=3306, default_prefix="rio_")
+        if not cfg.database:
+            raise ConfigError(f"mysql URL {cfg.url!r} names no database: e.g. mysql://host/rio")
+        super().__init__(cfg)
+        #: Quoted table names: ``self.tables["state"]`` is ```<prefix>state```.
+        self.tables = TableNames(cfg.prefix, "`")
+        self.pool: Any = None
+
+    async def _connect(self) -> None:
+        cfg = self.cfg
+        self.pool = await aiomysql.create_pool(
+            host=cfg.host,
+            port=cfg.port,
+            user=cfg.user or "root",
+            password=cfg.password or "",
+            db=cfg.database,
+            minsize=1,
+            maxsize=cfg.pool_size,
+            connect_timeout=cfg.connect_timeout,
+            autocommit=True,
+            charset="utf8mb4",
+            program_name=f"rio:{cfg.prefix}",
+        )
+
+    async def _disconnect(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
+            await pool.wait_closed()
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        return (aiomysql.MySQLError,)
+
+    def _classify(self, exc: BaseException) -> Failure:
+        if isinstance(exc, OSError):
+            return "unavailable"
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        if code in _UNAVAILABLE or isinstance(exc, aiomysql.InterfaceError):
+            return "unavailable"
+        if code in _AUTH:
+            return "auth"
+        return "other"
+
+    async def _connection_lost(self) -> None:
+        # After a server restart every idle connection is dead: drop them all.
+        if self.pool is not None:
+            await self.pool.clear()
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> tuple[int, list[Any]]:
+        """Run one statement on a pooled connection; return (affected rows, rows)."""
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql, tuple(args) or None)
+            return cur.rowcount, list(await cur.fetchall())
+
+    async def migrate(self, component: str, migrations: Sequence[Sequence[str]]) -> int:
+        """Apply pending migrations of ``component`` (statements use ``{table}`` names)."""
+        name = f"rio-migrate:{self.cfg.database}.{self.cfg.prefix}"[:64]
+        table = self.tables["schema"]
+
+        async def run() -> int:
+            async with self.pool.acquire() as conn, conn.cursor() as cur:
+
+                async def query(sql: str, *args: Any) -> list[Any]:
+                    await cur.execute(sql, args or None)
+                    return list(await cur.fetchall())
+
+                got = await query("SELECT GET_LOCK(%s, %s)", name, 120)
+                if not got or got[0][0] != 1:
+                    raise StorageError(
+                        f"{self.url}: timed out waiting for the migration lock {name!r}"
+                    )
+                try:
+                    exists = await query(
+                        "SELECT 1 FROM information_schema.TABLES "
+                        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                        f"{self.cfg.prefix}schema",
+                    )
+                    if not exists:
+                        await query(
+                            f"CREATE TABLE IF NOT EXISTS {table} (component VARCHAR(64) "
+                            "PRIMARY KEY, version INT NOT NULL) ENGINE=InnoDB"
+                        )
+
+                    async def read() -> int:
+                        rows = await query(
+                            f"SELECT version FROM {table} WHERE component = %s", component
+                        )
+                        return int(rows[0][0]) if rows else 0
+
+                    async def apply(index: int) -> None:
+                        for statement in migrations[index]:
+                            await query(statement.format_map(self.tables))
+                        await query(
+                            f"INSERT INTO {table} (component, version) VALUES (%s, %s) "
+                            "ON DUPLICATE KEY UPDATE version = %s",
+                            component,
+                            index + 1,
+                            index + 1,
+                        )
+
+                    return await apply_migrations(
+                        self.url, component, len(migrations), read, apply
+                    )
+                finally:
+                    if not conn.closed:
+                        await query("SELECT RELEASE_LOCK(%s)", name)
+
+        return await self.run(f"migrating {component} tables", run, retry=True)
+
+
+class MySQLStorage(StateStorage):
+    """Actor state in MySQL or MariaDB, as msgpack blobs.
+
+    Example::
+
+        app = rio.App(storage="mysql://app:secret@db.internal/rio?prefix=shop_")
+    """
+
+    def __init__(self, url: str) -> None:
+        self.engine = MySQLEngine(url)
+        self.url = self.engine.url
+        t = self.engine.tables["state"]
+        where = "WHERE type_name=%s AND object_id=%s"
+        self._sql_load = f"SELECT version, data FROM {t} {where}"
+        self._sql_insert = (
+            f"INSERT INTO {t} (type_name, object_id, version, token, data) "
+            "VALUES (%s, %s, 1, %s, %s)"
+        )
+        self._sql_update = (
+            f"UPDATE {t} SET version=version+1, token=%s, data=%s {where} AND version=%s"
+        )
+        self._sql_delete = f"DELETE FROM {t} {where} AND version=%s"
+        self._sql_version = f"SELECT version, token FROM {t} {where}"
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+        if self.engine.is_open:
+            return
+        await self.engine.open()
+        try:
+            await self.engine.migrate("state", STATE_MIGRATIONS)
+        except BaseException:
+            await self.engine.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self.engine.close()
+
+    async def load(self, type_name: str, object_id: str, state_type: Any) -> StoredState | None:
+        """Read one state."""
+        self._check_key(type_name, object_id)
+        _, rows = await self.engine.run(
+            f"loading {type_name}/{object_id}",
+            lambda: self.engine.execute(self._sql_load, (type_name, object_id)),
+            retry=True,
+        )
+        if not rows:
+            return None
+        version, data = rows[0]
+        return StoredState(decode_state(data, state_type, type_name, object_id), int(version))
+
+    async def save(
+        self,
+        type_name: str,
+        object_id: str,
+        state: Any,
+        state_type: Any,
+        expected_version: int,
+    ) -> int:
+        """Compare-and-set one state (INSERT for version 0, UPDATE otherwise)."""
+        self._check_key(type_name, object_id)
+        data = encode_state(state)
+        token = random.getrandbits(63)
+
+        async def write() -> int:
+            if expected_version != 0:
+                args = (token, data, type_name, object_id, expected_version)
+                return (await self.engine.execute(self._sql_update, args))[0]
+            try:
+                args = (type_name, object_id, token, data)
+                return (await self.engine.execute(self._sql_insert, args))[0]
+            except aiomysql.IntegrityError as e:
+                if e.args and e.args[0] == _DUP_ENTRY:
+                    return 0
+                raise
+
+        changed = await self.engine.run(f"saving {type_name}/{object_id}", write, retry=True)
+        if changed == 1:
+            return expected_version + 1
+        actual, stored_token = await self._version(type_name, object_id)
+        if actual == expected_version + 1 and stored_token == token:
+            return actual  # our first attempt committed before its connection was lost
+        raise conflict(self.url, type_name, object_id, actual, expected_version, "writer")
+
+    async def delete(self, type_name: str, object_id: str, expected_version: int) -> None:
+        """Compare-and-delete one state."""
+        self._check_key(type_name, object_id)
+        if expected_version != 0:
+            changed, _ = await self.engine.run(
+                f"deleting {type_name}/{object_id}",
+                lambda: self.engine.execute(
+                    self._sql_delete, (type_name, object_id, expected_version)
+                ),
+                retry=False,
+            )
+            if changed == 1:
+                return
+        actual, _ = await self._version(type_name, object_id)
+        if actual != 0 or expected_version != 0:
+            raise conflict(self.url, type_name, object_id, actual, expected_version, "deleter")
+
+    async def _version(self, type_name: str, object_id: str) -> tuple[int, int]:
+        _, rows = await self.engine.run(
+            f"reading the version of {type_name}/{object_id}",
+            lambda: self.engine.execute(self._sql_version, (type_name, object_id)),
+            retry=True,
+        )
+        return (0, 0) if not rows else (int(rows[0][0]), int(rows[0][1]))
+
+    def _check_key(self, type_name: str, object_id: str) -> None:
+        if len(type_name.encode()) > _TYPE_MAX or len(object_id.encode()) > _ID_MAX:
+            raise StorageError(
+                f"{type_name[:40]}…/{object_id[:40]}… in {self.url}: MySQL keys hold at most "
+                f"{_TYPE_MAX} bytes of type name and {_ID_MAX} bytes of id (UTF-8)"
+            )
+
+
+def _from_url(url: str) -> MySQLStorage:
+    return MySQLStorage(url)
+
+
+register_engine("mysql", _from_url)
+register_engine("mariadb", _from_url)
