@@ -5,7 +5,16 @@ URL                                    engine
 =====================================  =========================================
 ``memory://``                          :class:`MemoryStorage` (nothing persists)
 ``sqlite:///relative/or/abs/path.db``  :class:`SQLiteStorage` (the default)
+``postgresql://u:pw@host/db``          ``rio.storage.postgres.PostgresStorage``
+                                       (also ``postgres://``; ``rio-actors[postgres]``)
+``mysql://u:pw@host/db``               ``rio.storage.mysql.MySQLStorage``
+                                       (also ``mariadb://``; ``rio-actors[mysql]``)
+``redis://host:6379/0``                ``rio.storage.redis.RedisStorage``
+                                       (also ``rediss://``; ``rio-actors[redis]``)
 =====================================  =========================================
+
+Every networked engine takes ``?prefix=`` (table or key prefix), ``pool_size=`` and
+``connect_timeout=``; see each module for its own options.
 
 Engines register a URL scheme with :func:`register_engine`; :func:`storage_from_url`
 builds an (unopened) engine from a URL.
@@ -130,3 +139,9 @@ def _memory_from_url(url: str) -> MemoryStorage:
 
 register_engine("memory", _memory_from_url)
 register_engine("sqlite", _sqlite_from_url)
+register_lazy_engine("postgresql", "rio.storage.postgres", "postgres")
+register_lazy_engine("postgres", "rio.storage.postgres", "postgres")
+register_lazy_engine("mysql", "rio.storage.mysql", "mysql")
+register_lazy_engine("mariadb", "rio.storage.mysql", "mysql")
+register_lazy_engine("redis", "rio.storage.redis", "redis")
+register_lazy_engine("rediss", "rio.storage.redis", "redis")

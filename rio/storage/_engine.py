@@ -97,6 +97,7 @@ def parse_engine_url(
 
     Raises:
         ConfigError: malformed URL, bad port, unknown option or bad value.
+
     """
     masked = mask_url(url)
     try:
@@ -165,7 +166,7 @@ class TableNames:
 
 
 def lock_key(*parts: str) -> int:
-    """A stable signed 64-bit number for ``parts`` (a PostgreSQL advisory lock key)."""
+    """Hash ``parts`` to a stable signed 64-bit number (a PostgreSQL advisory lock key)."""
     digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
@@ -184,6 +185,7 @@ async def apply_migrations(
 
     Raises:
         StorageError: the store was migrated by a newer rio than this one.
+
     """
     applied = await read_version()
     if applied > count:
@@ -199,7 +201,7 @@ async def apply_migrations(
 def conflict(
     url: str, type_name: str, object_id: str, actual: int, expected: int, who: str
 ) -> StateConflict:
-    """The :class:`StateConflict` for a ``who`` ("writer", "deleter") that read a stale version."""
+    """Build the :class:`StateConflict` for a ``who`` ("writer", "deleter") that read stale."""
     return StateConflict(
         f"{type_name}/{object_id} in {url}: stored version is {actual}, the {who} "
         f"expected {expected}; another activation or process wrote first"
@@ -234,13 +236,14 @@ class Engine(abc.ABC):
         Raises:
             StorageUnavailable: the server cannot be reached.
             StorageError: the server refused the credentials or the database.
+
         """
         async with self._open_lock:
             if self._open:
                 return
             try:
                 await self._connect()
-            except (*self._driver_errors(), OSError, asyncio.TimeoutError) as e:
+            except self._errors() as e:
                 raise self.error("connecting", e) from e
             self._open = True
 
@@ -259,7 +262,7 @@ class Engine(abc.ABC):
         """
         if not self._open:
             raise StorageError(f"{self.url} is not open: call open() first")
-        errors = (*self._driver_errors(), OSError, asyncio.TimeoutError)
+        errors = self._errors()
         try:
             return await call()
         except errors as e:
@@ -271,8 +274,11 @@ class Engine(abc.ABC):
         except errors as e:
             raise self.error(action, e) from e
 
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (*self._driver_errors(), OSError, TimeoutError)
+
     def error(self, action: str, exc: BaseException) -> StorageError:
-        """The rio error for driver error ``exc`` raised while ``action``."""
+        """Translate driver error ``exc``, raised while ``action``, into rio's error."""
         detail = self.scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
         failure = self._classify(exc)
         if failure == "unavailable":
@@ -288,7 +294,7 @@ class Engine(abc.ABC):
         return StorageError(f"{self.kind} at {self.url}: {action} failed: {detail}")
 
     def scrub(self, text: str) -> str:
-        """``text`` with every occurrence of the password replaced by ``***``."""
+        """Return ``text`` with every occurrence of the password replaced by ``***``."""
         password = self.cfg.password
         if password:
             text = text.replace(password, "***").replace(quote(password, safe=""), "***")
@@ -311,11 +317,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
-        """The driver's exception classes that :meth:`run` translates."""
+        """Return the driver's exception classes that :meth:`run` translates."""
 
     @abc.abstractmethod
     def _classify(self, exc: BaseException) -> Failure:
         """Which kind of failure driver error ``exc`` is."""
 
-    async def _connection_lost(self) -> None:
+    async def _connection_lost(self) -> None:  # noqa: B027 (optional hook)
         """Drop idle connections that may be dead too (after a server restart)."""

@@ -183,9 +183,7 @@ class MySQLEngine(Engine):
                             index + 1,
                         )
 
-                    return await apply_migrations(
-                        self.url, component, len(migrations), read, apply
-                    )
+                    return await apply_migrations(self.url, component, len(migrations), read, apply)
                 finally:
                     if not conn.closed:
                         await query("SELECT RELEASE_LOCK(%s)", name)
@@ -209,10 +207,10 @@ class MySQLStorage(StateStorage):
         self._sql_load = f"SELECT version, data FROM {t} {where}"
         self._sql_insert = (
             f"INSERT INTO {t} (type_name, object_id, version, token, data) "
-            "VALUES (%s, %s, 1, %s, %s)"
+            "VALUES (%s, %s, 1, %s, UNHEX(%s))"
         )
         self._sql_update = (
-            f"UPDATE {t} SET version=version+1, token=%s, data=%s {where} AND version=%s"
+            f"UPDATE {t} SET version=version+1, token=%s, data=UNHEX(%s) {where} AND version=%s"
         )
         self._sql_delete = f"DELETE FROM {t} {where} AND version=%s"
         self._sql_version = f"SELECT version, token FROM {t} {where}"
@@ -255,16 +253,18 @@ class MySQLStorage(StateStorage):
     ) -> int:
         """Compare-and-set one state (INSERT for version 0, UPDATE otherwise)."""
         self._check_key(type_name, object_id)
-        data = encode_state(state)
+        # Sent as hex, the same size as the driver's own _binary X'..' literal: aiomysql
+        # cannot escape bytes with PyMySQL >= 1.2.3 (aio-libs/aiomysql#1080).
+        data = encode_state(state).hex()
         token = random.getrandbits(63)
 
         async def write() -> int:
             if expected_version != 0:
-                args = (token, data, type_name, object_id, expected_version)
-                return (await self.engine.execute(self._sql_update, args))[0]
+                update = (token, data, type_name, object_id, expected_version)
+                return (await self.engine.execute(self._sql_update, update))[0]
             try:
-                args = (type_name, object_id, token, data)
-                return (await self.engine.execute(self._sql_insert, args))[0]
+                insert = (type_name, object_id, token, data)
+                return (await self.engine.execute(self._sql_insert, insert))[0]
             except aiomysql.IntegrityError as e:
                 if e.args and e.args[0] == _DUP_ENTRY:
                     return 0

@@ -329,7 +329,7 @@ _NEVER, _ALWAYS, _CHECK_FLOATS = 0, 1, 2
 
 
 def _json_doc(state: Any, state_type: Any) -> bytes | None:
-    """The JSON document to store for ``state``, or None to store msgpack instead."""
+    """Return the JSON document to store for ``state``, or None to store msgpack."""
     plan = _json_plan(state_type)
     if plan == _NEVER:
         return None
@@ -387,9 +387,7 @@ def _walk(t: msgspec.inspect.Type, found: set[str], seen: set[int]) -> None:
     elif isinstance(t, ins.DictType):
         _walk(t.key_type, found, seen)
         _walk(t.value_type, found, seen)
-    elif isinstance(
-        t, ins.StructType | ins.DataclassType | ins.TypedDictType | ins.NamedTupleType
-    ):
+    elif isinstance(t, ins.StructType | ins.DataclassType | ins.TypedDictType | ins.NamedTupleType):
         for f in t.fields:
             _walk(f.type, found, seen)
 
