@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import signal
@@ -214,10 +215,8 @@ class App:
         try:
             await system.stop()
         finally:
-            try:
+            with contextlib.suppress(ValueError):  # reset from another context: leave it
                 reset_system(self._token)
-            except ValueError:  # reset from another context: leave it
-                pass
             set_default_system(None)
 
     async def __aenter__(self) -> Runtime:
@@ -263,7 +262,7 @@ def run(main: Awaitable[T]) -> T:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return asyncio.run(main)  # type: ignore[arg-type]
-    return uvloop.run(main)  # type: ignore[arg-type, no-any-return]
+    return uvloop.run(main)  # type: ignore[arg-type]
 
 
 def _import_actor(spec: str, source: Path) -> type[Actor[Any]]:

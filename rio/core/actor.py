@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
@@ -88,6 +89,17 @@ class Actor(Generic[S]):
 
     id: str
     state: S
+    # Per-activation bookkeeping kept by the runtime (slots: no dict, little memory).
+    _rio_bg: set[Any] | None
+    _rio_busy: int
+    _rio_deact: bool
+    _rio_draining: bool
+    _rio_key: tuple[str, str]
+    _rio_last: float
+    _rio_queue: deque[Any] | None
+    _rio_status: int
+    _rio_system: Runtime
+    _rio_version: int
 
     _rio_type: ClassVar[ActorType]
 
@@ -275,7 +287,7 @@ def _state_type_of(cls: type) -> Any | None:
         origin = get_origin(base)
         if isinstance(origin, type) and issubclass(origin, Actor):
             args = get_args(base)
-            if args and not isinstance(args[0], TypeVar) and args[0] is not Any:
+            if args and not isinstance(args[0], TypeVar) and args[0] not in (Any, None, type(None)):
                 return args[0]
     return None
 

@@ -24,9 +24,7 @@ CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "rio_deadline", default=None
 )
 #: The system that refs without one of their own use; set while a system runs.
-_SYSTEM: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
-    "rio_system", default=None
-)
+_SYSTEM: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("rio_system", default=None)
 _default_system: Runtime | None = None
 
 

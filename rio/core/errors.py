@@ -86,7 +86,7 @@ class ConfigError(RioError, ValueError):
 
 
 class RegistrationError(RioError, TypeError):
-    """An actor class cannot be registered as written (bad name, reserved method, bad state type)."""
+    """An actor class cannot be registered as written (name, reserved method, state type)."""
 
 
 class NoSystemRunning(RioError, RuntimeError):
@@ -149,9 +149,7 @@ class RemoteError(RioError):
     Within one process the original exception is also this error's ``__cause__``.
     """
 
-    def __init__(
-        self, remote_type: str, remote_message: str, remote_traceback: str = ""
-    ) -> None:
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "") -> None:
         super().__init__(remote_type, remote_message, remote_traceback)
         self.remote_type = remote_type
         self.remote_message = remote_message

@@ -103,9 +103,9 @@ def new_ref(
 ) -> Ref[Any]:
     """Create a ref to ``(info, object_id)``."""
     if type(object_id) is not str:
-        if isinstance(object_id, int) and not isinstance(object_id, bool):
-            object_id = str(object_id)
-        elif isinstance(object_id, str):
+        if (isinstance(object_id, int) and not isinstance(object_id, bool)) or isinstance(
+            object_id, str
+        ):
             object_id = str(object_id)
         else:
             raise BadArguments(

@@ -139,9 +139,7 @@ class Handler:
         self.return_type = hints.get("return", Any)
         self.param_types = [(p.name, hints.get(p.name, Any)) for p in params]
         checkers = [_make_checker(p.name, hints.get(p.name, Any)) for p in params]
-        simple = all(
-            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
-        )
+        simple = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
         n = len(params)
         names = [p.name for p in params]
         by_name = dict(zip(names, checkers, strict=True))

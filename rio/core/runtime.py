@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from _thread import get_ident
 import traceback
 import types
+from _thread import get_ident
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from functools import partial
@@ -263,9 +263,7 @@ class Runtime:
                 if handler.reentrant or act._rio_type.reentrant:
                     return self._run_eager(act, handler, args, kwargs, chain, deadline)
             elif status == NEW:
-                return self._run_eager(
-                    act, handler, args, kwargs, chain, deadline, activate=True
-                )
+                return self._run_eager(act, handler, args, kwargs, chain, deadline, activate=True)
         chain = chain[:-1]
         if now >= deadline:
             raise CallTimeout(f"{_key_str(key)}.{handler.name}(): deadline already passed")
@@ -367,7 +365,9 @@ class Runtime:
         self._turn_tasks.add(task)
         fut = loop.create_future()
         now = loop.time()
-        timer = loop.call_at(deadline, self._expire, fut, act._rio_key, handler.name, deadline - now)
+        timer = loop.call_at(
+            deadline, self._expire, fut, act._rio_key, handler.name, deadline - now
+        )
         task.add_done_callback(partial(self._eager_done, act, handler, fut, timer))
         return fut
 
@@ -414,7 +414,8 @@ class Runtime:
 
     def _create_task(self, coro: Coroutine[Any, Any, R]) -> asyncio.Task[R]:
         loop = self._loop
-        assert loop is not None and self._ctx is not None
+        assert loop is not None
+        assert self._ctx is not None
         return loop.create_task(coro, context=self._ctx.copy())
 
     def _start_drain(self, act: Actor[Any]) -> None:
@@ -441,7 +442,7 @@ class Runtime:
                     continue
                 if act._rio_status == NEW:
                     try:
-                        await self._activate(act, chain + (key,), deadline)
+                        await self._activate(act, (*chain, key), deadline)
                     except ActivationFailed as e:
                         if not fut.done():
                             fut.set_exception(e)
@@ -487,7 +488,7 @@ class Runtime:
         act: Actor[Any] = info.cls.__new__(info.cls)
         act.id = key[1]
         act._rio_key = key
-        act._rio_system = self  # type: ignore[assignment]
+        act._rio_system = self
         act._rio_busy = 0
         act._rio_queue = None
         act._rio_status = NEW
@@ -514,7 +515,7 @@ class Runtime:
         step = "__init__"
         try:
             if info.cls.__init__ is not object.__init__:
-                act.__init__()
+                act.__init__()  # type: ignore[misc]
             step = "loading state"
             if info.state_type is not None:
                 stored = await self.storage.load(info.name, act.id, info.state_type)
@@ -576,7 +577,9 @@ class Runtime:
             self._start_drain(act)
         return fut
 
-    async def deactivate(self, actor: type[Actor[Any]] | str | Ref[Any], object_id: Any = None) -> bool:
+    async def deactivate(
+        self, actor: type[Actor[Any]] | str | Ref[Any], object_id: Any = None
+    ) -> bool:
         """Deactivate one actor after its current turn (an operator's call).
 
         Returns False when it was not active. Example::
@@ -602,9 +605,7 @@ class Runtime:
         act._rio_busy += 1
         try:
             if was_active and info.has_on_deactivate:
-                token = CURRENT_TURN.set(
-                    (act, (key,), self._loop_().time() + self.default_timeout)
-                )
+                token = CURRENT_TURN.set((act, (key,), self._loop_().time() + self.default_timeout))
                 try:
                     await act.on_deactivate()
                 except Exception as e:

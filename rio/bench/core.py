@@ -1,0 +1,121 @@
+"""The benchmark registry, timing helpers and runner."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from rio.app import run
+
+__all__ = [
+    "Measurement",
+    "Record",
+    "Workload",
+    "registered",
+    "run_workloads",
+    "workload",
+]
+
+
+class Record(msgspec.Struct, frozen=True):
+    """One benchmark result row (the ``--json`` contract)."""
+
+    workload: str
+    path: str
+    n: int
+    seconds: float
+    ops_per_s: float
+    p50_us: float
+    p99_us: float
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """What a workload reports: operations done, wall time, latency samples (seconds)."""
+
+    n: int
+    seconds: float
+    latencies: list[float]
+
+
+WorkloadFn = Callable[[int], Awaitable[Measurement]]
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A registered workload: where it runs, its name, and its full and quick sizes."""
+
+    path: str
+    name: str
+    n: int
+    quick_n: int
+    fn: WorkloadFn
+    description: str
+
+
+_WORKLOADS: list[Workload] = []
+
+
+def workload(path: str, name: str, *, n: int, quick_n: int) -> Callable[[WorkloadFn], WorkloadFn]:
+    """Register an async workload function ``fn(n) -> Measurement``."""
+
+    def register(fn: WorkloadFn) -> WorkloadFn:
+        _WORKLOADS.append(Workload(path, name, n, quick_n, fn, (fn.__doc__ or "").strip()))
+        return fn
+
+    return register
+
+
+def registered() -> list[Workload]:
+    """Every registered workload, in registration order."""
+    from rio.bench import workloads  # noqa: F401  (registers the built-in suite)
+
+    return list(_WORKLOADS)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[idx]
+
+
+def to_record(w: Workload, m: Measurement) -> Record:
+    """Summarize a measurement as a result row."""
+    lat = sorted(m.latencies)
+    return Record(
+        workload=w.name,
+        path=w.path,
+        n=m.n,
+        seconds=round(m.seconds, 6),
+        ops_per_s=round(m.n / m.seconds, 1) if m.seconds > 0 else 0.0,
+        p50_us=round(_percentile(lat, 0.50) * 1e6, 2),
+        p99_us=round(_percentile(lat, 0.99) * 1e6, 2),
+    )
+
+
+def run_workloads(
+    selected: Iterable[Workload],
+    *,
+    quick: bool,
+    progress: Callable[[int, int, Workload], None] | None = None,
+) -> list[Record]:
+    """Run each workload in a fresh event loop, after a short warm-up run."""
+    chosen = list(selected)
+    records: list[Record] = []
+    for i, w in enumerate(chosen):
+        if progress is not None:
+            progress(i, len(chosen), w)
+        n = w.quick_n if quick else w.n
+        run(w.fn(max(1, n // 10)))  # warm-up: imports, caches, JIT-free but allocator-warm
+        gc.collect()
+        start = time.perf_counter()
+        m = run(w.fn(n))
+        if m.seconds <= 0:
+            m = Measurement(m.n, time.perf_counter() - start, m.latencies)
+        records.append(to_record(w, m))
+    return records
