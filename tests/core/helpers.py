@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
+
+import rio
+
+#: What the ``make_app`` fixture returns: ``make_app(storage=..., **app_options)``.
+AppFactory = Callable[..., rio.App]
 
 _current: Probe | None = None
 
