@@ -147,6 +147,9 @@ class Runtime:
         self._saving: dict[Key, asyncio.Future[None]] = {}
         self._turn_tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        # The sweeper's current sleep; an activation whose TTL needs a shorter one wakes it.
+        self._sweep_period = 0.0
+        self._sweep_wake = asyncio.Event()
         self._ctx: contextvars.Context | None = None
         self.background = Background(self)
 
@@ -498,6 +501,9 @@ class Runtime:
         act._rio_version = 0
         act._rio_last = 0.0
         self._acts[key] = act
+        ttl = self._ttl(info)
+        if ttl is not None and ttl / 4 < self._sweep_period:
+            self._sweep_wake.set()
         return act
 
     async def _activate_then(
@@ -651,7 +657,13 @@ class Runtime:
             ttls = [self._ttl(a._rio_type) for a in self._acts.values()]
             finite = [t for t in ttls if t is not None]
             period = min(max(min(finite, default=60.0) / 4, 0.01), 30.0)
-            await asyncio.sleep(period)
+            self._sweep_period = period
+            self._sweep_wake.clear()
+            try:
+                async with asyncio.timeout(period):
+                    await self._sweep_wake.wait()
+            except TimeoutError:
+                pass
             now = loop.time()
             for act in list(self._acts.values()):
                 ttl = self._ttl(act._rio_type)

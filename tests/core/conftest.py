@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 
 from . import helpers
 
 
-@pytest.fixture
-async def probe() -> AsyncIterator[helpers.Probe]:
-    """A fresh probe that this test's actors report to (see :mod:`helpers`)."""
-    p = helpers.Probe(asyncio.get_running_loop())
+@pytest.fixture(autouse=True)
+def probe() -> Iterator[helpers.Probe]:
+    """A fresh probe that this test's actors report to (see :mod:`helpers`).
+
+    Autouse, so it is set up before ``system`` and outlives its drain, where
+    ``on_deactivate`` hooks still report.
+    """
+    p = helpers.Probe()
     helpers.install(p)
     try:
         yield p

@@ -30,10 +30,11 @@ def probe() -> Probe:
 class Probe:
     """Records named hits (from any thread) and opens named gates (loop thread)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Built in the loop's thread: hits from other threads are handed to it.
-        self._loop = loop
-        self._thread = threading.get_ident()
+    def __init__(self) -> None:
+        # The loop (and its thread) of the first waiter; hits from other threads are
+        # handed to it. Before anyone waits there is nobody to wake.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = -1
         self._lock = threading.Lock()
         self._log: list[tuple[str, tuple[Any, ...]]] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -45,10 +46,13 @@ class Probe:
         """Record that ``name`` happened, with optional data; wakes waiters."""
         with self._lock:
             self._log.append((name, data))
+        loop = self._loop
+        if loop is None:
+            return
         if threading.get_ident() == self._thread:
             self._wake()
-        elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake)
 
     def count(self, name: str) -> int:
         """How many times ``name`` was hit."""
@@ -67,10 +71,11 @@ class Probe:
 
     async def wait(self, name: str, count: int = 1, within: float = 2.0) -> None:
         """Return once ``name`` was hit ``count`` times; fail the test after ``within`` seconds."""
+        loop = self._bind()
         try:
             async with asyncio.timeout(within):
                 while self.count(name) < count:
-                    fut = self._loop.create_future()
+                    fut = loop.create_future()
                     self._waiters.append(fut)
                     await fut
         except TimeoutError:
@@ -78,6 +83,12 @@ class Probe:
                 f"probe: {name!r} hit {self.count(name)} time(s) within {within}s, "
                 f"expected {count}; hits so far: {self.names()}"
             ) from None
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._thread = threading.get_ident()
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -88,6 +99,7 @@ class Probe:
     # -- gates -------------------------------------------------------------------
 
     def _gate(self, name: str) -> asyncio.Event:
+        self._bind()
         gate = self._gates.get(name)
         if gate is None:
             gate = self._gates[name] = asyncio.Event()

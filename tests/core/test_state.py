@@ -1,0 +1,269 @@
+"""State: loaded on activation, written by save(), versioned against stale writers."""
+
+import asyncio
+
+import msgspec
+import pytest
+
+import rio
+from rio.storage import MemoryStorage, SQLiteStorage
+
+from .helpers import AppFactory
+
+
+class TsAccountState(msgspec.Struct):
+    balance: int = 0
+    history: list[int] = msgspec.field(default_factory=list)
+
+
+class TsAccount(rio.Actor[TsAccountState]):
+    async def deposit(self, amount: int) -> int:
+        self.state.balance += amount
+        self.state.history.append(amount)
+        await self.save()
+        return self.state.balance
+
+    async def deposit_unsaved(self, amount: int) -> int:
+        self.state.balance += amount
+        return self.state.balance
+
+    async def balance(self) -> int:
+        return self.state.balance
+
+    async def history(self) -> list[int]:
+        return list(self.state.history)
+
+    async def close(self) -> None:
+        await self.clear_state()
+
+    async def replace(self, balance: int) -> None:
+        self.state = TsAccountState(balance=balance)
+        await self.save()
+
+
+class TsAutoSaved(rio.Actor[TsAccountState], save_on_deactivate=True):
+    async def add(self, amount: int) -> int:
+        self.state.balance += amount
+        return self.state.balance
+
+    async def balance(self) -> int:
+        return self.state.balance
+
+
+class TsBurst(rio.Actor[TsAccountState], reentrant=True):
+    """Many overlapping turns saving at once: saves are serialized, none conflicts."""
+
+    async def add(self, amount: int) -> None:
+        self.state.balance += amount
+        await self.save()
+
+
+class TsStateless(rio.Actor):
+    async def try_save(self) -> None:
+        await self.save()
+
+    async def try_clear(self) -> None:
+        await self.clear_state()
+
+
+class TsOtherShape(msgspec.Struct):
+    balance: str = ""
+
+
+class TsDecodes(rio.Actor[TsAccountState]):
+    async def balance(self) -> int:
+        return self.state.balance
+
+
+async def stored(system: rio.System, cls: type[rio.Actor], object_id: str) -> object:
+    """What the storage holds for an object, or None."""
+    info = cls._rio_type
+    found = await system.storage.load(info.name, object_id, info.state_type)
+    return None if found is None else found.value
+
+
+async def test_default_state_when_nothing_is_stored(system: rio.System) -> None:
+    assert await TsAccount.ref("new").balance() == 0
+    assert await stored(system, TsAccount, "new") is None
+
+
+async def test_save_writes_to_storage(system: rio.System) -> None:
+    assert await TsAccount.ref("a").deposit(5) == 5
+    assert await stored(system, TsAccount, "a") == TsAccountState(5, [5])
+    found = await system.storage.load("TsAccount", "a", TsAccountState)
+    assert found is not None
+    assert found.version == 1
+
+
+async def test_state_survives_deactivation(system: rio.System) -> None:
+    ref = TsAccount.ref("b")
+    await ref.deposit(3)
+    await ref.deposit(4)
+    assert await system.deactivate(TsAccount, "b") is True
+    assert not system.is_active(TsAccount, "b")
+    assert await ref.balance() == 7
+    assert await ref.history() == [3, 4]
+
+
+async def test_state_survives_an_app_restart_on_sqlite(
+    make_app: AppFactory, sqlite_url: str
+) -> None:
+    async with make_app(storage=sqlite_url):
+        await TsAccount.ref("alice").deposit(10)
+        await TsAccount.ref("alice").deposit(5)
+        await TsAccount.ref("bob").deposit(1)
+    async with make_app(storage=sqlite_url):
+        assert await TsAccount.ref("alice").balance() == 15
+        assert await TsAccount.ref("alice").history() == [10, 5]
+        assert await TsAccount.ref("bob").balance() == 1
+        assert await TsAccount.ref("carol").balance() == 0
+        assert await TsAccount.ref("alice").deposit(1) == 16  # versions carried over too
+
+
+async def test_unsaved_changes_are_lost_on_deactivation(sqlite_system: rio.System) -> None:
+    ref = TsAccount.ref("u")
+    await ref.deposit(1)
+    assert await ref.deposit_unsaved(100) == 101
+    await sqlite_system.deactivate(TsAccount, "u")
+    assert await ref.balance() == 1
+
+
+async def test_replacing_the_state_object(sqlite_system: rio.System) -> None:
+    ref = TsAccount.ref("r")
+    await ref.deposit(1)
+    await ref.replace(42)
+    await sqlite_system.deactivate(TsAccount, "r")
+    assert await ref.balance() == 42
+    assert await ref.history() == []
+
+
+async def test_save_on_deactivate(sqlite_system: rio.System) -> None:
+    ref = TsAutoSaved.ref("s")
+    await ref.add(2)
+    await ref.add(3)
+    assert await stored(sqlite_system, TsAutoSaved, "s") is None  # not saved yet
+    await sqlite_system.deactivate(TsAutoSaved, "s")
+    assert await stored(sqlite_system, TsAutoSaved, "s") == TsAccountState(5)
+    assert await ref.balance() == 5
+
+
+async def test_save_on_deactivate_at_app_stop(make_app: AppFactory, sqlite_url: str) -> None:
+    async with make_app(storage=sqlite_url):
+        await TsAutoSaved.ref("stop").add(9)
+    async with make_app(storage=sqlite_url):
+        assert await TsAutoSaved.ref("stop").balance() == 9
+
+
+async def test_clear_state(system: rio.System) -> None:
+    ref = TsAccount.ref("c")
+    await ref.deposit(8)
+    await ref.close()
+    assert await ref.balance() == 0  # reset in memory at once
+    assert await stored(system, TsAccount, "c") is None
+    await system.deactivate(TsAccount, "c")
+    assert await ref.balance() == 0
+    assert await ref.deposit(2) == 2  # a fresh write after a clear works
+
+
+async def test_clear_state_of_something_never_saved(system: rio.System) -> None:
+    await TsAccount.ref("never").close()
+    assert await TsAccount.ref("never").deposit(1) == 1
+
+
+async def test_overlapping_saves_of_one_activation_do_not_conflict(
+    sqlite_system: rio.System,
+) -> None:
+    ref = TsBurst.ref("burst")
+    await asyncio.gather(*(ref.add(1) for _ in range(20)))
+    found = await sqlite_system.storage.load("TsBurst", "burst", TsAccountState)
+    assert found is not None
+    assert found.value.balance == 20
+    assert found.version == 20
+
+
+async def test_save_and_clear_need_a_state_type(system: rio.System) -> None:
+    with pytest.raises(rio.RegistrationError, match="TsStateless declares no state type"):
+        await TsStateless.ref("x").try_save()
+    with pytest.raises(rio.RegistrationError, match="TsStateless declares no state type"):
+        await TsStateless.ref("x").try_clear()
+
+
+# -- optimistic concurrency --------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite"])
+async def test_write_behind_the_actors_back_is_a_conflict(
+    make_app: AppFactory, sqlite_url: str, engine: str
+) -> None:
+    async with make_app(storage="memory://" if engine == "memory" else sqlite_url) as system:
+        ref = TsAccount.ref("raced")
+        await ref.deposit(1)  # stored version 1
+        # Another writer (a stale node, another process) stores version 2.
+        await system.storage.save(
+            "TsAccount", "raced", TsAccountState(100, [100]), TsAccountState, 1
+        )
+        with pytest.raises(rio.StateConflict) as info:
+            await ref.deposit(1)
+        assert "TsAccount/raced" in str(info.value)
+        assert "stored version is 2" in str(info.value)
+        # The write did not overwrite the newer state...
+        assert await stored(system, TsAccount, "raced") == TsAccountState(100, [100])
+        # ...and the stale activation is gone: the next call loads the newer state.
+        assert await ref.balance() == 100
+        assert await ref.deposit(1) == 101
+
+
+async def test_clear_state_conflict(system: rio.System) -> None:
+    ref = TsAccount.ref("clear-raced")
+    await ref.deposit(1)
+    await system.storage.save("TsAccount", "clear-raced", TsAccountState(7), TsAccountState, 1)
+    with pytest.raises(rio.StateConflict):
+        await ref.close()
+    assert await stored(system, TsAccount, "clear-raced") == TsAccountState(7)
+    assert await ref.balance() == 7
+
+
+async def test_two_apps_racing_on_one_file(make_app: AppFactory, sqlite_url: str) -> None:
+    # Two activations of one object (two processes that both believe they own it).
+    first = make_app(storage=sqlite_url).make_runtime()
+    second = make_app(storage=sqlite_url).make_runtime()
+    await first.start()
+    await second.start()
+    try:
+        a = first.ref(TsAccount, "shared")
+        b = second.ref(TsAccount, "shared")
+        assert await a.balance() == 0
+        assert await b.balance() == 0
+        assert await a.deposit(5) == 5
+        with pytest.raises(rio.StateConflict):
+            await b.deposit(7)
+        assert await b.balance() == 5  # reloaded
+        assert await b.deposit(7) == 12
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_state_that_no_longer_decodes_fails_activation(
+    make_app: AppFactory, tmp_path: object
+) -> None:
+    storage = SQLiteStorage(str(tmp_path) + "/decode.db")  # type: ignore[operator]
+    async with make_app(storage=storage) as system:
+        await storage.save("TsDecodes", "d", TsOtherShape("lots"), TsOtherShape, 0)
+        with pytest.raises(rio.ActivationFailed) as info:
+            await TsDecodes.ref("d").balance()
+        message = str(info.value)
+        assert "activating TsDecodes/d failed in loading state" in message
+        assert "StateDecodeError" in message
+        assert "$.balance" in message
+        assert isinstance(info.value.__cause__, rio.StateDecodeError)
+        assert not system.is_active(TsDecodes, "d")
+        # The stored value is left as it was.
+        found = await storage.load("TsDecodes", "d", TsOtherShape)
+        assert found is not None
+        assert found.value == TsOtherShape("lots")
+
+
+def test_memory_storage_can_be_passed_as_an_object() -> None:
+    storage = MemoryStorage()
+    assert rio.App("x", storage=storage).make_storage() is storage
