@@ -284,7 +284,7 @@ class Engine(abc.ABC):
         if failure == "unavailable":
             return StorageUnavailable(
                 f"{self.kind} at {self.url}: {action} failed, the server cannot be reached "
-                f"or dropped the connection ({detail}); the call may be retried"
+                f"or dropped the connection ({detail})"
             )
         if failure == "auth":
             return StorageError(

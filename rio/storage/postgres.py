@@ -124,6 +124,7 @@ class PostgresEngine(Engine):
             max_size=cfg.pool_size,
             timeout=cfg.connect_timeout,
             init=_init_connection,
+            reset=_no_reset,
             server_settings={"application_name": f"rio:{cfg.prefix}"[:63]},
         )
 
@@ -133,7 +134,7 @@ class PostgresEngine(Engine):
             await pool.close()
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
-        return (asyncpg.PostgresError, asyncpg.InterfaceError)
+        return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
     def _classify(self, exc: BaseException) -> Failure:
         if isinstance(
@@ -146,6 +147,10 @@ class PostgresEngine(Engine):
         ):
             return "unavailable"
         if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
+            return "unavailable"
+        if isinstance(exc, asyncpg.InternalClientError):
+            # The protocol lost its footing when the server cut the connection (e.g.
+            # while the pool was resetting it); the pool has dropped that connection.
             return "unavailable"
         if isinstance(
             exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError
@@ -194,6 +199,13 @@ class PostgresEngine(Engine):
                 return await apply_migrations(self.url, component, len(migrations), read, apply)
 
         return await self.run(f"migrating {component} tables", run, retry=True)
+
+
+async def _no_reset(conn: Any) -> None:
+    # rio's queries leave no session state behind (no SET, LISTEN, cursors or session
+    # advisory locks), so asyncpg's reset query, a round trip per call, is skipped.
+    # Code sharing this pool must keep it that way.
+    return None
 
 
 async def _init_connection(conn: Any) -> None:
