@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import hashlib
 import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -268,7 +269,8 @@ class Engine(abc.ABC):
         except errors as e:
             if not retry or self._classify(e) != "unavailable":
                 raise self.error(action, e) from e
-            await self._connection_lost()
+            with contextlib.suppress(Exception):  # best effort: the retry tells the rest
+                await self._connection_lost()
         try:
             return await call()
         except errors as e:

@@ -8,9 +8,12 @@ One InnoDB table, ``<prefix>state``: msgpack in a ``LONGBLOB``, keyed by
 ``(type_name, object_id)`` stored as ``VARBINARY`` (UTF-8 bytes), because the
 server's text collations would make ``"a"``, ``"A"`` and ``"a "`` the same key. Keys
 are limited to 255 bytes for the type name and 1024 for the id (InnoDB's index limit);
-longer ones are refused with a clear error. ``version`` is the compare-and-set
-counter, ``token`` a random number per write that lets a write retried after a lost
-connection recognise that its first attempt had already committed.
+longer ones are refused with a clear error. States travel hex-encoded in the SQL
+text, so one state can be at most half the server's ``max_allowed_packet`` (16 MiB by
+default on MariaDB, 64 MiB on MySQL 8); a larger one is refused before it is sent.
+``version`` is the compare-and-set counter, ``token`` a random number per write that
+lets a write retried after a lost connection recognise that its first attempt had
+already committed.
 
 DDL is not transactional in MySQL, so migrations run one by one under
 ``GET_LOCK`` and each is recorded as soon as it has run; their statements use
@@ -46,7 +49,7 @@ from rio.storage.base import StateStorage, StoredState
 __all__ = ["MySQLEngine", "MySQLStorage"]
 
 #: Error numbers that mean the connection or the server went away.
-_UNAVAILABLE = {1053, 1152, 1153, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+_UNAVAILABLE = {1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 #: Error numbers that mean the login or the database was refused.
 _AUTH = {1044, 1045, 1049, 1698}
 _DUP_ENTRY = 1062
@@ -214,6 +217,7 @@ class MySQLStorage(StateStorage):
         )
         self._sql_delete = f"DELETE FROM {t} {where} AND version=%s"
         self._sql_version = f"SELECT version, token FROM {t} {where}"
+        self._max_packet = 0
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -222,6 +226,12 @@ class MySQLStorage(StateStorage):
         await self.engine.open()
         try:
             await self.engine.migrate("state", STATE_MIGRATIONS)
+            _, rows = await self.engine.run(
+                "reading max_allowed_packet",
+                lambda: self.engine.execute("SELECT @@max_allowed_packet"),
+                retry=True,
+            )
+            self._max_packet = int(rows[0][0])
         except BaseException:
             await self.engine.close()
             raise
@@ -256,6 +266,12 @@ class MySQLStorage(StateStorage):
         # Sent as hex, the same size as the driver's own _binary X'..' literal: aiomysql
         # cannot escape bytes with PyMySQL >= 1.2.3 (aio-libs/aiomysql#1080).
         data = encode_state(state).hex()
+        if len(data) + len(object_id) * 4 + 1024 > self._max_packet:
+            raise StorageError(
+                f"{type_name}/{object_id} in {self.url}: the state is {len(data) // 2} bytes "
+                f"encoded, too large for the server's max_allowed_packet ({self._max_packet}) "
+                "once hex-encoded; raise max_allowed_packet to over twice the state size"
+            )
         token = random.getrandbits(63)
 
         async def write() -> int:

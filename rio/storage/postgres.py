@@ -29,15 +29,13 @@ that start together apply each step once, and a failed step leaves nothing behin
 
 from __future__ import annotations
 
-import functools
 import random
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-import msgspec
 
-from rio.core.codec import decode_state, decode_state_json, encode_state, encode_state_json
+from rio.core.codec import decode_state, decode_state_json, encode_state
 from rio.core.errors import ConfigError
 from rio.storage import register_engine
 from rio.storage._engine import (
@@ -50,6 +48,7 @@ from rio.storage._engine import (
     lock_key,
     parse_engine_url,
 )
+from rio.storage._json import json_document
 from rio.storage.base import StateStorage, StoredState
 
 __all__ = ["PostgresEngine", "PostgresStorage"]
@@ -293,7 +292,7 @@ class PostgresStorage(StateStorage):
         expected_version: int,
     ) -> int:
         """Compare-and-set one state (INSERT for version 0, UPDATE otherwise)."""
-        doc = _json_doc(state, state_type)
+        doc = json_document(state, state_type)
         data = encode_state(state) if doc is None else None
         token = random.getrandbits(63)
         pool = self.engine.pool
@@ -333,75 +332,6 @@ class PostgresStorage(StateStorage):
             retry=True,
         )
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
-
-
-# -- choosing jsonb or bytea ---------------------------------------------------------
-
-_NEVER, _ALWAYS, _CHECK_FLOATS = 0, 1, 2
-
-
-def _json_doc(state: Any, state_type: Any) -> bytes | None:
-    """Return the JSON document to store for ``state``, or None to store msgpack."""
-    plan = _json_plan(state_type)
-    if plan == _NEVER:
-        return None
-    try:
-        doc = encode_state_json(state)
-    except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
-        return None
-    if b"\\u0000" in doc:  # jsonb cannot hold NUL characters
-        return None
-    if plan == _CHECK_FLOATS and b"null" in doc:
-        # msgspec writes NaN and infinity as null: keep JSON only if nothing changed.
-        try:
-            same = bool(decode_state_json(doc, state_type, "", "") == state)
-        except Exception:
-            same = False
-        if not same:
-            return None
-    return doc
-
-
-@functools.lru_cache(maxsize=1024)
-def _json_plan(state_type: Any) -> int:
-    try:
-        info = msgspec.inspect.type_info(state_type)
-    except Exception:
-        return _NEVER
-    found: set[str] = set()
-    _walk(info, found, set())
-    if found & {"bytes", "opaque"}:
-        return _NEVER
-    return _CHECK_FLOATS if "float" in found else _ALWAYS
-
-
-def _walk(t: msgspec.inspect.Type, found: set[str], seen: set[int]) -> None:
-    ins = msgspec.inspect
-    if id(t) in seen:
-        return
-    seen.add(id(t))
-    if isinstance(t, ins.BytesType | ins.ByteArrayType | ins.MemoryViewType):
-        found.add("bytes")
-    elif isinstance(t, ins.AnyType | ins.ExtType | ins.RawType | ins.CustomType):
-        found.add("opaque")  # JSON cannot say what these were
-    elif isinstance(t, ins.FloatType):
-        found.add("float")
-    elif isinstance(t, ins.Metadata):
-        _walk(t.type, found, seen)
-    elif isinstance(t, ins.UnionType):
-        for member in t.types:
-            _walk(member, found, seen)
-    elif isinstance(t, ins.ListType | ins.SetType | ins.FrozenSetType | ins.VarTupleType):
-        _walk(t.item_type, found, seen)
-    elif isinstance(t, ins.TupleType):
-        for item in t.item_types:
-            _walk(item, found, seen)
-    elif isinstance(t, ins.DictType):
-        _walk(t.key_type, found, seen)
-        _walk(t.value_type, found, seen)
-    elif isinstance(t, ins.StructType | ins.DataclassType | ins.TypedDictType | ins.NamedTupleType):
-        for f in t.fields:
-            _walk(f.type, found, seen)
 
 
 def _from_url(url: str) -> PostgresStorage:

@@ -178,6 +178,8 @@ class RedisEngine(Engine):
             # A holder that died leaves the lock to expire; the lease outlives any
             # migration rio ships (they are key layout markers or short scans).
             while not await client.set(lock, token, nx=True, px=60_000):
+                if await client.get(lock) == token.encode():
+                    break  # ours already: a retry after the connection dropped
                 if time.monotonic() > deadline:
                     raise StorageError(f"{self.url}: timed out waiting for the lock {lock!r}")
                 await asyncio.sleep(0.01)

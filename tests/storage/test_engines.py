@@ -216,3 +216,25 @@ async def test_schema_from_a_newer_rio_is_refused(net_backend: Backend, tmp_path
         assert not second.engine.is_open  # type: ignore[attr-defined]
     finally:
         await net_backend.drop(prefix)
+
+
+async def test_mysql_refuses_a_state_over_max_allowed_packet_before_sending() -> None:
+    from .conftest import MySQLBackend
+
+    backend = MySQLBackend(tmp_path=None)  # type: ignore[arg-type]
+    backend.check_reachable()
+    prefix = backend.new_prefix()
+    storage = storage_from_url(backend.url(prefix))
+    try:
+        await storage.open()
+        limit: int = storage._max_packet  # type: ignore[attr-defined]
+
+        class Big(msgspec.Struct):
+            data: bytes
+
+        with pytest.raises(StorageError, match="too large for the server's max_allowed_packet"):
+            await storage.save("Big", "b", Big(b"x" * (limit // 2 + 1)), Big, 0)
+        assert await storage.load("Big", "b", Big) is None
+    finally:
+        await storage.close()
+        await backend.drop(prefix)
