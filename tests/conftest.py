@@ -51,6 +51,8 @@ def make_app(runtime: str, tmp_path: Path) -> AppFactory:
     names = itertools.count()
 
     def make(*, storage: Any = "memory://", **options: Any) -> rio.App:
+        # A test that fails while a turn is stuck should not also wait out a 30 s drain.
+        options.setdefault("drain_timeout", 2.0)
         return rio.App(
             f"test-{runtime}-{next(names)}",
             storage=storage,
