@@ -81,6 +81,9 @@ class RioError(Exception):
         return (type(self), self.args)
 
 
+RioError._registry["RioError"] = RioError  # the base crosses the wire as itself too
+
+
 class ConfigError(RioError, ValueError):
     """A setting, storage URL or config file is wrong; the message says which and how to fix it."""
 
