@@ -1,0 +1,240 @@
+"""The App: configuration (in code and TOML), starting, stopping, stats."""
+
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import rio
+from rio.storage import MemoryStorage, SQLiteStorage
+
+from .helpers import AppFactory
+
+
+class TpState(msgspec.Struct):
+    value: int = 0
+
+
+class TpCounter(rio.Actor[TpState]):
+    async def incr(self) -> int:
+        self.state.value += 1
+        await self.save()
+        return self.state.value
+
+
+class TpOther(rio.Actor):
+    async def ping(self) -> str:
+        return "pong"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rio.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- App in code ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", "has space", "a/b", "semi;colon"])
+def test_bad_app_names(name: str) -> None:
+    with pytest.raises(rio.ConfigError, match=re.escape("use letters, digits, '-', '_' or '.'")):
+        rio.App(name)
+
+
+def test_default_storage_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
+    storage = rio.App("bank", data_dir=tmp_path).make_storage()
+    assert isinstance(storage, SQLiteStorage)
+    assert Path(storage.path) == tmp_path / "bank.db"
+
+
+def test_data_dir_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RIO_DATA_DIR", str(tmp_path / "env"))
+    storage = rio.App("bank").make_storage()
+    assert isinstance(storage, SQLiteStorage)
+    assert Path(storage.path) == tmp_path / "env" / "bank.db"
+
+
+async def test_the_app_is_the_context_manager(make_app: AppFactory) -> None:
+    app = make_app()
+    assert app.system is None
+    async with app as system:
+        assert app.system is system
+        assert isinstance(system, rio.System)
+        assert system.running
+        assert rio.current_system() is system
+        with pytest.raises(rio.ConfigError, match="is already running"):
+            await app.start()
+    assert app.system is None
+    assert not system.running
+
+
+async def test_no_system_running(make_app: AppFactory) -> None:
+    with pytest.raises(rio.NoSystemRunning, match=r"start one with `async with app:`"):
+        await TpOther.ref("x").ping()
+    with pytest.raises(rio.NoSystemRunning):
+        rio.current_system()
+    async with make_app():
+        assert await TpOther.ref("x").ping() == "pong"
+    with pytest.raises(rio.NoSystemRunning):
+        await TpOther.ref("x").ping()
+
+
+async def test_bound_refs_refuse_calls_after_stop(make_app: AppFactory) -> None:
+    async with make_app() as system:
+        ref = system.ref(TpOther, "x")
+        assert await ref.ping() == "pong"
+    with pytest.raises(rio.SystemStopping, match=r"is stopping: call to TpOther/x\.ping"):
+        await ref.ping()
+
+
+async def test_stats(system: rio.System) -> None:
+    assert system.stats() == rio.RuntimeStats(activations=0, by_type={}, queued=0)
+    await TpCounter.ref("a").incr()
+    await TpCounter.ref("b").incr()
+    await TpOther.ref("a").ping()
+    stats = system.stats()
+    assert stats.activations == 3
+    assert stats.by_type == {"TpCounter": 2, "TpOther": 1}
+    assert stats.queued == 0
+    with pytest.raises(AttributeError):
+        stats.activations = 0  # type: ignore[misc]  # a frozen snapshot
+    await system.deactivate(TpOther, "a")
+    assert system.stats().by_type == {"TpCounter": 2}
+
+
+def test_run_drives_a_main_coroutine(tmp_path: Path) -> None:
+    app = rio.App("runner", storage=f"sqlite:///{tmp_path / 'run.db'}")
+    seen: list[int] = []
+
+    @app.main
+    async def main() -> None:
+        seen.append(await TpCounter.ref("r").incr())
+        seen.append(await TpCounter.ref("r").incr())
+
+    app.run()
+    app.run()  # state persisted across runs
+    assert seen == [1, 2, 3, 4]
+    assert app.system is None
+
+
+def test_run_stops_the_app_when_main_fails() -> None:
+    app = rio.App("failing", storage="memory://")
+
+    async def main() -> None:
+        raise RuntimeError("main broke")
+
+    with pytest.raises(RuntimeError, match="main broke"):
+        app.run(main)
+    assert app.system is None
+
+
+def test_rio_run_returns_the_result() -> None:
+    async def compute() -> int:
+        return 42
+
+    assert rio.run(compute()) == 42
+
+
+# -- App.from_toml -------------------------------------------------------------------
+
+
+def test_from_toml(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        [app]
+        name = "bank"
+        storage = "memory://"
+        default_timeout = 7
+        drain_timeout = 3.5
+        actors = ["{__name__}:TpCounter"]
+
+        [actors.TpCounter]
+        idle_ttl = 120
+
+        [actors.TpOther]
+        idle_ttl = "never"
+        """,
+    )
+    app = rio.App.from_toml(path)
+    assert app.name == "bank"
+    assert isinstance(app.make_storage(), MemoryStorage)
+    assert app.default_timeout == 7.0
+    assert app.drain_timeout == 3.5
+    assert app.actors is not None
+    assert [a.cls for a in app.actors] == [TpCounter]
+    assert app.idle_ttl == {"TpCounter": 120.0, "TpOther": None}
+
+
+async def test_from_toml_app_runs_and_hosts_only_its_actors(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        [app]
+        name = "tomlapp"
+        data_dir = "data"
+        actors = ["{__name__}:TpCounter"]
+        """,
+    )
+    app = rio.App.from_toml(path)
+    assert app.data_dir == (tmp_path / "data").resolve()  # relative to the file
+    async with app:
+        assert await TpCounter.ref("t").incr() == 1
+        with pytest.raises(rio.UnknownActorType, match="does not host actor type 'TpOther'"):
+            await TpOther.ref("t").ping()
+    assert (tmp_path / "data" / "tomlapp.db").exists()
+
+
+def test_from_toml_empty_file_gives_defaults(tmp_path: Path) -> None:
+    app = rio.App.from_toml(write(tmp_path, ""))
+    assert app.name == "rio"
+    assert app.actors is None
+    assert app.default_timeout == 30.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[app]\nname = "x"\nworkers = 4\n', "[app]: unknown key(s) workers; known: actors, "),
+        ('[app]\nnmae = "x"\nsorage = "y"\n', "unknown key(s) nmae, sorage"),
+        ("[apps]\n", "unknown section(s) apps; known: app, actors"),
+        ('[app]\nactors = "m:C"\n', "[app].actors must be a list of 'module:Class' strings"),
+        ('[app]\nactors = ["no_colon"]\n', "actor 'no_colon' must read 'module:Class'"),
+        ('[app]\nactors = ["rio_no_such_module:X"]\n', "cannot import 'rio_no_such_module'"),
+        ('[app]\nactors = ["pathlib:Path"]\n', "'pathlib:Path' is not a rio.Actor subclass"),
+        ('[app]\nactors = ["pathlib:Nope"]\n', "'pathlib:Nope' is not a rio.Actor subclass"),
+        ("[actors]\nTpCounter = 5\n", "[actors.TpCounter] must be a table"),
+        ("[actors.TpCounter]\nttl = 5\n", "unknown option(s) ttl; known: idle_ttl"),
+        ("[actors.TpCounter]\nidle_ttl = -1\n", "idle_ttl must be positive seconds or None"),
+        ('[app]\ndefault_timeout = 0\n', "default_timeout must be positive seconds"),
+        ('[app]\nname = "bad name"\n', "app name 'bad name'"),
+        ('[app]\ndefault_timeout = "fast"\n', "[app]:"),
+    ],
+)
+def test_from_toml_errors(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(rio.ConfigError) as info:
+        rio.App.from_toml(write(tmp_path, text))
+    assert expected in str(info.value)
+
+
+def test_from_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[app]\nworkers = 4\n')
+    with pytest.raises(rio.ConfigError, match=r"rio\.toml"):
+        rio.App.from_toml(path)
+
+
+def test_from_toml_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(rio.ConfigError) as info:
+        rio.App.from_toml(missing)
+    assert str(info.value) == f"config file {str(missing)!r} does not exist"
+
+
+def test_from_toml_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(rio.ConfigError, match="is not valid TOML") as info:
+        rio.App.from_toml(write(tmp_path, "[app\nname = \n"))
+    assert "rio.toml" in str(info.value)
