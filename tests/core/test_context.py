@@ -11,15 +11,6 @@ from .helpers import Probe, probe
 
 USER_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("tc_user_var", default="unset")
 
-EAGER_CONTEXT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="rio bug: a turn that starts eagerly runs its first step in the caller's "
-    "context and the rest in a task with a copy of it (rio/core/runtime.py, Runtime.call "
-    "and _run_eager), so contextvars set by the handler leak into the caller and a token "
-    "set before the first await cannot be reset after it",
-)
-
-
 class TcCtx(rio.Actor):
     async def scoped(self) -> str:
         token = USER_VAR.set("inside")
@@ -46,14 +37,12 @@ class TcCtx(rio.Actor):
         return type(system).__name__
 
 
-@EAGER_CONTEXT_BUG
 async def test_a_handler_can_set_and_reset_a_contextvar_across_an_await(
     system: rio.System,
 ) -> None:
     assert await TcCtx.ref("a").scoped() == "inside"
 
 
-@EAGER_CONTEXT_BUG
 @pytest.mark.parametrize("method", ["set_and_return", "set_and_suspend"])
 async def test_contextvars_set_by_a_handler_do_not_leak_into_the_caller(
     system: rio.System, method: str

@@ -145,16 +145,6 @@ async def test_with_timeout_inside_a_handler(system: rio.System, probe: Probe) -
     probe.open("g")
 
 
-TIMEOUT_BLOCK_IGNORED_IN_TURNS = pytest.mark.xfail(
-    strict=True,
-    reason="rio bug: `with rio.timeout(s):` inside a handler does not bound the calls it "
-    "makes: Runtime.call takes a nested call's deadline from the turn and never reads "
-    "CALLER_DEADLINE; and in a turn started eagerly the block's contextvar token is set "
-    "in the caller's context but reset in the turn task's copy (ValueError)",
-)
-
-
-@TIMEOUT_BLOCK_IGNORED_IN_TURNS
 async def test_timeout_block_inside_a_queued_turn(system: rio.System, probe: Probe) -> None:
     outer = TdOuter.ref("queued")
     held = asyncio.ensure_future(outer.hold("h"))
@@ -168,7 +158,6 @@ async def test_timeout_block_inside_a_queued_turn(system: rio.System, probe: Pro
         probe.open("g")
 
 
-@TIMEOUT_BLOCK_IGNORED_IN_TURNS
 async def test_timeout_block_inside_an_eager_turn(system: rio.System, probe: Probe) -> None:
     try:
         async with asyncio.timeout(0.5):
@@ -177,7 +166,6 @@ async def test_timeout_block_inside_an_eager_turn(system: rio.System, probe: Pro
         probe.open("g")
 
 
-@TIMEOUT_BLOCK_IGNORED_IN_TURNS
 async def test_timeout_block_after_the_first_suspension(system: rio.System, probe: Probe) -> None:
     try:
         async with asyncio.timeout(0.5):
