@@ -215,7 +215,7 @@ class StateDecodeError(StorageError):
 def qualified_name(exc_type: type[BaseException]) -> str:
     """``module.QualName`` of an exception class, builtins without a module."""
     module = exc_type.__module__
-    if module in ("builtins", "__main__"):
+    if module in ("builtins", "__main__", "__mp_main__"):
         return exc_type.__qualname__
     return f"{module}.{exc_type.__qualname__}"
 

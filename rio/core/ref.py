@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from rio.core.context import current_system
+from rio.core.context import _SYSTEM, current_system
 from rio.core.errors import BadArguments, UnknownMethod
 from rio.core.registry import ActorType, Handler
 
@@ -78,7 +78,7 @@ class Ref(Generic[A]):
 
 def _make_method(handler: Handler) -> Any:
     def method(self: Ref[Any], *args: Any, **kwargs: Any) -> Any:
-        system = self._rio_system or current_system()
+        system = self._rio_system or _SYSTEM.get() or current_system()
         return system.call(self._rio_key, handler, args, kwargs, self._rio_timeout)
 
     method.__name__ = handler.name

@@ -177,6 +177,11 @@ class Handler:
                         break
                 else:
                     return args, kwargs
+            return check_slow(args, kwargs)
+
+        def check_slow(
+            args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if simple and not kwargs and len(args) == n:
                 if not has_checks:
                     return args, kwargs
@@ -199,8 +204,24 @@ class Handler:
                 bound.arguments[pname] = check_one(pname, value)
             return tuple(bound.args), dict(bound.kwargs)
 
-        self._validate = validate
-        self.check = validate
+        fast: Validator = validate
+        if exact_ok and n == 0:
+
+            def fast(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+                if not args and not kwargs:
+                    return args, kwargs
+                return check_slow(args, kwargs)
+
+        elif exact_ok and n == 1:
+            t0 = exact[0]
+
+            def fast(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+                if not kwargs and len(args) == 1 and type(args[0]) is t0:
+                    return args, kwargs
+                return check_slow(args, kwargs)
+
+        self._validate = fast
+        self.check = fast
         self._ready = True
 
 

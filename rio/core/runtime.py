@@ -23,6 +23,7 @@ import types
 from _thread import get_ident
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
+from contextvars import copy_context
 from functools import partial
 from typing import Any, TypeVar
 
@@ -151,6 +152,10 @@ class Runtime:
         self._sweep_period = 0.0
         self._sweep_wake = asyncio.Event()
         self._ctx: contextvars.Context | None = None
+        # The turn whose first step runs synchronously right now (an eager start).
+        # Cheaper than setting the context variable for every call; a turn that
+        # suspends gets the context variable set in its continuation task instead.
+        self._sync_turn: tuple[Actor[Any], tuple[Key, ...], float] | None = None
         self.background = Background(self)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -235,7 +240,8 @@ class Runtime:
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        turn = CURRENT_TURN.get()
+        prev = self._sync_turn
+        turn = prev if prev is not None else CURRENT_TURN.get()
         if turn is None:
             if self._stopping:
                 raise SystemStopping(
@@ -251,6 +257,9 @@ class Runtime:
             deadline = turn[2]
             if timeout is not None and now + timeout < deadline:
                 deadline = now + timeout
+            outer = CALLER_DEADLINE.get()
+            if outer is not None and outer < deadline:
+                deadline = outer
             if key in chain and not (handler.reentrant or self._reentrant_type(key)):
                 raise self._deadlock(chain, key, handler)
             chain = (*chain, key)
@@ -261,9 +270,29 @@ class Runtime:
         status = act._rio_status
         if len(chain) <= MAX_EAGER_DEPTH:
             if status == ACTIVE:
-                if not act._rio_busy and not act._rio_queue:
-                    return self._run_eager(act, handler, args, kwargs, chain, deadline)
-                if handler.reentrant or act._rio_type.reentrant:
+                # Idle, nothing queued and no drain pending (a drain may be about to
+                # deactivate it): run the turn right here, in the caller's stack.
+                if not act._rio_busy and not act._rio_queue and not act._rio_draining:
+                    act._rio_busy = 1
+                    coro = handler.fn(act, *args, **kwargs) if kwargs else handler.fn(act, *args)
+                    this = (act, chain, deadline)
+                    self._sync_turn = this
+                    ctx = copy_context()
+                    try:
+                        first = ctx.run(coro.send, None)
+                    except StopIteration as stop:
+                        self._sync_turn = prev
+                        act._rio_busy = 0
+                        if act._rio_deact:
+                            self._turn_finished_slow(act)
+                        fut = loop.create_future()
+                        fut.set_result(stop.value)
+                        return fut
+                    except BaseException as e:
+                        self._sync_turn = prev
+                        return self._eager_failed(act, handler, e)
+                    return self._eager_suspended(act, handler, coro, first, this, prev, now, ctx)
+                if (handler.reentrant or act._rio_type.reentrant) and not act._rio_draining:
                     return self._run_eager(act, handler, args, kwargs, chain, deadline)
             elif status == NEW:
                 return self._run_eager(act, handler, args, kwargs, chain, deadline, activate=True)
@@ -334,43 +363,66 @@ class Runtime:
         deadline: float,
         activate: bool = False,
     ) -> asyncio.Future[Any]:
+        """Start a turn in the caller's stack; the general form of the path in :meth:`call`."""
         loop = self._loop
         assert loop is not None
         act._rio_busy += 1
         if activate:
             coro = self._activate_then(act, handler, args, kwargs)
-        elif kwargs:
-            coro = handler.fn(act, *args, **kwargs)
         else:
-            coro = handler.fn(act, *args)
-        token = CURRENT_TURN.set((act, chain, deadline))
+            coro = handler.fn(act, *args, **kwargs)
+        prev = self._sync_turn
+        this = (act, chain, deadline)
+        self._sync_turn = this
+        ctx = copy_context()
         try:
-            try:
-                first = coro.send(None)
-            except StopIteration as stop:
-                act._rio_busy -= 1
-                if act._rio_deact or act._rio_queue:
-                    self._turn_finished_slow(act)
-                fut = loop.create_future()
-                fut.set_result(stop.value)
-                return fut
-            except Exception as e:
-                self._turn_finished(act)
-                fut = loop.create_future()
-                fut.set_exception(self._wrap(act, handler, e))
-                return fut
-            except BaseException:
-                self._turn_finished(act)
-                raise
-            task = loop.create_task(_run_resumed(coro, first))
-        finally:
-            CURRENT_TURN.reset(token)
+            first = ctx.run(coro.send, None)
+        except StopIteration as stop:
+            self._sync_turn = prev
+            self._turn_finished(act)
+            fut = loop.create_future()
+            fut.set_result(stop.value)
+            return fut
+        except BaseException as e:
+            self._sync_turn = prev
+            return self._eager_failed(act, handler, e)
+        return self._eager_suspended(act, handler, coro, first, this, prev, loop.time(), ctx)
+
+    def _eager_failed(
+        self, act: Actor[Any], handler: Handler, e: BaseException
+    ) -> asyncio.Future[Any]:
+        self._turn_finished(act)
+        if not isinstance(e, Exception):
+            raise e
+        fut = self._loop_().create_future()
+        fut.set_exception(self._wrap(act, handler, e))
+        return fut
+
+    def _eager_suspended(
+        self,
+        act: Actor[Any],
+        handler: Handler,
+        coro: Coroutine[Any, Any, Any],
+        first: Any,
+        turn: tuple[Actor[Any], tuple[Key, ...], float],
+        prev: tuple[Actor[Any], tuple[Key, ...], float] | None,
+        started: float,
+        ctx: contextvars.Context,
+    ) -> asyncio.Future[Any]:
+        """Continue a turn that awaited something in a task, and give the caller a future.
+
+        The task runs in the context the first step ran in (so a contextvar token set
+        before the first ``await`` resets after it), with the turn set in it.
+        """
+        self._sync_turn = prev
+        loop = self._loop_()
+        ctx.run(CURRENT_TURN.set, turn)
+        task = loop.create_task(_run_resumed(coro, first), context=ctx)
+        deadline = turn[2]
         self._turn_tasks.add(task)
         fut = loop.create_future()
-        now = loop.time()
-        timer = loop.call_at(
-            deadline, self._expire, fut, act._rio_key, handler.name, deadline - now
-        )
+        budget = deadline - started
+        timer = loop.call_at(deadline, self._expire, fut, act._rio_key, handler.name, budget)
         task.add_done_callback(partial(self._eager_done, act, handler, fut, timer))
         return fut
 
@@ -422,20 +474,31 @@ class Runtime:
         return loop.create_task(coro, context=self._ctx.copy())
 
     def _start_drain(self, act: Actor[Any]) -> None:
+        """Schedule :meth:`_pump`; until it runs, new calls queue behind the mailbox."""
         act._rio_draining = True
-        self._create_task(self._drain(act))
+        assert self._ctx is not None
+        self._loop_().call_soon(self._pump, act, context=self._ctx.copy())
 
-    async def _drain(self, act: Actor[Any]) -> None:
-        """Run queued turns of one activation in arrival order until its mailbox empties."""
-        loop = self._loop_()
+    def _pump(self, act: Actor[Any]) -> None:
+        """Start queued turns of one activation in arrival order.
+
+        Each turn starts like an eager call, in a context of its own. Turns that finish
+        at once are followed by the next; when one suspends, pumping stops and that
+        turn's completion schedules the next pump. A pending deactivation runs as a task.
+        """
         key = act._rio_key
         try:
-            while True:
-                if act._rio_deact and not act._rio_busy:
-                    await self._deactivate_now(act)
-                    return
+            while not act._rio_busy:
+                if act._rio_deact:
+                    status = act._rio_status
+                    if status in (NEW, ACTIVATING, ACTIVE):
+                        # From here on calls queue; they reach a fresh activation.
+                        act._rio_status = DEACTIVATING
+                        self._create_task(self._deactivate_now(act, status == ACTIVE))
+                        return
+                    act._rio_deact = False
                 queue = act._rio_queue
-                if not queue or act._rio_busy:
+                if not queue:
                     return
                 handler, args, kwargs, chain, deadline, fut, timer = queue.popleft()
                 if handler is None:
@@ -443,38 +506,14 @@ class Runtime:
                     continue
                 if fut.done():
                     continue
-                if act._rio_status == NEW:
-                    try:
-                        await self._activate(act, (*chain, key), deadline)
-                    except ActivationFailed as e:
-                        if not fut.done():
-                            fut.set_exception(e)
-                        return
-                reentrant = handler.reentrant or act._rio_type.reentrant
-                if reentrant and act._rio_status == ACTIVE and len(chain) < MAX_EAGER_DEPTH:
-                    inner = self._run_eager(act, handler, args, kwargs, (*chain, key), deadline)
-                    _chain_future(inner, fut, timer)
+                status = act._rio_status
+                if status not in (NEW, ACTIVE):
+                    fut.set_exception(SystemStopping(f"{act!r} is gone"))
                     continue
-                act._rio_busy += 1
-                token = CURRENT_TURN.set((act, (*chain, key), deadline))
-                try:
-                    result = await handler.fn(act, *args, **kwargs)
-                except asyncio.CancelledError:
-                    if not fut.done():
-                        fut.set_exception(SystemStopping(f"{act!r} was cancelled by shutdown"))
-                    raise
-                except Exception as e:
-                    if not fut.done():
-                        fut.set_exception(self._wrap(act, handler, e))
-                else:
-                    if not fut.done():
-                        fut.set_result(result)
-                finally:
-                    CURRENT_TURN.reset(token)
-                    act._rio_busy -= 1
-                    if timer is not None:
-                        timer.cancel()
-                    act._rio_last = loop.time()
+                inner = self._run_eager(
+                    act, handler, args, kwargs, (*chain, key), deadline, activate=status == NEW
+                )
+                _chain_future(inner, fut, timer)
         finally:
             act._rio_draining = False
 
@@ -509,7 +548,7 @@ class Runtime:
     async def _activate_then(
         self, act: Actor[Any], handler: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        turn = CURRENT_TURN.get()
+        turn = self._sync_turn or CURRENT_TURN.get()
         assert turn is not None
         await self._activate(act, turn[1], turn[2])
         return await handler.fn(act, *args, **kwargs)
@@ -603,11 +642,9 @@ class Runtime:
         await self._request_deactivation(act, front=True)
         return True
 
-    async def _deactivate_now(self, act: Actor[Any]) -> None:
+    async def _deactivate_now(self, act: Actor[Any], was_active: bool) -> None:
         info: ActorType = act._rio_type
         key = act._rio_key
-        was_active = act._rio_status == ACTIVE
-        act._rio_status = DEACTIVATING
         act._rio_busy += 1
         try:
             if was_active and info.has_on_deactivate:
