@@ -120,12 +120,30 @@ async def test_state_survives_an_app_restart_on_sqlite(
         assert await TsAccount.ref("alice").deposit(1) == 16  # versions carried over too
 
 
-async def test_unsaved_changes_are_lost_on_deactivation(sqlite_system: rio.System) -> None:
-    ref = TsAccount.ref("u")
-    await ref.deposit(1)
-    assert await ref.deposit_unsaved(100) == 101
-    await sqlite_system.deactivate(TsAccount, "u")
-    assert await ref.balance() == 1
+@pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param(
+            "memory",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="rio bug: MemoryStorage keeps the saved object itself, not a copy "
+                "(rio/storage/memory.py save/load), so later unsaved changes to the "
+                "activation's state show up as stored",
+            ),
+        ),
+        "sqlite",
+    ],
+)
+async def test_unsaved_changes_are_lost_on_deactivation(
+    make_app: AppFactory, sqlite_url: str, engine: str
+) -> None:
+    async with make_app(storage="memory://" if engine == "memory" else sqlite_url) as system:
+        ref = TsAccount.ref("u")
+        await ref.deposit(1)
+        assert await ref.deposit_unsaved(100) == 101
+        await system.deactivate(TsAccount, "u")
+        assert await ref.balance() == 1
 
 
 async def test_replacing_the_state_object(sqlite_system: rio.System) -> None:
@@ -145,6 +163,18 @@ async def test_save_on_deactivate(sqlite_system: rio.System) -> None:
     await sqlite_system.deactivate(TsAutoSaved, "s")
     assert await stored(sqlite_system, TsAutoSaved, "s") == TsAccountState(5)
     assert await ref.balance() == 5
+
+
+async def test_a_conflicting_save_on_deactivate_is_logged_and_overwrites_nothing(
+    sqlite_system: rio.System, logs: list[str]
+) -> None:
+    ref = TsAutoSaved.ref("late")
+    await ref.add(1)
+    await sqlite_system.storage.save("TsAutoSaved", "late", TsAccountState(50), TsAccountState, 0)
+    assert await sqlite_system.deactivate(TsAutoSaved, "late") is True
+    assert await stored(sqlite_system, TsAutoSaved, "late") == TsAccountState(50)
+    assert any("saving TsAutoSaved/late on deactivation failed" in line for line in logs)
+    assert await ref.balance() == 50
 
 
 async def test_save_on_deactivate_at_app_stop(make_app: AppFactory, sqlite_url: str) -> None:
