@@ -226,34 +226,80 @@ class App:
         await self.stop()
 
     async def serve(self, main: MainFn | None = None) -> None:
-        """Start, run ``main`` (or this app's ``@app.main``) or wait for a stop signal, stop."""
+        """Start; run ``main`` (or ``@app.main``), or serve until a stop signal; then drain.
+
+        SIGINT or SIGTERM while ``main`` runs cancels it and drains just the same:
+        turns in flight finish, ``on_deactivate`` hooks run, state is saved.
+        """
         fn = main or self._main
         await self.start()
         try:
-            if fn is not None:
-                await fn()
-            else:
-                await _wait_for_signal(self.name)
+            await _until_signal(self.name, None if fn is None else fn())
         finally:
             await self.stop()
+
+    def configure(
+        self,
+        *,
+        storage: str | StateStorage | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> App:
+        """Override the storage and data folder before the app starts; returns the app.
+
+        Example (a script that takes ``--storage`` on its command line)::
+
+            app.configure(storage=args.storage).run()
+        """
+        if self._system is not None:
+            raise ConfigError(f"app {self.name!r} is running; configure it before it starts")
+        if storage is not None:
+            if isinstance(storage, str):
+                storage_from_url(storage)  # refuses a bad URL now, not at start
+            elif not isinstance(storage, StateStorage):
+                raise ConfigError(
+                    f"storage must be a URL or a StateStorage, got {type(storage).__name__}"
+                )
+            self.storage_spec = storage
+        if data_dir is not None:
+            self.data_dir = Path(data_dir)
+        return self
 
     def run(self, main: MainFn | None = None) -> None:
         """Run the app in a new event loop (uvloop where installed) until done."""
         run(self.serve(main))
 
 
-async def _wait_for_signal(name: str) -> None:
+async def _until_signal(name: str, main: Awaitable[Any] | None) -> None:
+    """Await ``main`` (or forever when None) until SIGINT/SIGTERM; a signal cancels it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    installed: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    logger.info("{}: serving; SIGINT or SIGTERM drains and stops", name)
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            pass
+    if main is None:
+        logger.info("{}: serving; SIGINT or SIGTERM drains and stops", name)
+    work = asyncio.ensure_future(main if main is not None else stop.wait())
+    waiter = asyncio.ensure_future(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            logger.info("{}: stop signal received; draining", name)
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        else:
+            await work  # main's result or exception
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        waiter.cancel()
+        if not work.done():
+            work.cancel()
+        for sig in installed:
             loop.remove_signal_handler(sig)
-    logger.info("{}: stop signal received; draining", name)
 
 
 def run(main: Awaitable[T]) -> T:
