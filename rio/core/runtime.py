@@ -237,32 +237,63 @@ class Runtime:
         if get_ident() != self._thread_id:
             return self._call_threadsafe(key, handler, args, kwargs, timeout)
         args, kwargs = handler.check(args, kwargs)
+        chain, deadline, now = self.call_context(key, handler, timeout)
+        return self.deliver(key, handler, args, kwargs, chain, deadline, now)
+
+    def call_context(
+        self, key: Key, handler: Handler, timeout: float | None
+    ) -> tuple[tuple[Key, ...], float, float]:
+        """The chain (ending with ``key``), deadline and current time for a new call.
+
+        Inside a turn the chain and deadline are the turn's; outside, a fresh chain
+        and ``timeout`` (or the default, or an enclosing :func:`rio.timeout`).
+
+        Raises:
+            Deadlock: ``key`` is already in the chain and is not reentrant.
+            SystemStopping: a call from outside any turn while stopping.
+        """
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        prev = self._sync_turn
-        turn = prev if prev is not None else CURRENT_TURN.get()
+        turn = self._sync_turn or CURRENT_TURN.get()
+        outer = CALLER_DEADLINE.get()
         if turn is None:
             if self._stopping:
                 raise SystemStopping(
                     f"{self.name} is stopping: call to {_key_str(key)}.{handler.name}() refused"
                 )
-            chain: tuple[Key, ...] = (key,)
             deadline = now + (timeout or self.default_timeout)
-            outer = CALLER_DEADLINE.get()
             if outer is not None and outer < deadline:
                 deadline = outer
-        else:
-            chain = turn[1]
-            deadline = turn[2]
-            if timeout is not None and now + timeout < deadline:
-                deadline = now + timeout
-            outer = CALLER_DEADLINE.get()
-            if outer is not None and outer < deadline:
-                deadline = outer
-            if key in chain and not (handler.reentrant or self._reentrant_type(key)):
-                raise self._deadlock(chain, key, handler)
-            chain = (*chain, key)
+            return (key,), deadline, now
+        chain = turn[1]
+        deadline = turn[2]
+        if timeout is not None and now + timeout < deadline:
+            deadline = now + timeout
+        if outer is not None and outer < deadline:
+            deadline = outer
+        if key in chain and not (handler.reentrant or self._reentrant_type(key)):
+            raise self._deadlock(chain, key, handler)
+        return (*chain, key), deadline, now
+
+    def deliver(
+        self,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+        now: float,
+    ) -> asyncio.Future[Any]:
+        """Hand a checked call to the activation of ``key`` hosted here.
+
+        ``chain`` ends with ``key``. Used by :meth:`call` and by transports bringing
+        calls from other processes.
+        """
+        loop = self._loop
+        assert loop is not None
+        prev = self._sync_turn
         act = self._acts.get(key)
         if act is None:
             act = self._new_activation(key, handler.owner)
@@ -796,10 +827,10 @@ class Runtime:
             queued += len(act._rio_queue or ())
         return RuntimeStats(len(self._acts), by_type, queued)
 
-    def is_active(self, actor: type[Actor[Any]] | str, object_id: str) -> bool:
+    def is_active(self, actor: type[Actor[Any]] | str, object_id: str | int) -> bool:
         """True when ``(actor, object_id)`` has a live activation here."""
         name = actor if isinstance(actor, str) else actor_type(actor).name
-        act = self._acts.get((name, object_id))
+        act = self._acts.get((name, str(object_id)))
         return act is not None and act._rio_status in (ACTIVATING, ACTIVE)
 
     def _loop_(self) -> asyncio.AbstractEventLoop:

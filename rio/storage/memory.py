@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rio.core.codec import decode_state, encode_state
 from rio.core.errors import StateConflict
 from rio.storage.base import StateStorage, StoredState
 
@@ -13,7 +14,7 @@ __all__ = ["MemoryStorage"]
 class MemoryStorage(StateStorage):
     """Keeps states in a dict, with the same version checks as the durable engines.
 
-    Values are stored as given (no copy) within one process.
+    Values are stored msgpack-encoded, so they behave like a durable engine's.
 
     Example::
 
@@ -32,7 +33,12 @@ class MemoryStorage(StateStorage):
 
     async def load(self, type_name: str, object_id: str, state_type: Any) -> StoredState | None:
         """Return the stored state or None."""
-        return self._data.get((type_name, object_id))
+        stored = self._data.get((type_name, object_id))
+        if stored is None:
+            return None
+        return StoredState(
+            decode_state(stored.value, state_type, type_name, object_id), stored.version
+        )
 
     async def save(
         self,
@@ -51,7 +57,9 @@ class MemoryStorage(StateStorage):
                 f"{type_name}/{object_id}: stored version is {version}, "
                 f"the writer expected {expected_version}"
             )
-        self._data[key] = StoredState(state, version + 1)
+        # Stored encoded, as a durable engine would: later changes to the live state
+        # object are not "saved" by accident, and unencodable states fail here too.
+        self._data[key] = StoredState(encode_state(state), version + 1)
         return version + 1
 
     async def delete(self, type_name: str, object_id: str, expected_version: int) -> None:
