@@ -200,8 +200,6 @@ async def test_prefix_isolation(backend: Backend, open_storage: OpenStorage) -> 
 async def test_state_that_no_longer_decodes(
     backend: Backend, open_storage: OpenStorage, state: object, state_type: type
 ) -> None:
-    if backend.name == "memory":
-        pytest.skip("memory keeps Python objects: nothing to decode")
     s = await open_storage()
     await s.save("Acct", "id-7", state, state_type, 0)
 
@@ -222,8 +220,6 @@ async def test_state_that_no_longer_decodes(
 async def test_decode_error_names_the_bad_field(
     backend: Backend, open_storage: OpenStorage
 ) -> None:
-    if backend.name == "memory":
-        pytest.skip("memory keeps Python objects: nothing to decode")
     s = await open_storage()
     await s.save("Acct", "x", Counter(3, "c"), Counter, 0)
     with pytest.raises(StateDecodeError, match=r"Acct/x .*Renamed.*`\$\.n`"):
