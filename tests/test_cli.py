@@ -1,0 +1,379 @@
+"""The ``rio`` command as a user runs it: real subprocesses, real signals.
+
+Each test starts the installed console script (``rio`` next to ``sys.executable``)
+with the test's ``tmp_path`` as working folder and ``RIO_DATA_DIR``, so nothing lands
+in the working tree. The apps it runs live in ``tests/apps/``. Tests that need the
+child to reach a point (serving, a turn in flight) wait for the line it prints there,
+with a deadline, never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+import pytest
+
+import rio
+
+APPS = Path(__file__).resolve().parent / "apps"
+#: Generous: a child that hangs fails the test after this long instead of the suite.
+DEADLINE = 15.0
+
+
+def rio_command() -> list[str]:
+    """The ``rio`` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("rio")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "from rio.cli import main; main()"]
+
+
+def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "RIO_DATA_DIR": str(tmp_path / "default-data"),
+        "PYTHONUNBUFFERED": "1",
+        "NO_COLOR": "1",
+        "COLUMNS": "100",
+    }
+    env.pop("PYTHONPATH", None)
+    env.update(extra)
+    return env
+
+
+def rio_cmd(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``rio ARGS`` to completion in ``tmp_path``."""
+    return subprocess.run(
+        [*rio_command(), *args],
+        cwd=tmp_path,
+        env=child_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=DEADLINE,
+        check=False,
+    )
+
+
+def explain(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+class Child:
+    """A running ``rio`` whose output is read line by line as it comes."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*rio_command(), *args],
+            cwd=tmp_path,
+            env=child_env(tmp_path),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        self.out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._queues: dict[str, queue.Queue[str | None]] = {}
+        self._readers: list[threading.Thread] = []
+        for name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
+            q: queue.Queue[str | None] = queue.Queue()
+            self._queues[name] = q
+            t = threading.Thread(target=self._pump, args=(stream, q), daemon=True)
+            t.start()
+            self._readers.append(t)
+
+    @staticmethod
+    def _pump(stream: IO[str] | None, q: queue.Queue[str | None]) -> None:
+        assert stream is not None
+        for line in stream:
+            q.put(line)
+        q.put(None)
+
+    def _take(self, name: str, timeout: float) -> str | None:
+        line = self._queues[name].get(timeout=timeout)
+        if line is not None:
+            self.out[name].append(line)
+        return line
+
+    def expect(self, name: str, text: str, timeout: float = DEADLINE) -> str:
+        """Wait until a line of ``name`` (stdout or stderr) contains ``text``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._take(name, max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no {text!r} on {name} within {timeout}s\n{self.transcript()}")
+            if line is None:
+                self.proc.wait(timeout=DEADLINE)
+                pytest.fail(f"{name} closed before {text!r}\n{self.transcript()}")
+            if text in line:
+                return line
+
+    def finish(self, timeout: float = DEADLINE) -> int:
+        """Wait for the exit; collect the rest of the output. Returns the exit code."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {timeout}s later\n{self.transcript()}")
+        for t in self._readers:
+            t.join(timeout=DEADLINE)
+        for name in self._queues:
+            while True:
+                try:
+                    if self._take(name, 0) is None:
+                        break
+                except queue.Empty:
+                    break
+        return code
+
+    def stdout(self) -> str:
+        return "".join(self.out["stdout"])
+
+    def stderr(self) -> str:
+        return "".join(self.out["stderr"])
+
+    def transcript(self) -> str:
+        return f"--- stdout\n{self.stdout()}\n--- stderr\n{self.stderr()}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=DEADLINE)
+        for t in self._readers:
+            t.join(timeout=DEADLINE)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Any]:
+    """``start(*args)`` launches ``rio ARGS`` in tmp_path; killed after the test."""
+    children: list[Child] = []
+
+    def launch(*args: str) -> Child:
+        child = Child(tmp_path, *args)
+        children.append(child)
+        return child
+
+    try:
+        yield launch
+    finally:
+        for child in children:
+            child.close()
+
+
+def stored_states(db: Path) -> dict[tuple[str, str], Any]:
+    """Every row of the SQLite store's ``rio_state`` table, data decoded from msgpack."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)  # never creates the file
+    try:
+        rows = conn.execute("SELECT type_name, object_id, data FROM rio_state").fetchall()
+    finally:
+        conn.close()
+    return {(t, i): msgspec.msgpack.decode(d) for t, i, d in rows}
+
+
+# -- the command itself --------------------------------------------------------------
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "--version")
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == f"rio {rio.__version__}\n"
+
+
+def command_names(help_text: str) -> set[str]:
+    """First words of the lines of the help's Commands section."""
+    names = set()
+    in_commands = False
+    for line in help_text.splitlines():
+        stripped = line.strip("│ ").strip()
+        if "Commands" in line:
+            in_commands = True
+        elif in_commands and stripped:
+            names.add(stripped.split()[0])
+    return names
+
+
+def test_help_lists_run_and_bench(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "--help")
+    assert proc.returncode == 0, explain(proc)
+    assert "Usage: rio" in proc.stdout
+    assert {"run", "bench"} <= command_names(proc.stdout)
+
+
+def test_no_arguments_shows_the_help(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path)
+    # Click exits 2 (a usage error) when it shows help for missing arguments.
+    assert proc.returncode in (0, 2), explain(proc)
+    assert "Usage: rio" in proc.stdout
+    assert {"run", "bench"} <= command_names(proc.stdout)
+
+
+# -- rio run: finding the app --------------------------------------------------------
+
+
+def test_run_missing_file_names_it(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", "missing_app.py")
+    assert proc.returncode == 2, explain(proc)
+    assert "no such file" in proc.stderr
+    assert "missing_app.py" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_file_without_an_app_says_how_to_add_one(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", str(APPS / "no_app.py"))
+    assert proc.returncode == 2, explain(proc)
+    assert "no_app.py" in proc.stderr
+    assert "defines no rio.App" in proc.stderr
+    assert 'add `app = rio.App("name")`' in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_file_with_two_apps_asks_for_a_name(tmp_path: Path) -> None:
+    target = str(APPS / "two_apps.py")
+    proc = rio_cmd(tmp_path, "run", target)
+    assert proc.returncode == 2, explain(proc)
+    assert "several apps (first, second)" in proc.stderr
+    assert f"{target}:NAME" in proc.stderr
+    assert "main of" not in proc.stdout  # neither ran
+
+
+def test_run_file_colon_name_selects_that_app(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", f"{APPS / 'two_apps.py'}:second")
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "main of second\n"
+
+
+def test_run_file_colon_unknown_name(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", f"{APPS / 'two_apps.py'}:third")
+    assert proc.returncode == 2, explain(proc)
+    assert "has no rio.App named 'third'" in proc.stderr
+
+
+def test_run_module_colon_name_from_pythonpath(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", "two_apps:first", PYTHONPATH=str(APPS))
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "main of first\n"
+
+
+def test_run_module_without_name_finds_its_only_app(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", "counter_main", PYTHONPATH=str(APPS))
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "count: 1\n"
+
+
+def test_run_unknown_module(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", "no_such_module_here:app")
+    assert proc.returncode == 2, explain(proc)
+    assert "cannot import module 'no_such_module_here'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_file_with_a_syntax_error_fails_naming_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken_app.py"
+    bad.write_text("import rio\n\napp = rio.App('broken'\n", encoding="utf-8")
+    proc = rio_cmd(tmp_path, "run", str(bad))
+    assert proc.returncode != 0, explain(proc)
+    assert "SyntaxError" in proc.stderr
+    assert "broken_app.py" in proc.stderr
+    assert "line 3" in proc.stderr
+    assert not (tmp_path / "default-data").exists()  # nothing started
+
+
+# -- rio run: an app with @app.main ---------------------------------------------------
+
+
+def test_run_main_runs_it_once_and_exits_0(tmp_path: Path) -> None:
+    target = str(APPS / "counter_main.py")
+    proc = rio_cmd(tmp_path, "run", target)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "count: 1\n"  # and not "the __main__ block ran"
+    db = tmp_path / "default-data" / "cli-counter.db"  # $RIO_DATA_DIR/<app name>.db
+    assert db.is_file()
+    again = rio_cmd(tmp_path, "run", target)
+    assert again.stdout == "count: 2\n", explain(again)  # the state persisted
+    assert stored_states(db) == {("CliCounter", "hits"): {"value": 2}}
+
+
+def test_run_data_dir_overrides_the_default_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "chosen"
+    proc = rio_cmd(tmp_path, "run", str(APPS / "counter_main.py"), "--data-dir", str(folder))
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "count: 1\n"
+    assert stored_states(folder / "cli-counter.db") == {("CliCounter", "hits"): {"value": 1}}
+    assert not (tmp_path / "default-data").exists()
+
+
+def test_run_storage_memory_keeps_nothing(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", str(APPS / "counter_main.py"), "--storage", "memory://")
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "count: 1\n"
+    assert list(tmp_path.iterdir()) == []  # no database anywhere
+
+
+def test_run_storage_url_overrides_the_default(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere" / "state.db"
+    proc = rio_cmd(tmp_path, "run", str(APPS / "counter_main.py"), "--storage", f"sqlite:///{db}")
+    assert proc.returncode == 0, explain(proc)
+    assert stored_states(db) == {("CliCounter", "hits"): {"value": 1}}
+    assert not (tmp_path / "default-data").exists()
+
+
+def test_run_bad_storage_url_is_refused(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", str(APPS / "counter_main.py"), "--storage", "bogus://x")
+    assert proc.returncode != 0, explain(proc)
+    assert "unknown storage scheme 'bogus'" in proc.stderr
+    assert "sqlite" in proc.stderr  # names the known ones
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+# -- rio run: serving, signals, drain -------------------------------------------------
+
+SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_serving_app_stops_cleanly_on_signal(start: Any, sig: signal.Signals) -> None:
+    child = start("run", str(APPS / "serve_app.py"))
+    child.expect("stderr", "cli-serve: serving")
+    child.proc.send_signal(sig)
+    code = child.finish()
+    # A requested stop that drained completely is a success, as for any server.
+    assert code == 0, child.transcript()
+    assert "draining" in child.stderr()
+    assert "Traceback" not in child.stderr()
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_signal_during_main_drains_turn_hooks_and_state(
+    start: Any, tmp_path: Path, sig: signal.Signals
+) -> None:
+    data = tmp_path / "data"
+    child = start("run", str(APPS / "drain_app.py"), "--data-dir", str(data))
+    child.expect("stdout", "turn started")  # in flight until the signal, and after
+    child.proc.send_signal(sig)
+    code = child.finish()
+    lines = child.stdout().splitlines()
+    steps = ["turn saw the system stopping: True", "turn finished", "on_deactivate ran"]
+    assert [line for line in lines if line in steps] == steps, child.transcript()
+    assert "Traceback" not in child.stderr(), child.transcript()
+    assert stored_states(data / "cli-drain.db") == {
+        ("Job", "j"): {"turn_finished": True, "deactivated": True}
+    }
+    assert code == 0, child.transcript()
