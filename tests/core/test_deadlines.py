@@ -1,7 +1,7 @@
 """Every call has a deadline: the default, per ref, per block; it bounds nested calls."""
 
 import asyncio
-import re
+import time
 
 import pytest
 
@@ -19,6 +19,11 @@ class TdSlow(rio.Actor):
 
     async def fast(self) -> str:
         return "fast"
+
+
+class TdSlowStart(TdSlow, name="TdSlowStart"):
+    async def on_activate(self) -> None:
+        time.sleep(0.02)  # noqa: ASYNC251 - the point: a slow, blocking activation step
 
 
 class TdOuter(rio.Actor):
@@ -68,17 +73,34 @@ def test_timeouts_must_be_positive(bad: float) -> None:
 
 async def test_app_default_timeout(make_app: AppFactory, probe: Probe) -> None:
     async with make_app(default_timeout=0.05):
+        assert await TdSlow.ref("s").fast() == "fast"
         with pytest.raises(rio.CallTimeout) as info:
             await TdSlow.ref("s").wait("g")
-        pattern = r"TdSlow/s\.wait\(\) did not answer within 0\.0(5|49\d*)s;"
-        assert re.match(pattern, str(info.value))
-        assert "ref.with_timeout(seconds) or rio.timeout(seconds)" in str(info.value)
+        assert str(info.value) == (
+            "TdSlow/s.wait() did not answer within 0.05s; the handler may still be running. "
+            "Raise the deadline with ref.with_timeout(seconds) or rio.timeout(seconds)"
+        )
         assert isinstance(info.value, TimeoutError)
         probe.open("g")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="rio bug: for a call that activates its object, Runtime._run_eager measures the "
+    "budget in the CallTimeout message from after the first step (activation), not from "
+    "the call, so it reads less than the caller's timeout (negative under load)",
+)
+async def test_timeout_message_names_the_callers_budget_after_a_slow_activation(
+    system: rio.System, probe: Probe
+) -> None:
+    with pytest.raises(rio.CallTimeout, match=r"did not answer within 0\.05s;"):
+        await TdSlowStart.ref("s").with_timeout(0.05).wait("g")
+    probe.open("g")
+
+
 async def test_ref_with_timeout(system: rio.System, probe: Probe) -> None:
-    with pytest.raises(rio.CallTimeout, match=r"TdSlow/s\.wait\(\) did not answer within 0\.0"):
+    await TdSlow.ref("s").fast()
+    with pytest.raises(rio.CallTimeout, match=r"TdSlow/s\.wait\(\) did not answer within 0\.05s"):
         await TdSlow.ref("s").with_timeout(0.05).wait("g")
     probe.open("g")
 

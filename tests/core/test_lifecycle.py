@@ -209,15 +209,10 @@ async def test_operator_deactivation_runs_the_hook(system: rio.System, probe: Pr
     assert await system.deactivate("TlHooks", "never-activated") is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rio bug: Runtime.is_active looks up (name, object_id) without str(), so an int "
-    "id (accepted by refs and Runtime.deactivate) is never found (rio/core/runtime.py)",
-)
 async def test_is_active_accepts_int_ids(system: rio.System) -> None:
     await TlHooks.ref(5).touch()
     assert system.is_active(TlHooks, "5")
-    assert system.is_active(TlHooks, 5)  # type: ignore[arg-type]
+    assert system.is_active(TlHooks, 5)
 
 
 async def test_operator_deactivation_by_name_or_ref(system: rio.System, probe: Probe) -> None:

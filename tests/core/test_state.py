@@ -120,21 +120,7 @@ async def test_state_survives_an_app_restart_on_sqlite(
         assert await TsAccount.ref("alice").deposit(1) == 16  # versions carried over too
 
 
-@pytest.mark.parametrize(
-    "engine",
-    [
-        pytest.param(
-            "memory",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="rio bug: MemoryStorage keeps the saved object itself, not a copy "
-                "(rio/storage/memory.py save/load), so later unsaved changes to the "
-                "activation's state show up as stored",
-            ),
-        ),
-        "sqlite",
-    ],
-)
+@pytest.mark.parametrize("engine", ["memory", "sqlite"])
 async def test_unsaved_changes_are_lost_on_deactivation(
     make_app: AppFactory, sqlite_url: str, engine: str
 ) -> None:
