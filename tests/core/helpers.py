@@ -23,7 +23,7 @@ _current: Probe | None = None
 
 def probe() -> Probe:
     """The probe of the running test."""
-    assert _current is not None, "use the `probe` fixture in this test"
+    assert _current is not None, "no probe installed (the autouse `probe` fixture sets one)"
     return _current
 
 
