@@ -88,6 +88,19 @@ class TlSlowRoom(TlRoom, name="TlSlowRoom"):
         return await super().ping()
 
 
+class TlSlowGoodbye(rio.Actor):
+    async def on_activate(self) -> None:
+        probe().hit("activate", self.id)
+
+    async def on_deactivate(self) -> None:
+        probe().hit("deactivating", self.id)
+        await probe().gate("goodbye")
+        probe().hit("deactivated", self.id)
+
+    async def hello(self) -> str:
+        return "hello"
+
+
 class TlShortLived(rio.Actor, idle_ttl=0.05):
     async def hello(self) -> str:
         return "hello"
@@ -262,6 +275,23 @@ async def test_messages_sent_meanwhile_reach_a_fresh_activation(
     pings = [ref.ping() for _ in range(7)]  # all sent before any answer
     assert await asyncio.gather(*pings) == [1, 2, 3, 1, 2, 3, 1]
     await probe.wait("room closed", 2)
+
+
+async def test_no_second_activation_while_the_first_is_deactivating(
+    system: rio.System, probe: Probe
+) -> None:
+    ref = TlSlowGoodbye.ref("one")
+    await ref.hello()
+    deactivation = asyncio.ensure_future(system.deactivate(TlSlowGoodbye, "one"))
+    await probe.wait("deactivating")
+    meanwhile = ref.hello()
+    await asyncio.sleep(0.01)
+    assert not meanwhile.done()
+    assert probe.count("activate") == 1  # single activation: the new one waits
+    probe.open("goodbye")
+    assert await meanwhile == "hello"
+    assert await deactivation is True
+    assert probe.names() == ["activate", "deactivating", "deactivated", "activate"]
 
 
 async def test_failing_on_deactivate_is_logged_and_deactivation_completes(

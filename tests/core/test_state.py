@@ -8,7 +8,7 @@ import pytest
 import rio
 from rio.storage import MemoryStorage, SQLiteStorage
 
-from .helpers import AppFactory
+from .helpers import AppFactory, Probe, probe
 
 
 class TsAccountState(msgspec.Struct):
@@ -35,6 +35,9 @@ class TsAccount(rio.Actor[TsAccountState]):
 
     async def close(self) -> None:
         await self.clear_state()
+
+    async def hold(self) -> None:
+        await probe().gate("hold")
 
     async def replace(self, balance: int) -> None:
         self.state = TsAccountState(balance=balance)
@@ -227,6 +230,24 @@ async def test_write_behind_the_actors_back_is_a_conflict(
         # ...and the stale activation is gone: the next call loads the newer state.
         assert await ref.balance() == 100
         assert await ref.deposit(1) == 101
+
+
+async def test_calls_queued_behind_a_conflict_see_the_newer_state(
+    system: rio.System, probe: Probe
+) -> None:
+    ref = TsAccount.ref("queued-raced")
+    await ref.deposit(1)
+    held = ref.hold()
+    conflicting = ref.deposit(1)
+    after = ref.balance()  # queued on the activation that is about to go stale
+    await system.storage.save(
+        "TsAccount", "queued-raced", TsAccountState(100), TsAccountState, 1
+    )
+    probe.open("hold")
+    await held
+    with pytest.raises(rio.StateConflict):
+        await conflicting
+    assert await after == 100
 
 
 async def test_clear_state_conflict(system: rio.System) -> None:
