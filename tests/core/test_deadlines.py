@@ -93,9 +93,11 @@ async def test_app_default_timeout(make_app: AppFactory, probe: Probe) -> None:
 async def test_timeout_message_names_the_callers_budget_after_a_slow_activation(
     system: rio.System, probe: Probe
 ) -> None:
-    with pytest.raises(rio.CallTimeout, match=r"did not answer within 0\.05s;"):
-        await TdSlowStart.ref("s").with_timeout(0.05).wait("g")
-    probe.open("g")
+    try:
+        with pytest.raises(rio.CallTimeout, match=r"did not answer within 0\.05s;"):
+            await TdSlowStart.ref("s").with_timeout(0.05).wait("g")
+    finally:
+        probe.open("g")
 
 
 async def test_ref_with_timeout(system: rio.System, probe: Probe) -> None:
