@@ -84,12 +84,6 @@ async def test_app_default_timeout(make_app: AppFactory, probe: Probe) -> None:
         probe.open("g")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rio bug: for a call that activates its object, Runtime._run_eager measures the "
-    "budget in the CallTimeout message from after the first step (activation), not from "
-    "the call, so it reads less than the caller's timeout (negative under load)",
-)
 async def test_timeout_message_names_the_callers_budget_after_a_slow_activation(
     system: rio.System, probe: Probe
 ) -> None:
