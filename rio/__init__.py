@@ -48,8 +48,8 @@ from rio.core.errors import (
     WorkerLost,
 )
 from rio.core.ref import Ref
-from rio.core.runtime import Runtime as System
 from rio.core.runtime import RuntimeStats
+from rio.core.system import System
 
 __all__ = [
     "ActivationFailed",

@@ -19,6 +19,7 @@ from rio.core.context import reset_system, set_default_system, system_token
 from rio.core.errors import ConfigError
 from rio.core.registry import actor_type
 from rio.core.runtime import Runtime
+from rio.core.system import System
 from rio.storage import StateStorage, storage_from_url
 
 __all__ = ["App", "default_data_dir", "run"]
@@ -26,7 +27,15 @@ __all__ = ["App", "default_data_dir", "run"]
 T = TypeVar("T")
 MainFn = Callable[[], Awaitable[Any]]
 
-_APP_KEYS = {"name", "storage", "data_dir", "actors", "default_timeout", "drain_timeout"}
+_APP_KEYS = {
+    "name",
+    "storage",
+    "data_dir",
+    "actors",
+    "default_timeout",
+    "drain_timeout",
+    "workers",
+}
 
 
 def default_data_dir() -> Path:
@@ -51,6 +60,9 @@ class App:
         default_timeout: seconds a call may take unless the caller says otherwise.
         drain_timeout: seconds a stop waits for turns, hooks and saves to finish.
         actor_options: per-type overrides by type name, e.g. ``{"Counter": {"idle_ttl": 60}}``.
+        workers: worker processes hosting the actors. None (default): one per core
+            (``$RIO_WORKERS`` overrides); 0 keeps every actor in this process, with
+            no processes and no serialization at all.
 
     Example::
 
@@ -74,6 +86,7 @@ class App:
         default_timeout: float = 30.0,
         drain_timeout: float = 30.0,
         actor_options: dict[str, dict[str, Any]] | None = None,
+        workers: int | None = None,
     ) -> None:
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise ConfigError(f"app name {name!r}: use letters, digits, '-', '_' or '.'")
@@ -103,8 +116,9 @@ class App:
                         f"or None, got {ttl!r}"
                     )
                 self.idle_ttl[type_name] = None if ttl is None else float(ttl)
+        self.workers = _workers_setting(workers)
         self._main: MainFn | None = None
-        self._system: Runtime | None = None
+        self._system: System | None = None
         self._token: Any = None
 
     # -- building ------------------------------------------------------------------------
@@ -171,14 +185,16 @@ class App:
 
     # -- running -------------------------------------------------------------------------
 
+    def default_storage_url(self) -> str:
+        """The embedded default: SQLite at ``<data_dir>/<name>.db``."""
+        return f"sqlite:///{(self.data_dir / (self.name + '.db')).absolute()}"
+
     def make_storage(self) -> StateStorage:
         """The storage engine this app uses (not yet opened)."""
         spec = self.storage_spec
         if isinstance(spec, StateStorage):
             return spec
-        if spec is None:
-            return storage_from_url(f"sqlite:///{self.data_dir / (self.name + '.db')}")
-        return storage_from_url(spec)
+        return storage_from_url(spec if spec is not None else self.default_storage_url())
 
     def make_runtime(self) -> Runtime:
         """A fresh, unstarted in-process runtime configured from this app."""
@@ -192,15 +208,25 @@ class App:
         )
 
     @property
-    def system(self) -> Runtime | None:
+    def system(self) -> System | None:
         """The running system, or None."""
         return self._system
 
-    async def start(self) -> Runtime:
-        """Start the app in the running event loop and return its system."""
+    async def start(self) -> System:
+        """Start the app in the running event loop and return its system.
+
+        With ``workers`` >= 1 that is a pool of worker processes; with 0, the
+        in-process runtime.
+        """
         if self._system is not None:
             raise ConfigError(f"app {self.name!r} is already running")
-        system = self.make_runtime()
+        system: System
+        if self.workers:
+            from rio.local.pool import PoolSystem
+
+            system = PoolSystem(self, self.workers)
+        else:
+            system = self.make_runtime()
         await system.start()
         self._system = system
         self._token = system_token(system)
@@ -219,7 +245,7 @@ class App:
                 reset_system(self._token)
             set_default_system(None)
 
-    async def __aenter__(self) -> Runtime:
+    async def __aenter__(self) -> System:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -309,6 +335,22 @@ def run(main: Awaitable[T]) -> T:
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return asyncio.run(main)  # type: ignore[arg-type]
     return uvloop.run(main)  # type: ignore[arg-type]
+
+
+def _workers_setting(workers: int | None) -> int:
+    if workers is None:
+        env = os.environ.get("RIO_WORKERS")
+        if env is None:
+            return os.cpu_count() or 1
+        try:
+            workers = int(env)
+        except ValueError:
+            raise ConfigError(
+                f"RIO_WORKERS={env!r}: expected a whole number (0 = in-process)"
+            ) from None
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be a whole number >= 0 (0 = in-process), got {workers!r}")
+    return workers
 
 
 def _import_actor(spec: str, source: Path) -> type[Actor[Any]]:

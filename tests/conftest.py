@@ -23,7 +23,7 @@ import rio
 #: Every runtime path the behaviour tests run on.
 RUNTIMES = ["inproc"]
 #: Extra ``rio.App`` keywords that select each runtime path.
-RUNTIME_OPTIONS: dict[str, dict[str, Any]] = {"inproc": {}}
+RUNTIME_OPTIONS: dict[str, dict[str, Any]] = {"inproc": {"workers": 0}}
 
 AppFactory = Callable[..., rio.App]
 

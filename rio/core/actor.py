@@ -17,6 +17,7 @@ from rio.core.registry import RESERVED, ActorType, Handler, register
 if TYPE_CHECKING:
     from rio.core.ref import Ref
     from rio.core.runtime import Runtime
+    from rio.core.system import System
 
 __all__ = ["DEFAULT_IDLE_TTL", "Actor", "reentrant"]
 
@@ -210,9 +211,9 @@ class Actor(Generic[S]):
         return new_ref(cls._rio_type, object_id, None)
 
     @property
-    def system(self) -> Runtime:
-        """The runtime hosting this activation."""
-        return self._rio_system
+    def system(self) -> System:
+        """The system this activation belongs to (refs made from it route through it)."""
+        return self._rio_system.system
 
     async def save(self) -> None:
         """Write the state to storage; returns once it is stored.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from rio.core.errors import NoSystemRunning
 
 if TYPE_CHECKING:
-    from rio.core.runtime import Runtime
+    from rio.core.system import System
 
 __all__ = ["CURRENT_TURN", "current_system", "set_default_system", "timeout"]
 
@@ -24,27 +24,27 @@ CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "rio_deadline", default=None
 )
 #: The system that refs without one of their own use; set while a system runs.
-_SYSTEM: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("rio_system", default=None)
-_default_system: Runtime | None = None
+_SYSTEM: contextvars.ContextVar[System | None] = contextvars.ContextVar("rio_system", default=None)
+_default_system: System | None = None
 
 
-def set_default_system(system: Runtime | None) -> None:
+def set_default_system(system: System | None) -> None:
     """Make ``system`` the one refs use when no other is in context."""
     global _default_system
     _default_system = system
 
 
-def system_token(system: Runtime) -> contextvars.Token[Runtime | None]:
+def system_token(system: System) -> contextvars.Token[System | None]:
     """Bind ``system`` in the current context (several systems in one process)."""
     return _SYSTEM.set(system)
 
 
-def reset_system(token: contextvars.Token[Runtime | None]) -> None:
+def reset_system(token: contextvars.Token[System | None]) -> None:
     """Undo :func:`system_token`."""
     _SYSTEM.reset(token)
 
 
-def current_system() -> Runtime:
+def current_system() -> System:
     """The system refs in this context talk to.
 
     Raises:

@@ -14,7 +14,7 @@ from rio.core.errors import BadArguments, UnknownMethod
 from rio.core.registry import ActorType, Handler
 
 if TYPE_CHECKING:
-    from rio.core.runtime import Runtime
+    from rio.core.system import System
 
 __all__ = ["Ref", "make_ref_class", "new_ref"]
 
@@ -40,7 +40,7 @@ class Ref(Generic[A]):
     _rio_type: ActorType
     _rio_key: tuple[str, str]
     _rio_timeout: float | None
-    _rio_system: Runtime | None
+    _rio_system: System | None
 
     @property
     def id(self) -> str:
@@ -98,7 +98,7 @@ def make_ref_class(info: ActorType) -> type[Ref[Any]]:
 def new_ref(
     info: ActorType,
     object_id: str | int,
-    system: Runtime | None,
+    system: System | None,
     timeout: float | None = None,
 ) -> Ref[Any]:
     """Create a ref to ``(info, object_id)``."""

@@ -108,9 +108,52 @@ class Handler:
     check: Validator = field(default=None)  # type: ignore[assignment]
     return_type: Any = None
     param_types: list[tuple[str, Any]] = field(default_factory=list)
+    #: Parameter names in order; the keyword-only ones start at ``n_positional``.
+    param_names: tuple[str, ...] = ()
+    n_positional: int = 0
+    defaults: dict[str, Any] = field(default_factory=dict)
+    #: False when the handler takes ``*args`` or ``**kwargs`` (it cannot cross processes).
+    wire_ok: bool = True
+    _args_decoder: Any = None
+    _result_decoder: Any = None
 
     def __post_init__(self) -> None:
         self.check = self.validate
+
+    def prepare(self) -> None:
+        """Resolve annotations now (done lazily on first call otherwise)."""
+        if not self._ready:
+            self._prepare()
+
+    @property
+    def args_decoder(self) -> msgspec.msgpack.Decoder[Any]:
+        """A msgpack decoder for this handler's arguments as one array, in order."""
+        if self._args_decoder is None:
+            self.prepare()
+            if not self.wire_ok:
+                raise BadArguments(
+                    f"{self.owner}.{self.name}() takes *args or **kwargs, so it cannot be "
+                    "called across processes; give it named, annotated parameters"
+                )
+            types = tuple(t for _, t in self.param_types)
+            self._args_decoder = msgspec.msgpack.Decoder(tuple[types] if types else tuple[()])  # type: ignore[valid-type]
+        return self._args_decoder  # type: ignore[no-any-return]
+
+    @property
+    def result_decoder(self) -> msgspec.msgpack.Decoder[Any]:
+        """A msgpack decoder for this handler's return annotation."""
+        if self._result_decoder is None:
+            self.prepare()
+            rt = self.return_type
+            self._result_decoder = msgspec.msgpack.Decoder(Any if rt is None else rt)
+        return self._result_decoder  # type: ignore[no-any-return]
+
+    def split_wire_args(self, values: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Positional and keyword-only arguments from the in-order wire tuple."""
+        n = self.n_positional
+        if n == len(values):
+            return values, {}
+        return values[:n], dict(zip(self.param_names[n:], values[n:], strict=True))
 
     def validate(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -138,6 +181,12 @@ class Handler:
         params = list(sig.parameters.values())[1:]  # drop self
         self.return_type = hints.get("return", Any)
         self.param_types = [(p.name, hints.get(p.name, Any)) for p in params]
+        self.param_names = tuple(p.name for p in params)
+        self.wire_ok = not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+        self.n_positional = sum(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
+        )
+        self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
         checkers = [_make_checker(p.name, hints.get(p.name, Any)) for p in params]
         simple = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
         n = len(params)

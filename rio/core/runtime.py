@@ -47,6 +47,7 @@ from rio.core.errors import (
 )
 from rio.core.ref import Ref, new_ref
 from rio.core.registry import ActorType, Handler, actor_type, lookup_type
+from rio.core.system import System, key_of
 from rio.storage.base import StateStorage
 
 __all__ = ["Runtime", "RuntimeStats"]
@@ -109,7 +110,7 @@ async def _run_resumed(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
     return await _resume(coro, first)
 
 
-class Runtime:
+class Runtime(System):
     """Hosts activations in this process and runs their turns.
 
     Args:
@@ -144,6 +145,9 @@ class Runtime:
         self._thread_id = -1
         self._stopping = False
         self._started = False
+        self._closed = False
+        #: The system refs made here route through (a worker pool sets itself).
+        self.system: System = self
         self._deact_waiters: dict[Key, list[asyncio.Future[None]]] = {}
         self._saving: dict[Key, asyncio.Future[None]] = {}
         self._turn_tasks: set[asyncio.Task[Any]] = set()
@@ -180,12 +184,20 @@ class Runtime:
         return self._started and not self._stopping
 
     async def stop(self) -> None:
-        """Drain: finish queued turns, run deactivation hooks, save, close storage.
+        """Drain (see :meth:`drain`), then close storage."""
+        if not self._started or self._closed:
+            return
+        await self.drain()
+        await self.close()
+
+    async def drain(self) -> None:
+        """Finish queued turns, run deactivation hooks, save; leaves storage open.
 
         New calls from outside any turn are refused with :class:`SystemStopping`
-        from the moment this starts; calls made by running turns still work.
+        from the moment this starts; calls made by running turns still work (and
+        may re-activate objects, which a second drain deactivates again).
         """
-        if not self._started or self._stopping:
+        if not self._started:
             return
         self._stopping = True
         loop = self._loop_()
@@ -210,6 +222,13 @@ class Runtime:
                 task.cancel()
             for act in list(self._acts.values()):
                 self._discard(act, SystemStopping(f"{self.name} stopped before this call ran"))
+
+    async def close(self) -> None:
+        """Stop the idle sweeper and close storage (after :meth:`drain`)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.storage.close()
@@ -217,9 +236,9 @@ class Runtime:
     # -- calls ---------------------------------------------------------------------
 
     def ref(self, actor: type[Actor[Any]] | str, object_id: str | int) -> Ref[Any]:
-        """A ref bound to this runtime. ``actor`` is a class or a registered type name."""
+        """A ref bound to this runtime's system; ``actor`` is a class or a type name."""
         info = lookup_type(actor) if isinstance(actor, str) else actor_type(actor)
-        return new_ref(info, object_id, self)
+        return new_ref(info, object_id, self.system)
 
     def call(
         self,
@@ -324,9 +343,11 @@ class Runtime:
                         return self._eager_failed(act, handler, e)
                     return self._eager_suspended(act, handler, coro, first, this, prev, now, ctx)
                 if (handler.reentrant or act._rio_type.reentrant) and not act._rio_draining:
-                    return self._run_eager(act, handler, args, kwargs, chain, deadline)
+                    return self._run_eager(act, handler, args, kwargs, chain, deadline, now=now)
             elif status == NEW:
-                return self._run_eager(act, handler, args, kwargs, chain, deadline, activate=True)
+                return self._run_eager(
+                    act, handler, args, kwargs, chain, deadline, activate=True, now=now
+                )
         chain = chain[:-1]
         if now >= deadline:
             raise CallTimeout(f"{_key_str(key)}.{handler.name}(): deadline already passed")
@@ -393,6 +414,7 @@ class Runtime:
         chain: tuple[Key, ...],
         deadline: float,
         activate: bool = False,
+        now: float | None = None,
     ) -> asyncio.Future[Any]:
         """Start a turn in the caller's stack; the general form of the path in :meth:`call`."""
         loop = self._loop
@@ -417,7 +439,8 @@ class Runtime:
         except BaseException as e:
             self._sync_turn = prev
             return self._eager_failed(act, handler, e)
-        return self._eager_suspended(act, handler, coro, first, this, prev, loop.time(), ctx)
+        started = loop.time() if now is None else now
+        return self._eager_suspended(act, handler, coro, first, this, prev, started, ctx)
 
     def _eager_failed(
         self, act: Actor[Any], handler: Handler, e: BaseException
@@ -662,11 +685,10 @@ class Runtime:
 
             await system.deactivate(Counter, "a")
         """
-        if isinstance(actor, Ref):
-            key = actor._rio_key
-        else:
-            info = lookup_type(actor) if isinstance(actor, str) else actor_type(actor)
-            key = (info.name, str(object_id))
+        return await self.deactivate_key(key_of(actor, object_id))
+
+    async def deactivate_key(self, key: Key) -> bool:
+        """:meth:`deactivate` by ``(type name, id)``."""
         act = self._acts.get(key)
         if act is None:
             return False

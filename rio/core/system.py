@@ -1,0 +1,85 @@
+"""The interface every running system offers: in-process, worker pool, cluster."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any
+
+from rio.core.registry import Handler, actor_type, lookup_type
+
+if TYPE_CHECKING:
+    import msgspec
+
+    from rio.core.actor import Actor
+    from rio.core.ref import Ref
+
+__all__ = ["System"]
+
+
+class System(abc.ABC):
+    """A running rio system: what ``async with app as system`` gives you.
+
+    Refs route their calls through it. The in-process runtime, the worker pool and
+    (later) the cluster client all implement this interface.
+
+    Example::
+
+        async with app as system:
+            ref = system.ref(Counter, "a")
+            await ref.incr(1)
+            await system.deactivate(Counter, "a")
+    """
+
+    name: str
+    default_timeout: float
+
+    def ref(self, actor: type[Actor[Any]] | str, object_id: str | int) -> Ref[Any]:
+        """A ref bound to this system; ``actor`` is a class or a registered type name."""
+        from rio.core.ref import new_ref
+
+        info = lookup_type(actor) if isinstance(actor, str) else actor_type(actor)
+        return new_ref(info, object_id, self)
+
+    @abc.abstractmethod
+    def call(
+        self,
+        key: tuple[str, str],
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Send one call; return an awaitable of its answer (refs call this)."""
+
+    @abc.abstractmethod
+    async def deactivate(
+        self, actor: type[Actor[Any]] | str | Ref[Any], object_id: Any = None
+    ) -> bool:
+        """Deactivate one actor after its current turn; False when it was not active."""
+
+    @abc.abstractmethod
+    def stats(self) -> msgspec.Struct:
+        """An immutable snapshot of the system's activity."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start serving."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Drain (finish turns, run hooks, save) and stop."""
+
+    @property
+    @abc.abstractmethod
+    def running(self) -> bool:
+        """True between start and stop."""
+
+
+def key_of(actor: type[Actor[Any]] | str | Ref[Any], object_id: Any) -> tuple[str, str]:
+    """The ``(type name, id)`` an operator call names."""
+    from rio.core.ref import Ref
+
+    if isinstance(actor, Ref):
+        return actor._rio_key
+    info = lookup_type(actor) if isinstance(actor, str) else actor_type(actor)
+    return (info.name, str(object_id))

@@ -1,0 +1,417 @@
+"""The driver's side of a worker pool: start, route to, supervise and stop N workers.
+
+Placement on one box is a stable hash of ``(type, id)`` (:func:`owner_of`), computed
+the same in every process, so any process routes a call with no lookup.
+
+Supervision. Each worker is watched through a pidfd, so its death is seen at once
+(kill -9, segfault, ``os._exit``, the OOM killer). Calls in flight to it fail with
+:class:`rio.WorkerLost`; every other process is told to forget its rings with the
+dead one; then a new worker takes the same index, and calls made meanwhile wait for
+it (within their deadlines). Workers die with the driver: each holds the read end of
+a pipe whose write end only the driver has, and asks the kernel for SIGKILL when its
+parent dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from loguru import logger
+
+from rio.core.context import CALLER_DEADLINE
+from rio.core.errors import ConfigError, SystemStopping, WorkerLost
+from rio.core.registry import Handler
+from rio.core.system import System, key_of
+from rio.local.config import AppSettings, WorkerConfig, actor_modules, owner_of
+from rio.local.protocol import (
+    Down,
+    Drain,
+    Drained,
+    Exit,
+    Ready,
+    Reply,
+    ResetDone,
+    Up,
+    decode,
+    encode,
+)
+from rio.local.remote import RemoteCalls
+from rio.local.transport import DEFAULT_CAPACITY, Fabric, Hub
+from rio.local.worker import DEACTIVATE
+
+if TYPE_CHECKING:
+    from rio.app import App
+
+__all__ = ["PoolStats", "PoolSystem"]
+
+START_TIMEOUT = 60.0
+
+
+class PoolStats(msgspec.Struct, frozen=True):
+    """A snapshot of a worker pool."""
+
+    workers: int
+    pids: list[int]
+    restarts: int
+    in_flight: int
+
+
+class _Worker:
+    __slots__ = ("exited", "gen", "index", "pidfd", "proc", "ready")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.gen = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pidfd = -1
+        self.ready: asyncio.Future[Ready] | None = None
+        self.exited = asyncio.Event()
+
+
+class PoolSystem(System):
+    """Actors in N worker processes; this process (the driver) only calls them.
+
+    Built by :class:`rio.App` when ``workers`` is 1 or more.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        workers: int,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        spin: float = 0.0002,
+        recheck: float = 0.02,
+    ) -> None:
+        if workers < 1:
+            raise ConfigError(f"a worker pool needs at least one worker, got {workers}")
+        storage = app.storage_spec
+        if storage is not None and not isinstance(storage, str):
+            raise ConfigError(
+                "worker processes open storage from a URL: pass storage='sqlite:///…' "
+                "(or another URL) instead of a StateStorage object, or use workers=0"
+            )
+        self.app = app
+        self.name = app.name
+        self.default_timeout = app.default_timeout
+        self.n = workers
+        self.capacity = capacity
+        self.spin = spin
+        self.recheck = recheck
+        self._settings = AppSettings(
+            name=app.name,
+            storage=storage or app.default_storage_url(),
+            types=None if app.actors is None else [a.name for a in app.actors],
+            default_timeout=app.default_timeout,
+            drain_timeout=app.drain_timeout,
+            idle_ttl=app.idle_ttl,
+        )
+        self._workers = [_Worker(i) for i in range(1, workers + 1)]
+        self._started = False
+        self._stopping = False
+        self._restarts = 0
+        self._restart_lock: asyncio.Lock | None = None
+        self._resets: dict[tuple[int, int], set[int]] = {}
+        self._reset_events: dict[tuple[int, int], asyncio.Event] = {}
+        self._drained: dict[int, asyncio.Event] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # -- start -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker and wait until each serves."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        self._restart_lock = asyncio.Lock()
+        nprocs = self.n + 1
+        self.fabric = Fabric(nprocs, self.capacity)
+        self.fabric.reset_all()
+        self.doorbells = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nprocs)]
+        self._lifeline_r, self._lifeline_w = os.pipe()
+        self.hub = Hub(
+            self.fabric, 0, self.doorbells, self._on_message, spin=self.spin, recheck=self.recheck
+        )
+        self.remote = RemoteCalls(self.hub, self.name)
+        self.hub.start()
+        self._modules = actor_modules()
+        try:
+            for w in self._workers:
+                self._spawn(w)
+            async with asyncio.timeout(START_TIMEOUT):
+                for w in self._workers:
+                    assert w.ready is not None
+                    await w.ready
+        except BaseException:
+            await self._kill_all()
+            self._close_fds()
+            raise
+        self._started = True
+        logger.debug("{}: {} workers serving", self.name, self.n)
+        del loop
+
+    def _spawn(self, w: _Worker) -> None:
+        w.gen += 1
+        cfg = WorkerConfig(
+            index=w.index,
+            gen=w.gen,
+            nworkers=self.n,
+            fabric_fd=self.fabric.fd,
+            capacity=self.capacity,
+            doorbells=self.doorbells,
+            lifeline=self._lifeline_r,
+            modules=self._modules,
+            sys_path=list(sys.path),
+            app=self._settings,
+            spin=self.spin,
+            recheck=self.recheck,
+        )
+        env = dict(os.environ)
+        env["RIO_WORKER_CONFIG"] = msgspec.json.encode(cfg).decode()
+        w.ready = self._loop.create_future()
+        w.exited = asyncio.Event()
+        w.proc = subprocess.Popen(
+            [sys.executable, "-m", "rio.local.worker"],
+            pass_fds=[self.fabric.fd, self._lifeline_r, *self.doorbells],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the driver only
+        )
+        w.pidfd = os.pidfd_open(w.proc.pid)
+        self._loop.add_reader(w.pidfd, partial(self._on_exit, w, w.gen))
+
+    # -- calls -------------------------------------------------------------------------
+
+    def call(
+        self,
+        key: tuple[str, str],
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Send a call to the worker that owns ``key``."""
+        if threading.get_ident() != self._thread_id:
+            return asyncio.run_coroutine_threadsafe(
+                self._call_async(key, handler, args, kwargs, timeout), self._loop
+            )
+        if self._stopping or not self._started:
+            raise SystemStopping(
+                f"{self.name} is {'stopping' if self._stopping else 'not started'}: call to "
+                f"{key[0]}/{key[1]}.{handler.name}() refused"
+            )
+        args, kwargs = handler.check(args, kwargs)
+        now = self._loop.time()
+        deadline = now + (timeout or self.default_timeout)
+        outer = CALLER_DEADLINE.get()
+        if outer is not None and outer < deadline:
+            deadline = outer
+        dst = owner_of(key, self.n)
+        return self.remote.call(dst, key, handler, args, kwargs, (key,), deadline, now)
+
+    async def _call_async(self, *a: Any) -> Any:
+        return await self.call(*a)
+
+    async def deactivate(self, actor: Any, object_id: Any = None) -> bool:
+        """Deactivate one actor (in whichever worker hosts it) after its current turn."""
+        key = key_of(actor, object_id)
+        handler = Handler(owner=key[0], name=DEACTIVATE, fn=_deactivate_stub, reentrant=True)
+        handler.prepare()
+        now = self._loop.time()
+        dst = owner_of(key, self.n)
+        result = await self.remote.call(
+            dst, key, handler, (), {}, (key,), now + self.default_timeout, now
+        )
+        return bool(result)
+
+    def stats(self) -> PoolStats:
+        """Workers, their pids, restarts so far, calls in flight from this process."""
+        pids = [w.proc.pid if w.proc is not None else 0 for w in self._workers]
+        return PoolStats(self.n, pids, self._restarts, len(self.remote))
+
+    @property
+    def running(self) -> bool:
+        """True between start and stop."""
+        return self._started and not self._stopping
+
+    def worker_pid(self, index: int) -> int:
+        """The pid of worker ``index`` (1-based), for tests and operators."""
+        proc = self._workers[index - 1].proc
+        return proc.pid if proc is not None else 0
+
+    def owner(self, key: tuple[str, str]) -> int:
+        """The worker index that owns ``key``."""
+        return owner_of(key, self.n)
+
+    # -- messages ----------------------------------------------------------------------
+
+    def _on_message(self, src: int, data: bytes) -> None:
+        try:
+            msg = decode(data)
+        except msgspec.DecodeError as e:
+            logger.error("{}: unreadable message from worker {}: {}", self.name, src, e)
+            return
+        if isinstance(msg, Reply):
+            self.remote.on_reply(msg)
+        elif isinstance(msg, Ready):
+            w = self._workers[msg.index - 1]
+            if msg.gen == w.gen and w.ready is not None and not w.ready.done():
+                w.ready.set_result(msg)
+        elif isinstance(msg, ResetDone):
+            done = self._resets.get((msg.index, msg.gen))
+            if done is not None:
+                done.add(msg.by)
+                if done >= self._live_except(msg.index):
+                    self._reset_events[(msg.index, msg.gen)].set()
+        elif isinstance(msg, Drained):
+            ev = self._drained.get(msg.index)
+            if ev is not None:
+                ev.set()
+
+    def _live_except(self, index: int) -> set[int]:
+        return {
+            w.index for w in self._workers if w.index != index and not self.remote.is_down(w.index)
+        }
+
+    def _broadcast(self, msg: Any, *, skip: int = 0) -> None:
+        data = encode(msg)
+        for w in self._workers:
+            if w.index != skip and not self.remote.is_down(w.index):
+                self.hub.send(w.index, data)
+
+    # -- supervision -------------------------------------------------------------------
+
+    def _on_exit(self, w: _Worker, gen: int) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(w.pidfd)
+        with contextlib.suppress(OSError):
+            os.close(w.pidfd)
+        w.pidfd = -1
+        proc = w.proc
+        assert proc is not None
+        code = proc.wait()
+        w.exited.set()
+        reason = _describe_exit(code)
+        if w.ready is not None and not w.ready.done():
+            w.ready.set_exception(
+                WorkerLost(f"worker {w.index} (pid {proc.pid}) {reason} while starting")
+            )
+            if not self._started:
+                return
+        if self._stopping or gen != w.gen:
+            return
+        logger.error(
+            "{}: worker {} (pid {}) {}; restarting it", self.name, w.index, proc.pid, reason
+        )
+        self.remote.peer_down(w.index, proc.pid, reason)
+        task = asyncio.ensure_future(self._restart(w, proc.pid, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _restart(self, w: _Worker, pid: int, reason: str) -> None:
+        assert self._restart_lock is not None
+        async with self._restart_lock:
+            if self._stopping:
+                return
+            key = (w.index, w.gen)
+            others = self._live_except(w.index)
+            self._resets[key] = set()
+            ev = self._reset_events[key] = asyncio.Event()
+            if others:
+                self._broadcast(Down(w.index, w.gen, pid, reason), skip=w.index)
+                try:
+                    async with asyncio.timeout(10.0):
+                        await ev.wait()
+                except TimeoutError:
+                    logger.warning(
+                        "{}: workers {} did not confirm forgetting worker {}; restarting anyway",
+                        self.name,
+                        sorted(others - self._resets[key]),
+                        w.index,
+                    )
+            del self._resets[key], self._reset_events[key]
+            self._restarts += 1
+            self._spawn(w)
+            assert w.ready is not None
+            try:
+                async with asyncio.timeout(START_TIMEOUT):
+                    ready = await w.ready
+            except (TimeoutError, WorkerLost) as e:
+                logger.error("{}: worker {} did not restart: {}", self.name, w.index, e)
+                return
+            self.remote.peer_up(w.index)
+            self._broadcast(Up(w.index, w.gen, ready.pid), skip=w.index)
+            logger.info("{}: worker {} serves again (pid {})", self.name, w.index, ready.pid)
+
+    # -- stop --------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Drain every worker (turns finish, hooks run, state saved), then stop them."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        live = [w for w in self._workers if not self.remote.is_down(w.index)]
+        self._drained = {w.index: asyncio.Event() for w in live}
+        for w in live:
+            self.hub.send(w.index, encode(Drain()))
+        try:
+            async with asyncio.timeout(self.app.drain_timeout + 5.0):
+                for w in live:
+                    await self._drained[w.index].wait()
+        except TimeoutError:
+            logger.warning("{}: workers did not drain in time; stopping them", self.name)
+        self._broadcast(Exit())
+        try:
+            async with asyncio.timeout(5.0):
+                for w in self._workers:
+                    if w.proc is not None and w.pidfd >= 0:
+                        await w.exited.wait()
+        except TimeoutError:
+            logger.warning("{}: workers did not exit in time; killing them", self.name)
+        await self._kill_all()
+        self.remote.fail_all(lambda: SystemStopping(f"{self.name} stopped"))
+        self._close_fds()
+
+    async def _kill_all(self) -> None:
+        for w in self._workers:
+            if w.proc is not None and w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGKILL)
+                await asyncio.get_running_loop().run_in_executor(None, w.proc.wait)
+
+    def _close_fds(self) -> None:
+        self.hub.close()
+        for w in self._workers:
+            if w.pidfd >= 0:
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(w.pidfd)
+                with contextlib.suppress(OSError):
+                    os.close(w.pidfd)
+                w.pidfd = -1
+        for fd in (*self.doorbells, self._lifeline_r, self._lifeline_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fabric.close()
+
+
+async def _deactivate_stub(self: Any) -> bool:  # pragma: no cover - never called
+    """Stands for the built-in deactivate call (its annotations type the reply)."""
+    return False
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"

@@ -1,0 +1,170 @@
+"""Calls to actors in another process of the box, and the answers to them.
+
+Both the driver and every worker keep one :class:`RemoteCalls`: it encodes a call
+once, writes it to the owner's ring, keeps a future with a deadline timer per call,
+and resolves it from the :class:`~rio.local.protocol.Reply`. When a worker dies, every
+call in flight to it fails at once with :class:`rio.WorkerLost`; calls made while it
+restarts wait for it (within their deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import msgspec
+from loguru import logger
+
+from rio.core.errors import CallTimeout, RemoteError, WorkerLost, error_from_wire
+from rio.core.registry import Handler
+from rio.local.protocol import Call, Reply, decode_result, encode, positional_args
+from rio.local.transport import Hub
+
+__all__ = ["RemoteCalls"]
+
+Key = tuple[str, str]
+_wire_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+class RemoteCalls:
+    """The calls this process has in flight to other processes."""
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        self.hub = hub
+        self.name = name
+        self._ids = itertools.count(1)
+        # req -> (future, handler, destination, deadline timer, key)
+        self._pending: dict[
+            int, tuple[asyncio.Future[Any], Handler, int, asyncio.TimerHandle, Key]
+        ] = {}
+        self._down: dict[int, list[tuple[int, bytes]]] = {}
+        self.pids: dict[int, int] = {}
+
+    def call(
+        self,
+        dst: int,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+        now: float,
+    ) -> asyncio.Future[Any]:
+        """Send a checked call to process ``dst``; returns the future of its answer."""
+        if not handler.wire_ok:
+            handler.args_decoder  # noqa: B018 - raises BadArguments naming the handler
+        req = next(self._ids)
+        data = encode(
+            Call(
+                req,
+                key[0],
+                key[1],
+                handler.name,
+                deadline - now,
+                list(chain),
+                positional_args(handler, args, kwargs),  # type: ignore[arg-type]
+            )
+        )
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        timer = loop.call_at(deadline, self._expire, req, deadline - now)
+        self._pending[req] = (fut, handler, dst, timer, key)
+        held = self._down.get(dst)
+        if held is not None:
+            held.append((req, data))
+        else:
+            self.hub.send(dst, data)
+        return fut
+
+    def on_reply(self, msg: Reply) -> None:
+        """Resolve the call ``msg`` answers (a late answer after a timeout is dropped)."""
+        entry = self._pending.pop(msg.req, None)
+        if entry is None:
+            return
+        fut, handler, _, timer, key = entry
+        timer.cancel()
+        if fut.done():
+            return
+        if msg.ok:
+            try:
+                fut.set_result(decode_result(handler, msg.value))
+            except msgspec.DecodeError as e:
+                fut.set_exception(
+                    RemoteError(
+                        "msgspec.DecodeError",
+                        f"{key[0]}/{key[1]}.{handler.name}() answered a value that does "
+                        f"not match its return annotation: {e}",
+                    )
+                )
+        else:
+            try:
+                err: BaseException = error_from_wire(_wire_decoder.decode(msg.value))
+            except msgspec.DecodeError as e:
+                err = RemoteError("msgspec.DecodeError", f"unreadable error reply: {e}")
+            fut.set_exception(err)
+
+    def _expire(self, req: int, budget: float) -> None:
+        entry = self._pending.pop(req, None)
+        if entry is None:
+            return
+        fut, handler, dst, _, key = entry
+        if not fut.done():
+            fut.set_exception(
+                CallTimeout(
+                    f"{key[0]}/{key[1]}.{handler.name}() did not answer within {budget:.3g}s "
+                    f"(worker {dst}); the handler may still be running. Raise the deadline "
+                    "with ref.with_timeout(seconds) or rio.timeout(seconds)"
+                )
+            )
+
+    # -- a peer dies and comes back --------------------------------------------------
+
+    def peer_down(self, dst: int, pid: int, reason: str) -> int:
+        """Fail every call in flight to ``dst`` with WorkerLost and hold new ones.
+
+        Returns how many calls failed.
+        """
+        if dst not in self._down:
+            self._down[dst] = []
+        failed = 0
+        for req, (fut, handler, d, timer, key) in list(self._pending.items()):
+            if d != dst:
+                continue
+            del self._pending[req]
+            timer.cancel()
+            if not fut.done():
+                fut.set_exception(
+                    WorkerLost(
+                        f"worker {dst} (pid {pid}) died ({reason}) before answering "
+                        f"{key[0]}/{key[1]}.{handler.name}(); the call may or may not "
+                        "have run. The object re-activates from storage on its next call"
+                    )
+                )
+                failed += 1
+        self.hub.reset_peer(dst)
+        if failed:
+            logger.warning("{}: {} call(s) to worker {} failed: {}", self.name, failed, dst, reason)
+        return failed
+
+    def peer_up(self, dst: int) -> None:
+        """Send the calls held while ``dst`` restarted (those still waiting)."""
+        for req, data in self._down.pop(dst, ()):
+            if req in self._pending:
+                self.hub.send(dst, data)
+
+    def is_down(self, dst: int) -> bool:
+        """True while ``dst`` is dead or restarting."""
+        return dst in self._down
+
+    def fail_all(self, exc_factory: Any) -> None:
+        """Fail every pending call (the pool is going away)."""
+        for req, (fut, _, _, timer, _) in list(self._pending.items()):
+            del self._pending[req]
+            timer.cancel()
+            if not fut.done():
+                fut.set_exception(exc_factory())
+
+    def __len__(self) -> int:
+        return len(self._pending)

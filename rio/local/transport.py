@@ -1,0 +1,260 @@
+"""The box's message fabric: shared-memory rings between processes, eventfd doorbells.
+
+Every process of a pool (index 0 is the driver, 1..N the workers) has a ring to every
+other process, all in one ``mmap`` of a ``memfd``: anonymous memory passed to the
+workers as a file descriptor, so nothing is ever named in ``/dev/shm`` and nothing can
+leak, whatever kills whom.
+
+Wake-ups. Each process has an eventfd doorbell. After handling messages a
+:class:`Hub` keeps polling its inbound rings for a short spin window (busy links make
+no system call per message); then it marks its inbound rings "consumer sleeping",
+checks them once more and sleeps on the doorbell. A producer rings the doorbell only
+when the ring says its consumer sleeps, once per batch. Python has no memory fence,
+so that handshake can (rarely) miss on x86's store buffer: a sleeping hub therefore
+also wakes on a timer and re-checks (see :mod:`rio.local.ring`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import mmap
+import os
+from collections.abc import Callable
+
+from rio.local.ring import Ring, RingReader, RingWriter, ring_size
+
+__all__ = ["Fabric", "Hub"]
+
+#: Default bytes of each ring's data area.
+DEFAULT_CAPACITY = 1 << 20
+
+
+class Fabric:
+    """The shared rings of a box: one per ordered pair of ``nprocs`` processes.
+
+    Args:
+        nprocs: processes in the pool, the driver included.
+        capacity: bytes per ring (a power of two).
+        fd: an inherited memfd to attach to; None creates a new one.
+    """
+
+    def __init__(self, nprocs: int, capacity: int = DEFAULT_CAPACITY, fd: int | None = None):
+        self.nprocs = nprocs
+        self.capacity = capacity
+        self._stride = ring_size(capacity)
+        size = self._stride * nprocs * nprocs
+        if fd is None:
+            fd = os.memfd_create("rio-fabric", os.MFD_CLOEXEC)
+            os.ftruncate(fd, size)
+            self.owner = True
+        else:
+            self.owner = False
+        self.fd = fd
+        self._mm = mmap.mmap(fd, size)
+        self._rings: dict[tuple[int, int], Ring] = {}
+
+    def ring(self, src: int, dst: int) -> Ring:
+        """The ring that ``src`` writes and ``dst`` reads."""
+        r = self._rings.get((src, dst))
+        if r is None:
+            offset = (src * self.nprocs + dst) * self._stride
+            r = self._rings[(src, dst)] = Ring(self._mm, offset, self.capacity)
+        return r
+
+    def reset_all(self) -> None:
+        """Zero every ring (before any process uses them)."""
+        for src in range(self.nprocs):
+            for dst in range(self.nprocs):
+                if src != dst:
+                    self.ring(src, dst).reset()
+
+    def close(self) -> None:
+        """Unmap and close the memfd."""
+        for r in self._rings.values():
+            r.close()
+        self._rings.clear()
+        with contextlib.suppress(BufferError):
+            self._mm.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class Hub:
+    """One process's end of the fabric.
+
+    Reads its inbound rings and hands each message to ``on_message(src, data)``;
+    :meth:`send` writes to a peer's ring and rings its doorbell when it sleeps.
+
+    Args:
+        fabric: the shared rings.
+        me: this process's index.
+        doorbells: the eventfd of every process, by index.
+        on_message: called for every message, in order per sender.
+        spin: seconds to keep polling after the last message before sleeping.
+        recheck: seconds a sleeping hub waits before re-checking its rings anyway.
+    """
+
+    def __init__(
+        self,
+        fabric: Fabric,
+        me: int,
+        doorbells: list[int],
+        on_message: Callable[[int, bytes], None],
+        *,
+        spin: float = 0.0002,
+        recheck: float = 0.02,
+    ) -> None:
+        self.fabric = fabric
+        self.me = me
+        self.doorbells = doorbells
+        self.on_message = on_message
+        self.spin = spin
+        self.recheck = recheck
+        peers = [p for p in range(fabric.nprocs) if p != me]
+        self._writers: dict[int, RingWriter] = {p: RingWriter(fabric.ring(me, p)) for p in peers}
+        self._readers: list[tuple[int, RingReader]] = [
+            (p, RingReader(fabric.ring(p, me))) for p in peers
+        ]
+        self._ring_soon: set[int] = set()
+        self._blocked: set[int] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poll_scheduled = False
+        self._doorbells_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._closed = False
+
+    def start(self) -> None:
+        """Start reading (call in the process's event loop)."""
+        loop = self._loop = asyncio.get_running_loop()
+        loop.add_reader(self.doorbells[self.me], self._on_doorbell)
+        self._last = loop.time()
+        self._schedule_poll()
+
+    def close(self) -> None:
+        """Stop reading; the fabric itself is closed by its owner."""
+        self._closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.doorbells[self.me])
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send(self, dst: int, data: bytes) -> None:
+        """Queue ``data`` for process ``dst``; it arrives whole and in order."""
+        writer = self._writers[dst]
+        if not writer.send(data):
+            self._blocked.add(dst)
+            writer.ring.producer_waiting = True
+            if writer.flush():  # the reader freed space meanwhile
+                self._blocked.discard(dst)
+                writer.ring.producer_waiting = False
+        self._ring_soon.add(dst)
+        if not self._doorbells_scheduled:
+            self._doorbells_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._ring_doorbells)
+
+    def pending_bytes(self, dst: int) -> int:
+        """Bytes queued for ``dst`` that did not fit in its ring yet."""
+        return self._writers[dst].pending_bytes
+
+    def _ring_doorbells(self) -> None:
+        self._doorbells_scheduled = False
+        targets, self._ring_soon = self._ring_soon, set()
+        for dst in targets:
+            if self._writers[dst].ring.consumer_sleeping:
+                self._ring(dst)
+
+    def _ring(self, dst: int) -> None:
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self.doorbells[dst], 1)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _schedule_poll(self) -> None:
+        if not self._poll_scheduled and not self._closed:
+            self._poll_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._poll)
+
+    def _on_doorbell(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.eventfd_read(self.doorbells[self.me])
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for _, reader in self._readers:
+            reader.ring.consumer_sleeping = False
+        self._schedule_poll()
+
+    def _poll(self) -> None:
+        self._poll_scheduled = False
+        if self._closed:
+            return
+        loop = self._loop
+        assert loop is not None
+        got = False
+        on_message = self.on_message
+        for src, reader in self._readers:
+            if reader.empty():
+                continue
+            msgs = reader.read()
+            ring = reader.ring
+            if ring.producer_waiting:
+                ring.producer_waiting = False
+                self._ring(src)
+            got = True
+            for m in msgs:
+                on_message(src, m)
+        if self._blocked:
+            self._flush_blocked()
+        now = loop.time()
+        if got:
+            self._last = now
+        if now - self._last < self.spin or self._blocked:
+            self._schedule_poll()
+        else:
+            self._sleep()
+
+    def _flush_blocked(self) -> None:
+        for dst in list(self._blocked):
+            writer = self._writers[dst]
+            if writer.flush():
+                self._blocked.discard(dst)
+                writer.ring.producer_waiting = False
+            self._ring_soon.add(dst)
+        if self._ring_soon and not self._doorbells_scheduled:
+            self._doorbells_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._ring_doorbells)
+
+    def _sleep(self) -> None:
+        for _, reader in self._readers:
+            reader.ring.consumer_sleeping = True
+        if any(not reader.empty() for _, reader in self._readers):
+            self._wake()
+            return
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self.recheck, self._wake)
+
+    # -- failures ----------------------------------------------------------------------
+
+    def reset_peer(self, peer: int) -> None:
+        """Forget everything in flight with a dead ``peer``: zero both rings with it.
+
+        Only call once ``peer`` is dead and before its replacement starts.
+        """
+        out = self.fabric.ring(self.me, peer)
+        inn = self.fabric.ring(peer, self.me)
+        out.reset()
+        inn.reset()
+        self._writers[peer] = RingWriter(out)
+        self._readers = [(p, RingReader(inn) if p == peer else r) for p, r in self._readers]
+        self._blocked.discard(peer)
+        self._ring_soon.discard(peer)

@@ -1,0 +1,244 @@
+"""A worker process: one event loop (uvloop), one in-process runtime, one end of the fabric.
+
+Started by :class:`rio.local.pool.PoolSystem` as ``python -m rio.local.worker`` with
+its :class:`~rio.local.config.WorkerConfig` in the environment. Calls between actors
+of this worker skip the fabric entirely (and encoding); calls to actors owned by
+another worker go through that worker's ring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+from functools import partial
+from typing import Any
+
+import msgspec
+from loguru import logger
+
+from rio.core.context import set_default_system
+from rio.core.errors import RemoteError, SystemStopping, error_to_wire
+from rio.core.registry import Handler, lookup_type
+from rio.core.runtime import Runtime
+from rio.core.system import System, key_of
+from rio.local.config import WorkerConfig, import_modules, owner_of
+from rio.local.protocol import (
+    Call,
+    Down,
+    Drain,
+    Drained,
+    Exit,
+    Ready,
+    Reply,
+    ResetDone,
+    Up,
+    decode,
+    decode_args,
+    encode,
+)
+from rio.local.remote import RemoteCalls
+from rio.local.transport import Fabric, Hub
+from rio.storage import storage_from_url
+
+__all__ = ["WorkerSystem", "main"]
+
+DEACTIVATE = "$deactivate"
+_encode_raw = msgspec.msgpack.Encoder().encode
+
+
+class WorkerSystem(System):
+    """The system inside a worker: local calls run here, others go to their owner."""
+
+    def __init__(self, cfg: WorkerConfig, runtime: Runtime, fabric: Fabric) -> None:
+        self.cfg = cfg
+        self.me = cfg.index
+        self.n = cfg.nworkers
+        self.name = f"{cfg.app.name}/worker-{cfg.index}"
+        self.default_timeout = cfg.app.default_timeout
+        self.runtime = runtime
+        runtime.system = self
+        self.hub = Hub(
+            fabric,
+            cfg.index,
+            cfg.doorbells,
+            self.on_message,
+            spin=cfg.spin,
+            recheck=cfg.recheck,
+        )
+        self.remote = RemoteCalls(self.hub, self.name)
+        self.exit = asyncio.Event()
+        self._draining: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+
+    # -- System ----------------------------------------------------------------------
+
+    def call(
+        self,
+        key: tuple[str, str],
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Run locally when this worker owns ``key``, else send it to the owner."""
+        owner = owner_of(key, self.n)
+        rt = self.runtime
+        if owner == self.me or threading.get_ident() != self._thread_id:
+            return rt.call(key, handler, args, kwargs, timeout)
+        args, kwargs = handler.check(args, kwargs)
+        chain, deadline, now = rt.call_context(key, handler, timeout)
+        return self.remote.call(owner, key, handler, args, kwargs, chain, deadline, now)
+
+    async def deactivate(self, actor: Any, object_id: Any = None) -> bool:
+        """Deactivate an actor hosted here (operators call the driver's pool)."""
+        return await self.runtime.deactivate_key(key_of(actor, object_id))
+
+    def stats(self) -> msgspec.Struct:
+        """The runtime statistics of this worker."""
+        return self.runtime.stats()
+
+    async def start(self) -> None:
+        """Workers are started by :func:`serve`."""
+
+    async def stop(self) -> None:
+        """Workers are stopped by the driver's Drain and Exit."""
+        self.exit.set()
+
+    @property
+    def running(self) -> bool:
+        """True until the driver says exit."""
+        return not self.exit.is_set()
+
+    # -- messages --------------------------------------------------------------------
+
+    def on_message(self, src: int, data: bytes) -> None:
+        """Dispatch one message from process ``src``."""
+        try:
+            msg = decode(data)
+        except msgspec.DecodeError as e:
+            logger.error("{}: unreadable message from process {}: {}", self.name, src, e)
+            return
+        if isinstance(msg, Call):
+            self._on_call(src, msg)
+        elif isinstance(msg, Reply):
+            self.remote.on_reply(msg)
+        elif isinstance(msg, Down):
+            self.remote.peer_down(msg.index, msg.pid, msg.reason)
+            self.hub.send(0, encode(ResetDone(msg.index, msg.gen, self.me)))
+        elif isinstance(msg, Up):
+            self.remote.peer_up(msg.index)
+        elif isinstance(msg, Drain):
+            self._draining = asyncio.ensure_future(self._drain())
+        elif isinstance(msg, Exit):
+            self.exit.set()
+
+    def _on_call(self, src: int, msg: Call) -> None:
+        key = (msg.type_name, msg.object_id)
+        try:
+            if msg.method == DEACTIVATE:
+                fut: asyncio.Future[Any] = asyncio.ensure_future(self.runtime.deactivate_key(key))
+            else:
+                handler = lookup_type(msg.type_name).handler(msg.method)
+                args, kwargs = handler.split_wire_args(decode_args(handler, msg.args))
+                chain = tuple((c[0], c[1]) for c in msg.chain) or (key,)
+                if len(chain) == 1 and self.runtime._stopping:
+                    raise SystemStopping(
+                        f"{self.name} is stopping: call to {key[0]}/{key[1]}.{msg.method}() refused"
+                    )
+                now = self._loop.time()
+                fut = self.runtime.deliver(key, handler, args, kwargs, chain, now + msg.budget, now)
+        except Exception as e:
+            self._send_error(src, msg.req, e)
+            return
+        if fut.done():
+            self._reply(src, msg, fut)
+        else:
+            fut.add_done_callback(partial(self._reply, src, msg))
+
+    def _reply(self, src: int, msg: Call, fut: asyncio.Future[Any]) -> None:
+        if self.remote.is_down(src):
+            return  # the caller died; its replacement did not ask
+        if fut.cancelled():
+            self._send_error(src, msg.req, SystemStopping(f"{self.name}: the call was cancelled"))
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._send_error(src, msg.req, exc)
+            return
+        try:
+            data = encode(Reply(msg.req, True, fut.result()))
+        except (TypeError, msgspec.EncodeError) as e:
+            err = RemoteError(
+                "msgspec.EncodeError",
+                f"{msg.type_name}/{msg.object_id}.{msg.method}() returned a value that "
+                f"cannot cross processes: {e}",
+            )
+            self._send_error(src, msg.req, err)
+            return
+        self.hub.send(src, data)
+
+    def _send_error(self, src: int, req: int, exc: BaseException) -> None:
+        self.hub.send(src, encode(Reply(req, False, error_to_wire(exc))))  # type: ignore[arg-type]
+
+    async def _drain(self) -> None:
+        await self.runtime.drain()
+        self.hub.send(0, encode(Drained(self.me)))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the driver dies, however it dies."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+async def serve(cfg: WorkerConfig) -> None:
+    """Run one worker until the driver says exit (or dies)."""
+    loop = asyncio.get_running_loop()
+    # The driver holds the write end of this pipe and never writes: EOF means it died.
+    loop.add_reader(cfg.lifeline, os._exit, 0)
+    if os.getppid() == 1:  # the driver died before we got here
+        os._exit(0)
+    fabric = Fabric(cfg.nworkers + 1, cfg.capacity, fd=cfg.fabric_fd)
+    app = cfg.app
+    runtime = Runtime(
+        storage_from_url(app.storage),
+        types=None if app.types is None else set(app.types),
+        default_timeout=app.default_timeout,
+        drain_timeout=app.drain_timeout,
+        idle_ttl=app.idle_ttl,
+        name=f"{app.name}/worker-{cfg.index}",
+    )
+    await runtime.start()
+    system = WorkerSystem(cfg, runtime, fabric)
+    set_default_system(system)
+    system.hub.start()
+    system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid())))
+    await system.exit.wait()
+    await runtime.drain()
+    await runtime.close()
+    system.hub.close()
+
+
+def main() -> None:
+    """Entry point of ``python -m rio.local.worker``."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
+    cfg = msgspec.json.decode(os.environ.pop("RIO_WORKER_CONFIG"), type=WorkerConfig)
+    sys.path[:] = cfg.sys_path
+    for problem in import_modules(cfg.modules):
+        logger.error("rio worker {}: {}", cfg.index, problem)
+    from rio.app import run
+
+    run(serve(cfg))
+
+
+if __name__ == "__main__":
+    main()
