@@ -220,6 +220,12 @@ class App:
         """
         if self._system is not None:
             raise ConfigError(f"app {self.name!r} is already running")
+        if os.environ.get("RIO_WORKER_INDEX"):
+            raise ConfigError(
+                f"app {self.name!r} was started inside rio worker process "
+                f"{os.environ['RIO_WORKER_INDEX']}: a worker imports your script to find "
+                'its actor classes, so start the app under `if __name__ == "__main__":`'
+            )
         system: System
         if self.workers:
             from rio.local.pool import PoolSystem

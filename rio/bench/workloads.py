@@ -8,9 +8,6 @@ shape of work, in the same run, so rio's figures can be read against them.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -52,7 +49,7 @@ class BenchSaver(rio.Actor[BenchState], name="rio.bench.Saver", idle_ttl=None):
 
 
 def _app(storage: str = "memory://") -> rio.App:
-    return rio.App("bench", storage=storage, actors=[BenchCounter, BenchSaver])
+    return rio.App("bench", storage=storage, actors=[BenchCounter, BenchSaver], workers=0)
 
 
 async def _seq(ref: Any, n: int) -> Measurement:
@@ -132,19 +129,6 @@ async def inproc_activate(n: int) -> Measurement:
                 await r.incr(1)
                 lat.append(perf() - t0)
         return Measurement(n, perf() - start, lat)
-
-
-@workload("inproc", "persist-sqlite", n=5_000, quick_n=1_000)
-async def inproc_persist_sqlite(n: int) -> Measurement:
-    """Sequential calls that each save a small state to SQLite (WAL, synchronous=NORMAL)."""
-    folder = tempfile.mkdtemp(prefix="rio-bench-")
-    try:
-        async with _app(f"sqlite:///{os.path.join(folder, 'bench.db')}") as system:
-            ref = system.ref(BenchSaver, "p")
-            await ref.incr(0)
-            return await _seq(ref, n)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @workload("baseline", "method-call", n=1_000_000, quick_n=200_000)

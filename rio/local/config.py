@@ -38,6 +38,7 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     lifeline: int
     modules: list[tuple[str, str | None]]
     sys_path: list[str]
+    argv: list[str]
     app: AppSettings
     spin: float
     recheck: float

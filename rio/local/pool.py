@@ -170,12 +170,14 @@ class PoolSystem(System):
             lifeline=self._lifeline_r,
             modules=self._modules,
             sys_path=list(sys.path),
+            argv=list(sys.argv),
             app=self._settings,
             spin=self.spin,
             recheck=self.recheck,
         )
         env = dict(os.environ)
         env["RIO_WORKER_CONFIG"] = msgspec.json.encode(cfg).decode()
+        env["RIO_WORKER_INDEX"] = str(w.index)
         w.ready = self._loop.create_future()
         w.exited = asyncio.Event()
         w.proc = subprocess.Popen(

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import mmap
 import os
+import time
 from collections.abc import Callable
 
 from rio.local.ring import Ring, RingReader, RingWriter, ring_size
@@ -129,7 +130,7 @@ class Hub:
         """Start reading (call in the process's event loop)."""
         loop = self._loop = asyncio.get_running_loop()
         loop.add_reader(self.doorbells[self.me], self._on_doorbell)
-        self._last = loop.time()
+        self._last = time.perf_counter()
         self._schedule_poll()
 
     def close(self) -> None:
@@ -214,7 +215,8 @@ class Hub:
                 on_message(src, m)
         if self._blocked:
             self._flush_blocked()
-        now = loop.time()
+        # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds.
+        now = time.perf_counter()
         if got:
             self._last = now
         if now - self._last < self.spin or self._blocked:

@@ -233,6 +233,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
     cfg = msgspec.json.decode(os.environ.pop("RIO_WORKER_CONFIG"), type=WorkerConfig)
     sys.path[:] = cfg.sys_path
+    sys.argv[:] = cfg.argv  # module-level code of the user's script may read it
     for problem in import_modules(cfg.modules):
         logger.error("rio worker {}: {}", cfg.index, problem)
     from rio.app import run
