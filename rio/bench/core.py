@@ -72,6 +72,7 @@ def workload(path: str, name: str, *, n: int, quick_n: int) -> Callable[[Workloa
 
 def registered() -> list[Workload]:
     """Every registered workload, in registration order."""
+    import rio.bench.local_baselines  # noqa: F401  (registers the between-process baselines)
     from rio.bench import workloads  # noqa: F401  (registers the built-in suite)
 
     return list(_WORKLOADS)

@@ -283,7 +283,8 @@ class RingWriter:
         "_cap",
         "_data",
         "_data_u64",
-        "_head",
+        "_fast_max",
+        "_limit",
         "_mask",
         "_max",
         "_pending",
@@ -306,11 +307,16 @@ class RingWriter:
         self._cap = cap
         self._mask = cap - 1
         self._max = max_frame
+        # send()'s fast path takes messages up to this size: max_frame, or -1 while
+        # something is pending (a new message must queue behind it).
+        self._fast_max = max_frame
         self._data = ring._data
         self._data_u64 = ring._data_u64
         self._u64 = ring._u64
         self._tail: int = ring._u64[_TAIL]
-        self._head: int = ring._u64[_HEAD]  # a cached copy; reloaded when the ring looks full
+        # head + capacity, from a cached head: the tail may grow up to it. Reloaded
+        # from the ring only when a frame seems not to fit.
+        self._limit: int = ring._u64[_HEAD] + cap
         self._pending: deque[list[memoryview | int]] = deque()  # [view, bytes written]
         self._pending_bytes = 0
 
@@ -326,7 +332,11 @@ class RingWriter:
 
     @property
     def pending_bytes(self) -> int:
-        """Payload bytes accepted by :meth:`send` but not in the ring yet."""
+        """Payload bytes accepted by :meth:`send` but not in the ring yet.
+
+        A pending empty message counts 0: the return value of :meth:`send` and
+        :meth:`flush` is what says whether anything is pending.
+        """
         return self._pending_bytes
 
     def send(self, data: bytes | bytearray | memoryview) -> bool:
@@ -335,21 +345,18 @@ class RingWriter:
         On False the rest stays pending here (copied if it was mutable); call
         :meth:`flush` again after the reader made room.
         """
-        if data.__class__ is not bytes:
-            data = _byte_view(data)
         n = len(data)
-        if n <= self._max and not self._pending:
-            size = (n + 15) & -8
+        # The hot path: bytes, nothing pending, one WHOLE frame before the end of the ring.
+        if data.__class__ is bytes and n <= self._fast_max:
             tail = self._tail
+            size = (n + 15) & -8
             pos = tail & self._mask
-            cap = self._cap
-            if pos + size <= cap and (
-                tail + size - self._head <= cap or tail + size - self._reload_head() <= cap
+            if pos + size <= self._cap and (
+                tail + size <= self._limit or tail + size <= self._reload_limit()
             ):
                 self._data_u64[pos >> 3] = n | _WHOLE_TAG
                 self._data[pos + 8 : pos + 8 + n] = data
-                tail += size
-                self._tail = tail
+                self._tail = tail = tail + size
                 self._u64[_TAIL] = tail  # publish: after the payload
                 return True
         self._enqueue(data)
@@ -357,11 +364,7 @@ class RingWriter:
 
     def send_many(self, items: Iterable[bytes | bytearray | memoryview]) -> bool:
         """Enqueue several messages with one publish of ``tail``; like :meth:`send`."""
-        if self._pending:
-            for data in items:
-                self._enqueue(data)
-            return self._drain(False)
-        max_frame = self._max
+        fast_max = self._fast_max
         mask = self._mask
         cap = self._cap
         data_u64 = self._data_u64
@@ -369,20 +372,20 @@ class RingWriter:
         tail = start = self._tail
         it = iter(items)
         for data in it:
-            if data.__class__ is not bytes:
-                data = _byte_view(data)
             n = len(data)
             size = (n + 15) & -8
             pos = tail & mask
             if (
-                n <= max_frame
+                data.__class__ is bytes
+                and n <= fast_max
                 and pos + size <= cap
-                and (tail + size - self._head <= cap or tail + size - self._reload_head() <= cap)
+                and (tail + size <= self._limit or tail + size <= self._reload_limit())
             ):
                 data_u64[pos >> 3] = n | _WHOLE_TAG
                 region[pos + 8 : pos + 8 + n] = data
                 tail += size
                 continue
+            # Something to split, wrap or wait for: queue it and the rest, then drain.
             self._tail = tail
             self._enqueue(data)
             for rest in it:
@@ -390,25 +393,26 @@ class RingWriter:
             return self._drain(tail != start)
         if tail != start:
             self._tail = tail
-            self._u64[_TAIL] = tail
-        return True
+            self._u64[_TAIL] = tail  # publish: after every frame of the batch
+        return not self._pending
 
     def flush(self) -> bool:
         """Write pending frames that fit now; True when nothing remains pending."""
         return not self._pending or self._drain(False)
 
-    def _reload_head(self) -> int:
-        self._head = head = self._u64[_HEAD]
-        return head
+    def _reload_limit(self) -> int:
+        self._limit = limit = self._u64[_HEAD] + self._cap
+        return limit
 
     def _enqueue(self, data: bytes | bytearray | memoryview) -> None:
         # Keep a private copy of mutable data: the caller may reuse its buffer.
         view = memoryview(data if data.__class__ is bytes else _byte_view(data).tobytes())
         self._pending.append([view, 0])
         self._pending_bytes += len(view)
+        self._fast_max = -1
 
     def _drain(self, dirty: bool) -> bool:
-        """Write pending chunks while they fit; publish once if anything was written."""
+        """Write pending chunks while they fit; publish ``tail`` once if anything was written."""
         pending = self._pending
         cap = self._cap
         mask = self._mask
@@ -416,13 +420,12 @@ class RingWriter:
         data_u64 = self._data_u64
         region = self._data
         tail = self._tail
-        head = self._head
+        limit = self._limit
         while pending:
             item = pending[0]
             view: memoryview = item[0]  # type: ignore[assignment]
             done: int = item[1]  # type: ignore[assignment]
-            total = len(view)
-            rest = total - done
+            rest = len(view) - done
             if rest <= max_frame:
                 n = rest
                 kind = _WHOLE if done == 0 else _LAST
@@ -432,9 +435,9 @@ class RingWriter:
             size = (n + 15) & -8
             pos = tail & mask
             skip = cap - pos if pos + size > cap else 0
-            if tail + skip + size - head > cap:
-                head = self._u64[_HEAD]
-                if tail + skip + size - head > cap:
+            if tail + skip + size > limit:
+                limit = self._reload_limit()
+                if tail + skip + size > limit:
                     break
             if skip:
                 data_u64[pos >> 3] = (skip - FRAME_HEADER) | _WRAP << 32
@@ -449,11 +452,13 @@ class RingWriter:
             else:
                 item[1] = done + n
             dirty = True
-        self._head = head
         if dirty:
             self._tail = tail
             self._u64[_TAIL] = tail  # publish: after every frame of the batch
-        return not pending
+        if pending:
+            return False
+        self._fast_max = max_frame
+        return True
 
 
 class RingReader:
@@ -466,31 +471,21 @@ class RingReader:
             handle(message)
     """
 
-    __slots__ = (
-        "_base",
-        "_cap",
-        "_data",
-        "_data_u64",
-        "_head",
-        "_mask",
-        "_mmap",
-        "_partial",
-        "_ring",
-        "_u64",
-    )
+    __slots__ = ("_cap", "_consts", "_data", "_head", "_mask", "_partial", "_ring", "_u64")
 
     def __init__(self, ring: Ring) -> None:
         self._ring = ring
         self._cap = ring.capacity
         self._mask = ring.capacity - 1
         self._data = ring._data
-        self._data_u64 = ring._data_u64
         self._u64 = ring._u64
         self._head: int = ring._u64[_HEAD]
         self._partial: bytearray | None = None  # a chunked message being joined
-        # Slicing the mmap itself yields bytes in one step; a memoryview needs two.
-        self._mmap = ring._mmap
-        self._base = ring.offset + HEADER_SIZE + FRAME_HEADER if ring._mmap is not None else 0
+        # Slicing the mmap itself yields bytes in one step; a memoryview slice needs
+        # .tobytes() too. ``base + pos`` is where a frame's payload starts in either.
+        mm = ring._mmap
+        base = ring.offset + HEADER_SIZE + FRAME_HEADER if mm is not None else FRAME_HEADER
+        self._consts = (self._mask, ring._data_u64, mm, base, ring._data)
 
     @property
     def ring(self) -> Ring:
@@ -508,49 +503,44 @@ class RingReader:
         the ring yet is kept here and returned by a later call. ``head`` is
         published once, at the end.
         """
-        if limit is None:
-            left = -1
-        elif limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        else:
-            left = limit
-        tail: int = self._u64[_TAIL]
         head = self._head
+        tail: int = self._u64[_TAIL]
         if head == tail:
             return []
-        out: list[bytes] = []
-        append = out.append
-        mask = self._mask
-        data_u64 = self._data_u64
-        mm = self._mmap
-        base = self._base
+        if limit is None:
+            left = -1
+        elif limit > 0:
+            left = limit
+        else:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        mask, data_u64, mm, base, region = self._consts
         partial = self._partial
+        out: list[bytes] = []
         while head < tail:
             pos = head & mask
             word: int = data_u64[pos >> 3]
             n = word & _LEN_MASK
             size = (n + 15) & -8
             if word >> 32 == _WHOLE and partial is None and head + size <= tail:
+                start = base + pos
                 if mm is not None:
-                    start = base + pos
-                    append(mm[start : start + n])
+                    out.append(mm[start : start + n])
                 else:
-                    start = pos + 8
-                    append(self._data[start : start + n].tobytes())
+                    out.append(region[start : start + n].tobytes())
                 head += size
                 left -= 1
-                if not left:
-                    break
-                continue
+                if left:
+                    continue
+                break
             head, partial, done = self._slow_frame(word, head, tail, partial)
+            self._partial = partial
             if done is not None:
-                append(done)
+                out.append(done)
                 left -= 1
                 if not left:
                     break
-        self._partial = partial
         self._head = head
-        self._u64[_HEAD] = head  # publish: after the payload was copied out
+        self._u64[_HEAD] = head  # publish: after the payloads were copied out
         return out
 
     def _slow_frame(
