@@ -503,16 +503,16 @@ class RingReader:
         the ring yet is kept here and returned by a later call. ``head`` is
         published once, at the end.
         """
-        head = self._head
-        tail: int = self._u64[_TAIL]
-        if head == tail:
-            return []
         if limit is None:
             left = -1
         elif limit > 0:
             left = limit
         else:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        head = self._head
+        tail: int = self._u64[_TAIL]
+        if head == tail:
+            return []
         mask, data_u64, mm, base, region = self._consts
         partial = self._partial
         out: list[bytes] = []
