@@ -10,6 +10,7 @@ restarts wait for it (within their deadline).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 from typing import Any
 
@@ -34,10 +35,13 @@ class RemoteCalls:
         self.hub = hub
         self.name = name
         self._ids = itertools.count(1)
-        # req -> (future, handler, destination, deadline timer, key)
-        self._pending: dict[
-            int, tuple[asyncio.Future[Any], Handler, int, asyncio.TimerHandle, Key]
-        ] = {}
+        # req -> (future, handler, destination, budget, key)
+        self._pending: dict[int, tuple[asyncio.Future[Any], Handler, int, float, Key]] = {}
+        # One timer for all deadlines: a heap of (deadline, req), entries of answered
+        # calls skipped when they surface (and compacted away when they pile up).
+        self._deadlines: list[tuple[float, int]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._down: dict[int, list[tuple[int, bytes]]] = {}
         self.pids: dict[int, int] = {}
 
@@ -69,8 +73,13 @@ class RemoteCalls:
         )
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        timer = loop.call_at(deadline, self._expire, req, deadline - now)
-        self._pending[req] = (fut, handler, dst, timer, key)
+        self._pending[req] = (fut, handler, dst, deadline - now, key)
+        heap = self._deadlines
+        heapq.heappush(heap, (deadline, req))
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(loop, deadline)
+        if len(heap) > 2 * len(self._pending) + 1024:
+            self._compact()
         held = self._down.get(dst)
         if held is not None:
             held.append((req, data))
@@ -83,8 +92,7 @@ class RemoteCalls:
         entry = self._pending.pop(msg.req, None)
         if entry is None:
             return
-        fut, handler, _, timer, key = entry
-        timer.cancel()
+        fut, handler, _, _, key = entry
         if fut.done():
             return
         if msg.ok:
@@ -105,11 +113,33 @@ class RemoteCalls:
                 err = RemoteError("msgspec.DecodeError", f"unreadable error reply: {e}")
             fut.set_exception(err)
 
-    def _expire(self, req: int, budget: float) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, req = heapq.heappop(heap)
+            self._expire(req)
+        if heap:
+            self._arm(loop, heap[0][0])
+
+    def _compact(self) -> None:
+        pending = self._pending
+        self._deadlines = [e for e in self._deadlines if e[1] in pending]
+        heapq.heapify(self._deadlines)
+
+    def _expire(self, req: int) -> None:
         entry = self._pending.pop(req, None)
         if entry is None:
             return
-        fut, handler, dst, _, key = entry
+        fut, handler, dst, budget, key = entry
         if not fut.done():
             fut.set_exception(
                 CallTimeout(
@@ -129,11 +159,10 @@ class RemoteCalls:
         if dst not in self._down:
             self._down[dst] = []
         failed = 0
-        for req, (fut, handler, d, timer, key) in list(self._pending.items()):
+        for req, (fut, handler, d, _, key) in list(self._pending.items()):
             if d != dst:
                 continue
             del self._pending[req]
-            timer.cancel()
             if not fut.done():
                 fut.set_exception(
                     WorkerLost(
@@ -160,11 +189,14 @@ class RemoteCalls:
 
     def fail_all(self, exc_factory: Any) -> None:
         """Fail every pending call (the pool is going away)."""
-        for req, (fut, _, _, timer, _) in list(self._pending.items()):
+        for req, (fut, _, _, _, _) in list(self._pending.items()):
             del self._pending[req]
-            timer.cancel()
             if not fut.done():
                 fut.set_exception(exc_factory())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
 
     def __len__(self) -> int:
         return len(self._pending)
