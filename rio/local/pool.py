@@ -143,13 +143,25 @@ class PoolSystem(System):
         self.remote = RemoteCalls(self.hub, self.name)
         self.hub.start()
         self._modules = actor_modules()
+        interactive = [n for n, path in self._modules if n == "__main__" and path is None]
+        if interactive:
+            raise ConfigError(
+                f"{self.name}: actor classes defined interactively (a REPL or notebook) "
+                "cannot run in worker processes, which import them from a file: put them "
+                "in a module, or use App(workers=0)"
+            )
         try:
             for w in self._workers:
                 self._spawn(w)
             async with asyncio.timeout(START_TIMEOUT):
                 for w in self._workers:
                     assert w.ready is not None
-                    await w.ready
+                    ready = await w.ready
+                    if ready.problems:
+                        raise ConfigError(
+                            f"{self.name}: worker {w.index} cannot load your actor classes: "
+                            + "; ".join(ready.problems)
+                        )
         except BaseException:
             await self._kill_all()
             self._close_fds()

@@ -61,6 +61,7 @@ class Ready(msgspec.Struct, array_like=True, tag=3):
     index: int
     gen: int
     pid: int
+    problems: list[str] = []
 
 
 class Down(msgspec.Struct, array_like=True, tag=4):

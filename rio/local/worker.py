@@ -199,7 +199,7 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
-async def serve(cfg: WorkerConfig) -> None:
+async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
     """Run one worker until the driver says exit (or dies)."""
     loop = asyncio.get_running_loop()
     # The driver holds the write end of this pipe and never writes: EOF means it died.
@@ -220,7 +220,7 @@ async def serve(cfg: WorkerConfig) -> None:
     system = WorkerSystem(cfg, runtime, fabric)
     set_default_system(system)
     system.hub.start()
-    system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid())))
+    system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid(), problems or [])))
     await system.exit.wait()
     await runtime.drain()
     await runtime.close()
@@ -234,11 +234,10 @@ def main() -> None:
     cfg = msgspec.json.decode(os.environ.pop("RIO_WORKER_CONFIG"), type=WorkerConfig)
     sys.path[:] = cfg.sys_path
     sys.argv[:] = cfg.argv  # module-level code of the user's script may read it
-    for problem in import_modules(cfg.modules):
-        logger.error("rio worker {}: {}", cfg.index, problem)
+    problems = import_modules(cfg.modules)
     from rio.app import run
 
-    run(serve(cfg))
+    run(serve(cfg, problems))
 
 
 if __name__ == "__main__":
