@@ -16,7 +16,7 @@ class MemIdle(rio.Actor):
 async def test_idle_activation_costs_under_1_kib() -> None:
     async with rio.App("mem", storage="memory://", workers=0) as system:
         await system.ref(MemIdle, "warm").ping()
-        n = 20_000
+        n = 5_000
         ids = [f"id{i}" for i in range(n)]  # the ids are the caller's, not rio's
         gc.collect()
         tracemalloc.start()
