@@ -57,8 +57,9 @@ model (TSO) and on how CPython performs these accesses:
 * ``head`` and ``tail`` are read and written through a native-format ``"Q"`` cast
   of a memoryview: CPython packs and unpacks native items with an 8-byte ``memcpy``
   that compiles to one ``mov``, and an aligned 8-byte ``mov`` is atomic on x86-64,
-  so the other side never sees half an index. (Little-endian ``struct`` formats such
-  as ``"<Q"`` are packed byte by byte in CPython: never use them for the indices.)
+  so the other side never sees half an index. (Explicit-order ``struct`` formats
+  such as ``"<Q"`` go through CPython's generic byte-wise converters instead: never
+  use them for the indices.)
 * The producer writes the payload bytes (and the frame header) first and only then
   stores ``tail``. x86-64 does not reorder a store with earlier stores, so a
   consumer that sees the new ``tail`` also sees the bytes before it.
@@ -247,13 +248,14 @@ class Ring:
         self._u32[_PRODUCER_WAITING] = 1 if value else 0
 
     def __repr__(self) -> str:
-        if self._view.obj is None:  # pragma: no cover - released
-            return f"<Ring offset={self.offset} capacity={self.capacity} closed>"
-        return (
-            f"<Ring offset={self.offset} capacity={self.capacity} head={self.head} "
-            f"tail={self.tail} consumer_sleeping={self.consumer_sleeping} "
-            f"producer_waiting={self.producer_waiting}>"
-        )
+        try:
+            state = (
+                f"head={self.head} tail={self.tail} consumer_sleeping={self.consumer_sleeping} "
+                f"producer_waiting={self.producer_waiting}"
+            )
+        except ValueError:  # the views were released
+            state = "closed"
+        return f"<Ring offset={self.offset} capacity={self.capacity} {state}>"
 
 
 def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:

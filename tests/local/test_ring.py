@@ -297,9 +297,15 @@ def test_flags_round_trip_through_shared_memory() -> None:
         assert struct.unpack_from("I", mm, 192)[0] == 0
         RingReader(b).read()
         assert struct.unpack_from("Q", mm, 64)[0] == 16
+        assert repr(b) == (
+            "<Ring offset=0 capacity=4096 head=16 tail=16 consumer_sleeping=False "
+            "producer_waiting=True>"
+        )
+        b.close()
+        assert repr(b) == "<Ring offset=0 capacity=4096 closed>"
     finally:
         a.close()
-        b.close()
+        b.close()  # closing twice is harmless
         mm.close()
 
 
