@@ -447,3 +447,32 @@ def test_several_producer_processes_into_one_consumer() -> None:
             ring.close()
         mm.close()
         os.close(fd)
+
+
+def _children() -> set[int]:
+    """Our live child processes, the multiprocessing resource tracker aside."""
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"resource_tracker" not in cmdline:
+                found.add(int(pid))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pipe-seq", "shm-seq", "shm-spin-seq"])
+async def test_process_baselines_round_trip_and_leave_no_child(name: str) -> None:
+    from rio.bench import local_baselines
+
+    fn = {
+        "pipe-seq": local_baselines.baseline_pipe_seq,
+        "shm-seq": local_baselines.baseline_shm_seq,
+        "shm-spin-seq": local_baselines.baseline_shm_spin_seq,
+    }[name]
+    before = _children()
+    m = await fn(300)
+    assert m.n == 300
+    assert len(m.latencies) == 300 // 8 + 1
+    assert m.seconds > 0
+    assert _children() <= before
