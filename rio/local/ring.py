@@ -188,7 +188,9 @@ class Ring:
             view.release()
             raise ValueError(problem)
         if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
+            flat = view.cast("B")
+            view.release()
+            view = flat
         #: Data bytes of the ring (a power of two).
         self.capacity = capacity
         #: Where the ring starts in the buffer.
@@ -214,7 +216,10 @@ class Ring:
         self._u32[_CONSUMER_SLEEPING] = 0
 
     def close(self) -> None:
-        """Release this ring's views of the buffer (the writer and reader stop working)."""
+        """Release this ring's views of the buffer; the writer and reader stop working.
+
+        Closing twice is harmless.
+        """
         for v in (self._data_u64, self._data, self._u32, self._u64, self._header, self._view):
             v.release()
         self._mmap = None

@@ -252,6 +252,18 @@ def test_memoryview_payloads_of_any_format(ring: Ring) -> None:
     assert reader.read() == [struct.pack("4I", 1, 2, 3, 4), b"ace"] * 2
 
 
+def test_a_ring_over_a_memoryview_of_another_format() -> None:
+    backing = bytearray(ring_size(CAP))
+    words = memoryview(backing).cast("Q")
+    ring = Ring(words, 0, CAP)
+    writer, reader = RingWriter(ring), RingReader(ring)
+    assert writer.send(b"over words")
+    assert reader.read() == [b"over words"]
+    ring.close()
+    words.release()
+    backing.extend(b"!")  # no view pins the bytearray any more
+
+
 def test_reader_limit(ring: Ring) -> None:
     writer, reader = RingWriter(ring), RingReader(ring)
     writer.send_many([b"a", b"b", b"c"])
