@@ -76,6 +76,7 @@ def test_quick_run_prints_table_progress_and_writes_json(tmp_path: Path) -> None
     assert "[1/2] baseline/method-call" in proc.stderr
     assert "[2/2] baseline/queue-seq" in proc.stderr
     assert f"wrote {out}" in proc.stderr
+    assert "\n2 workloads in " in proc.stderr
 
     records = json.loads(out.read_text(encoding="utf-8"))
     assert isinstance(records, list)
@@ -103,6 +104,7 @@ def test_path_and_workload_select_one(tmp_path: Path) -> None:
     progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
     assert len(progress) == 1, proc.stderr
     assert progress[0].startswith("[1/1] inproc/seq ")
+    assert "\n1 workload in " in proc.stderr  # singular
     [record] = json.loads(out.read_text(encoding="utf-8"))
     assert (record["path"], record["workload"]) == ("inproc", "seq")
     assert record["n"] > 0
@@ -129,7 +131,7 @@ def test_list_honours_the_path_selection(tmp_path: Path) -> None:
 def test_unknown_path_names_the_known_ones(tmp_path: Path) -> None:
     out = tmp_path / "never.json"
     proc = bench(tmp_path, "--path", "warp-drive", "--json", str(out))
-    assert proc.returncode != 0, explain(proc)
+    assert proc.returncode == 2, explain(proc)
     assert "unknown path(s) warp-drive" in proc.stderr
     known = proc.stderr.split("known:", 1)[1]
     assert {"baseline", "inproc"} <= {p.strip() for p in known.split(",")}
@@ -139,9 +141,39 @@ def test_unknown_path_names_the_known_ones(tmp_path: Path) -> None:
 
 def test_unknown_workload_names_the_known_ones(tmp_path: Path) -> None:
     proc = bench(tmp_path, "--workload", "nope", "--quick")
-    assert proc.returncode != 0, explain(proc)
+    assert proc.returncode == 2, explain(proc)
     assert "unknown workload(s) nope" in proc.stderr
     known = proc.stderr.split("known:", 1)[1]
     assert {"seq", "method-call", "queue-seq"} <= {w.strip() for w in known.split(",")}
     assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_empty_selection_names_what_was_asked(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--path", "baseline", "--workload", "seq")  # seq is inproc only
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr == "rio bench: no workload seq on path baseline\n"
+    assert proc.stdout == ""
+
+
+def test_empty_selection_names_every_path_and_workload_asked(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "-p", "baseline", "-w", "seq", "-w", "activate", "--list")
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr == "rio bench: no workload seq, activate on path baseline\n"
+    assert proc.stdout == ""
+
+
+def test_json_into_a_missing_folder_is_refused_before_running(tmp_path: Path) -> None:
+    out = tmp_path / "no" / "such" / "folder" / "x.json"
+    proc = bench(tmp_path, "--quick", *TINY, "--json", str(out))
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr == f"rio bench: --json {out}: no folder {out.parent}\n"
+    assert proc.stdout == ""  # nothing ran: no table, no progress
+    assert not out.parent.exists()
+
+
+def test_json_naming_a_folder_is_refused_before_running(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--quick", *TINY, "--json", str(tmp_path))
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr == f"rio bench: --json {tmp_path}: is a folder; name a file in it\n"
     assert proc.stdout == ""

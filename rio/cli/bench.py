@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,21 +14,38 @@ from rio.bench.core import Record, Workload, registered, run_workloads
 __all__ = ["format_table", "run_bench"]
 
 
+class _UsageError(Exception):
+    """A wrong selection or option: reported on stderr, exit 2, nothing runs."""
+
+
 def _select(paths: list[str], names: list[str]) -> list[Workload]:
     every = registered()
     known_paths = sorted({w.path for w in every})
     known_names = sorted({w.name for w in every})
     bad = [p for p in paths if p not in known_paths]
     if bad:
-        raise SystemExit(
-            f"rio bench: unknown path(s) {', '.join(bad)}; known: {', '.join(known_paths)}"
-        )
+        raise _UsageError(f"unknown path(s) {', '.join(bad)}; known: {', '.join(known_paths)}")
     bad = [n for n in names if n not in known_names]
     if bad:
-        raise SystemExit(
-            f"rio bench: unknown workload(s) {', '.join(bad)}; known: {', '.join(known_names)}"
-        )
-    return [w for w in every if (not paths or w.path in paths) and (not names or w.name in names)]
+        raise _UsageError(f"unknown workload(s) {', '.join(bad)}; known: {', '.join(known_names)}")
+    chosen = [w for w in every if (not paths or w.path in paths) and (not names or w.name in names)]
+    if not chosen:
+        asked = f"no workload {', '.join(names)}" if names else "no workloads"
+        if paths:
+            asked += f" on path {', '.join(paths)}"
+        raise _UsageError(asked)
+    return chosen
+
+
+def _check_json_file(json_file: Path) -> None:
+    """Refuse a ``--json`` file that cannot be written, before anything runs."""
+    folder = json_file.parent
+    if json_file.is_dir():
+        raise _UsageError(f"--json {json_file}: is a folder; name a file in it")
+    if not folder.is_dir():
+        raise _UsageError(f"--json {json_file}: no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise _UsageError(f"--json {json_file}: folder {folder} is not writable")
 
 
 def format_table(records: list[Record]) -> str:
@@ -59,8 +77,19 @@ def format_table(records: list[Record]) -> str:
 def run_bench(
     *, paths: list[str], workloads: list[str], quick: bool, json_file: Path | None, list_only: bool
 ) -> int:
-    """Run the selected workloads; returns the process exit code."""
-    selected = _select(paths, workloads)
+    """Run the selected workloads; returns the process exit code.
+
+    0 on success, 2 for a usage error (unknown or empty selection, a ``--json`` file
+    that cannot be written), reported on stderr before anything runs; 1 when writing
+    the JSON fails after the run.
+    """
+    try:
+        selected = _select(paths, workloads)
+        if json_file is not None and not list_only:
+            _check_json_file(json_file)
+    except _UsageError as e:
+        print(f"rio bench: {e}", file=sys.stderr)
+        return 2
     if list_only:
         for w in selected:
             print(f"{w.path}/{w.name}: {w.description} (n={w.n:,}, quick {w.quick_n:,})")
@@ -77,8 +106,15 @@ def run_bench(
 
     records = run_workloads(selected, quick=quick, progress=progress)
     print(format_table(records))
-    print(f"\n{len(records)} workloads in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    count = f"{len(records)} workload{'' if len(records) == 1 else 's'}"
+    print(f"\n{count} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     if json_file is not None:
-        json_file.write_bytes(msgspec.json.format(msgspec.json.encode(records), indent=2) + b"\n")
+        try:
+            json_file.write_bytes(
+                msgspec.json.format(msgspec.json.encode(records), indent=2) + b"\n"
+            )
+        except OSError as e:
+            print(f"rio bench: cannot write {json_file}: {e.strerror or e}", file=sys.stderr)
+            return 1
         print(f"wrote {json_file}", file=sys.stderr)
     return 0

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from rio._version import __version__
-from rio.cli.loader import load_app
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "user_traceback", "user_traceback_text"]
 
 app = typer.Typer(
     name="rio",
@@ -51,25 +54,45 @@ def run(
         Path | None, typer.Option(help="Folder for the embedded SQLite default.")
     ] = None,
 ) -> None:
-    """Start an app: run its @app.main, or serve until SIGINT/SIGTERM, then drain."""
-    from rio.core.errors import RioError
+    """Start an app: run its @app.main, or serve until SIGINT/SIGTERM, then drain.
+
+    Exit codes: 0 done (or stopped by a signal and drained), 1 @app.main raised,
+    2 the target or an option is wrong (nothing started), 130 interrupted.
+    """
+    from rio.cli.loader import ImportFailed, load_app
+    from rio.core.errors import RemoteError, RioError
 
     try:
         rio_app = load_app(target)
-    except RioError as e:
-        typer.echo(f"rio run: {e}", err=True)
+    except ImportFailed as e:
+        _echo_err(user_traceback(e.error))
+        _echo_err(f"rio run: importing {e.target} failed\n")
         raise typer.Exit(2) from None
-    if storage is not None:
-        rio_app.storage_spec = storage
-    if data_dir is not None:
-        rio_app.data_dir = data_dir
-    try:
-        rio_app.run()
     except RioError as e:
-        typer.echo(f"rio run: {type(e).__name__}: {e}", err=True)
-        raise typer.Exit(1) from None
+        _echo_err(f"rio run: {e}\n")
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    try:
+        rio_app.configure(storage=storage, data_dir=data_dir)
+    except RioError as e:
+        _echo_err(f"rio run: --storage: {e}\n")
+        raise typer.Exit(2) from None
+    try:
+        rio_app.run()
+    except RemoteError as e:  # a handler raised: its frames are the useful part
+        if e.remote_traceback:
+            _echo_err(user_traceback_text(e.remote_traceback))
+        _echo_err(f"rio run: RemoteError: {e}\n")
+        raise typer.Exit(1) from None
+    except RioError as e:
+        _echo_err(f"rio run: {type(e).__name__}: {e}\n")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # signals are handled by the app; this is a fallback
+        raise typer.Exit(130) from None
+    except Exception as e:
+        _echo_err(user_traceback(e))
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -101,6 +124,90 @@ def bench(
         list_only=list_only,
     )
     raise typer.Exit(code)
+
+
+# -- errors: tracebacks limited to the user's frames ----------------------------------
+
+
+def _echo_err(text: str) -> None:
+    typer.echo(text, err=True, nl=False)
+
+
+def _hidden_dirs() -> tuple[str, ...]:
+    """Folders whose frames are machinery, not the user's code."""
+    import asyncio
+    import importlib
+
+    import rio
+
+    modules: list[object] = [rio, typer, asyncio, importlib]
+    for name in ("click", "uvloop"):  # only those already imported
+        if name in sys.modules:
+            modules.append(sys.modules[name])
+    dirs = []
+    for module in modules:
+        file = getattr(module, "__file__", None)
+        if file:
+            dirs.append(os.path.join(os.path.dirname(os.path.realpath(file)), ""))
+    return tuple(dirs)
+
+
+def _is_user_frame(filename: str, hidden: tuple[str, ...]) -> bool:
+    if filename.startswith(("<frozen ", "uvloop/")):  # uvloop's Cython frames are relative
+        return False
+    return not os.path.realpath(filename).startswith(hidden)
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The formatted traceback of ``exc`` without rio, typer, click or asyncio frames.
+
+    Chained exceptions (``__cause__``, ``__context__``) are trimmed alike. When nothing
+    is left of a stack (the fault is inside rio itself), that stack is kept whole.
+    """
+    hidden = _hidden_dirs()
+    te = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        kept = [f for f in t.stack if _is_user_frame(f.filename, hidden)]
+        if kept:
+            t.stack = traceback.StackSummary.from_list(kept)
+        todo.extend(c for c in (t.__cause__, t.__context__) if c is not None)
+        todo.extend(getattr(t, "exceptions", None) or [])
+    return "".join(te.format())
+
+
+_FRAME_LINE = re.compile(r'^  File "(?P<file>[^"]*)", line \d+')
+
+
+def user_traceback_text(text: str) -> str:
+    """An already formatted traceback (a :class:`rio.RemoteError`'s) without rio frames.
+
+    A frame is its ``File "...", line N`` line and the indented lines under it. If no
+    frame would be left, the text is returned as it is.
+    """
+    hidden = _hidden_dirs()
+    out: list[str] = []
+    skipping = False
+    dropped = kept = 0
+    for line in text.splitlines(keepends=True):
+        m = _FRAME_LINE.match(line)
+        if m is not None:
+            skipping = not _is_user_frame(m["file"], hidden)
+            dropped += skipping
+            kept += not skipping
+        elif not line.startswith(("    ", "  [Previous line repeated")):
+            skipping = False  # a header, the exception line, a blank: not part of a frame
+        if not skipping:
+            out.append(line)
+    if dropped and not kept:
+        return text
+    result = "".join(out)
+    return result if result.endswith("\n") else result + "\n"
 
 
 def main() -> None:
