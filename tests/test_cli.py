@@ -481,12 +481,6 @@ def test_loading_never_replaces_a_module_already_registered(
     assert sys.path[0] == str(tmp_path.resolve())
 
 
-@pytest.mark.xfail(
-    os.environ.get("RIO_WORKERS") != "0",  # in process, nothing re-imports rio
-    strict=True,
-    reason="workers start as `python -m rio.local.worker` in the same folder, which puts "
-    "that folder first on their sys.path, so its rio.py shadows rio there (python -P avoids it)",
-)
 def test_file_named_rio_runs_from_its_own_folder(tmp_path: Path) -> None:
     target = tmp_path / "rio.py"
     target.write_text((APPS / "which_module.py").read_text(encoding="utf-8"), encoding="utf-8")

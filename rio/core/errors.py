@@ -217,6 +217,8 @@ def qualified_name(exc_type: type[BaseException]) -> str:
     module = exc_type.__module__
     if module in ("builtins", "__main__", "__mp_main__"):
         return exc_type.__qualname__
+    if module.startswith("__rio_app__"):  # a file loaded by `rio run`: name it by its stem
+        module = module.removeprefix("__rio_app__")
     return f"{module}.{exc_type.__qualname__}"
 
 

@@ -193,7 +193,9 @@ class PoolSystem(System):
         w.ready = self._loop.create_future()
         w.exited = asyncio.Event()
         w.proc = subprocess.Popen(
-            [sys.executable, "-m", "rio.local.worker"],
+            # -P: the working folder does not go first on sys.path, so a user file
+            # named like a module (rio.py, json.py) cannot shadow it in the worker.
+            [sys.executable, "-P", "-m", "rio.local.worker"],
             pass_fds=[self.fabric.fd, self._lifeline_r, *self.doorbells],
             env=env,
             stdin=subprocess.DEVNULL,

@@ -39,7 +39,8 @@ class Job(rio.Actor[JobState]):
         print("on_deactivate ran", flush=True)
 
 
-app = rio.App("cli-drain")
+# In-process on purpose: main and the actor share the module-level event above.
+app = rio.App("cli-drain", workers=0)
 _in_flight: list[Any] = []  # the call's awaitable, kept alive while main waits
 
 
