@@ -73,7 +73,7 @@ def workload(path: str, name: str, *, n: int, quick_n: int) -> Callable[[Workloa
 def registered() -> list[Workload]:
     """Every registered workload, in registration order."""
     import rio.bench.local_baselines  # noqa: F401  (registers the between-process baselines)
-    from rio.bench import workloads  # noqa: F401  (registers the built-in suite)
+    from rio.bench import storage_workloads, workloads  # noqa: F401  (register the suite)
 
     return list(_WORKLOADS)
 
