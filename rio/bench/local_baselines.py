@@ -48,6 +48,7 @@ SPIN_YIELD_EVERY = 1 << 10
 SPIN_CHECK_EVERY = 1 << 16
 #: Seconds a child gets to exit after the stop message before it is killed.
 GRACE_S = 5.0
+#: The message that tells an echo child to exit.
 STOP = b""
 
 
