@@ -70,12 +70,24 @@ def workload(path: str, name: str, *, n: int, quick_n: int) -> Callable[[Workloa
     return register
 
 
-def registered() -> list[Workload]:
-    """Every registered workload, in registration order."""
-    import rio.bench.local_baselines  # noqa: F401  (registers the between-process baselines)
-    from rio.bench import storage_workloads, workloads  # noqa: F401  (register the suite)
+#: Paths in the order the table shows them; others follow, by name.
+PATH_ORDER = ("inproc", "workers", "cluster", "baseline")
 
-    return list(_WORKLOADS)
+
+def registered() -> list[Workload]:
+    """Every registered workload: by path (:data:`PATH_ORDER`), then as registered."""
+    from rio.bench import (  # noqa: F401  (importing registers them)
+        local_baselines,
+        pool_workloads,
+        storage_workloads,
+        workloads,
+    )
+
+    def rank(w: Workload) -> tuple[int, str]:
+        known = w.path in PATH_ORDER
+        return (PATH_ORDER.index(w.path) if known else len(PATH_ORDER), "" if known else w.path)
+
+    return sorted(_WORKLOADS, key=rank)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
