@@ -1,31 +1,49 @@
 """Fixtures shared by the whole suite.
 
 Each behaviour test is written once and runs on every runtime path in
-:data:`RUNTIMES`, through the ``runtime`` parameter that ``make_app`` and ``system``
-depend on (pykka's habit). Today the only path is ``"inproc"``: actors in the test's
-own event loop. Worker processes (``"workers"``) and a cluster (``"cluster"``) join
-by adding their name to :data:`RUNTIMES` and their App options to
-:data:`RUNTIME_OPTIONS`; the tests themselves do not change.
+:data:`RUNTIMES`, through the ``runtime`` parameter that ``make_app`` (and the
+``system`` fixtures of the core tests) depend on (pykka's habit):
+
+- ``"inproc"``: actors in the test's own event loop (``workers=0``);
+- ``"workers"``: actors in two worker processes, the test process being the driver.
+
+A cluster (``"cluster"``) joins by adding its name to :data:`RUNTIMES` and its App
+options to :data:`RUNTIME_OPTIONS`; the tests themselves do not change.
+
+Async tests that take the ``runtime`` parameter run in one event loop for the whole
+session, so a worker pool started for one test can serve the next ones (starting
+one costs far more than a test).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from loguru import logger
+from pytest_asyncio import is_async_test
 
 import rio
 
 #: Every runtime path the behaviour tests run on.
-RUNTIMES = ["inproc"]
+RUNTIMES = ["inproc", "workers"]
 #: Extra ``rio.App`` keywords that select each runtime path.
-RUNTIME_OPTIONS: dict[str, dict[str, Any]] = {"inproc": {"workers": 0}}
+RUNTIME_OPTIONS: dict[str, dict[str, Any]] = {
+    "inproc": {"workers": 0},
+    "workers": {"workers": 2},
+}
 
 AppFactory = Callable[..., rio.App]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    session_loop = pytest.mark.asyncio(loop_scope="session")
+    for item in items:
+        if "runtime" in getattr(item, "fixturenames", ()) and is_async_test(item):
+            item.add_marker(session_loop, append=False)
 
 
 @pytest.fixture(params=RUNTIMES)
@@ -62,20 +80,6 @@ def make_app(runtime: str, tmp_path: Path) -> AppFactory:
         )
 
     return make
-
-
-@pytest.fixture
-async def system(make_app: AppFactory) -> AsyncIterator[rio.System]:
-    """A started system with in-memory storage; stopped (drained) after the test."""
-    async with make_app() as system:
-        yield system
-
-
-@pytest.fixture
-async def sqlite_system(make_app: AppFactory, sqlite_url: str) -> AsyncIterator[rio.System]:
-    """A started system storing state in a SQLite file under ``tmp_path``."""
-    async with make_app(storage=sqlite_url) as system:
-        yield system
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ import pytest
 
 import rio
 
+from .helpers import is_active
+
 
 class TaCounterState(msgspec.Struct):
     value: int = 0
@@ -63,7 +65,7 @@ async def test_first_call_activates_and_state_lives_in_memory(system: rio.System
     assert await ref.incr(2) == 2
     assert await ref.incr() == 3
     assert await ref.get() == 3
-    assert system.is_active(TaCounter, "a")
+    assert await is_active(system, TaCounter, "a")
 
 
 async def test_objects_are_independent_per_id(system: rio.System) -> None:

@@ -9,7 +9,7 @@ import pytest
 import rio
 from rio.storage import MemoryStorage, SQLiteStorage
 
-from .helpers import AppFactory
+from .helpers import AppFactory, runtime_stats
 
 
 class TpState(msgspec.Struct):
@@ -92,22 +92,28 @@ async def test_bound_refs_refuse_calls_after_stop(make_app: AppFactory) -> None:
 
 
 async def test_stats(system: rio.System) -> None:
-    assert system.stats() == rio.RuntimeStats(activations=0, by_type={}, queued=0)
+    # Activations live where they are hosted: on workers, the sum of every worker's.
+    assert await runtime_stats(system) == rio.RuntimeStats(activations=0, by_type={}, queued=0)
     await TpCounter.ref("a").incr()
     await TpCounter.ref("b").incr()
     await TpOther.ref("a").ping()
-    stats = system.stats()
+    stats = await runtime_stats(system)
     assert stats.activations == 3
     assert stats.by_type == {"TpCounter": 2, "TpOther": 1}
     assert stats.queued == 0
-    with pytest.raises(AttributeError):
-        stats.activations = 0  # type: ignore[misc]  # a frozen snapshot
     await system.deactivate(TpOther, "a")
-    assert system.stats().by_type == {"TpCounter": 2}
+    assert (await runtime_stats(system)).by_type == {"TpCounter": 2}
 
 
-def test_run_drives_a_main_coroutine(tmp_path: Path) -> None:
-    app = rio.App("runner", storage=f"sqlite:///{tmp_path / 'run.db'}")
+async def test_stats_are_a_frozen_snapshot(system: rio.System) -> None:
+    stats = system.stats()
+    assert isinstance(stats, msgspec.Struct)
+    with pytest.raises(AttributeError):
+        stats.activations = 0  # type: ignore[attr-defined]
+
+
+def test_run_drives_a_main_coroutine(make_app: AppFactory, sqlite_url: str) -> None:
+    app = make_app(storage=sqlite_url)
     seen: list[int] = []
 
     @app.main
@@ -121,8 +127,8 @@ def test_run_drives_a_main_coroutine(tmp_path: Path) -> None:
     assert app.system is None
 
 
-def test_run_stops_the_app_when_main_fails() -> None:
-    app = rio.App("failing", storage="memory://")
+def test_run_stops_the_app_when_main_fails(make_app: AppFactory) -> None:
+    app = make_app()
 
     async def main() -> None:
         raise RuntimeError("main broke")
@@ -151,6 +157,7 @@ def test_from_toml(tmp_path: Path) -> None:
         storage = "memory://"
         default_timeout = 7
         drain_timeout = 3.5
+        workers = 3
         actors = ["{__name__}:TpCounter"]
 
         [actors.TpCounter]
@@ -165,12 +172,16 @@ def test_from_toml(tmp_path: Path) -> None:
     assert isinstance(app.make_storage(), MemoryStorage)
     assert app.default_timeout == 7.0
     assert app.drain_timeout == 3.5
+    assert app.workers == 3
     assert app.actors is not None
     assert [a.cls for a in app.actors] == [TpCounter]
     assert app.idle_ttl == {"TpCounter": 120.0, "TpOther": None}
 
 
-async def test_from_toml_app_runs_and_hosts_only_its_actors(tmp_path: Path) -> None:
+async def test_from_toml_app_runs_and_hosts_only_its_actors(
+    tmp_path: Path, make_app: AppFactory
+) -> None:
+    workers = make_app().workers  # the runtime under test
     path = write(
         tmp_path,
         f"""
@@ -178,10 +189,12 @@ async def test_from_toml_app_runs_and_hosts_only_its_actors(tmp_path: Path) -> N
         name = "tomlapp"
         data_dir = "data"
         actors = ["{__name__}:TpCounter"]
+        workers = {workers}
         """,
     )
     app = rio.App.from_toml(path)
     assert app.data_dir == (tmp_path / "data").resolve()  # relative to the file
+    assert app.workers == workers
     async with app:
         assert await TpCounter.ref("t").incr() == 1
         with pytest.raises(rio.UnknownActorType, match="does not host actor type 'TpOther'"):
@@ -199,7 +212,7 @@ def test_from_toml_empty_file_gives_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('[app]\nname = "x"\nworkers = 4\n', "[app]: unknown key(s) workers; known: actors, "),
+        ('[app]\nname = "x"\nwrokers = 4\n', "[app]: unknown key(s) wrokers; known: actors, "),
         ('[app]\nnmae = "x"\nsorage = "y"\n', "unknown key(s) nmae, sorage"),
         ("[apps]\n", "unknown section(s) apps; known: app, actors"),
         ('[app]\nactors = "m:C"\n', "[app].actors must be a list of 'module:Class' strings"),
@@ -213,6 +226,7 @@ def test_from_toml_empty_file_gives_defaults(tmp_path: Path) -> None:
         ('[app]\ndefault_timeout = 0\n', "default_timeout must be positive seconds"),
         ('[app]\nname = "bad name"\n', "app name 'bad name'"),
         ('[app]\ndefault_timeout = "fast"\n', "[app]:"),
+        ('[app]\nworkers = -1\n', "workers must be a whole number >= 0 (0 = in-process)"),
     ],
 )
 def test_from_toml_errors(tmp_path: Path, text: str, expected: str) -> None:
@@ -222,7 +236,7 @@ def test_from_toml_errors(tmp_path: Path, text: str, expected: str) -> None:
 
 
 def test_from_toml_names_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, '[app]\nworkers = 4\n')
+    path = write(tmp_path, '[app]\nwrokers = 4\n')
     with pytest.raises(rio.ConfigError, match=r"rio\.toml"):
         rio.App.from_toml(path)
 

@@ -7,7 +7,7 @@ import pytest
 
 import rio
 
-from .helpers import AppFactory, Probe, probe
+from .helpers import AppFactory, Probe, probe, rio_bug, where
 
 
 class TdSlow(rio.Actor):
@@ -56,6 +56,20 @@ class TdOuter(rio.Actor):
         await probe().gate(gate)
 
 
+class TdGuarded(rio.Actor):
+    """Bounds its own wait with asyncio.timeout, as any asyncio code may."""
+
+    async def guarded(self, gate: str, suspend_first: bool) -> str:
+        if suspend_first:
+            await asyncio.sleep(0)
+        try:
+            async with asyncio.timeout(0.05):
+                await probe().gate(gate)
+        except TimeoutError:
+            return "timed out"
+        return "opened"
+
+
 def test_default_timeout_is_30_seconds() -> None:
     assert rio.App("x", storage="memory://").default_timeout == 30.0
     assert rio.App("x", storage="memory://").make_runtime().default_timeout == 30.0
@@ -72,23 +86,28 @@ def test_timeouts_must_be_positive(bad: float) -> None:
 
 
 async def test_app_default_timeout(make_app: AppFactory, probe: Probe) -> None:
-    async with make_app(default_timeout=0.05):
+    async with make_app(default_timeout=0.05) as system:
         assert await TdSlow.ref("s").fast() == "fast"
-        with pytest.raises(rio.CallTimeout) as info:
-            await TdSlow.ref("s").wait("g")
+        try:
+            with pytest.raises(rio.CallTimeout) as info:
+                await TdSlow.ref("s").wait("g")
+        finally:
+            probe.open("g")
+        # On workers the message also names the worker that hosts the object.
         assert str(info.value) == (
-            "TdSlow/s.wait() did not answer within 0.05s; the handler may still be running. "
+            f"TdSlow/s.wait() did not answer within 0.05s{where(system, TdSlow, 's')}; "
+            "the handler may still be running. "
             "Raise the deadline with ref.with_timeout(seconds) or rio.timeout(seconds)"
         )
         assert isinstance(info.value, TimeoutError)
-        probe.open("g")
 
 
 async def test_timeout_message_names_the_callers_budget_after_a_slow_activation(
     system: rio.System, probe: Probe
 ) -> None:
     try:
-        with pytest.raises(rio.CallTimeout, match=r"did not answer within 0\.05s;"):
+        budget = r"did not answer within 0\.05s( \(worker \d\))?;"
+        with pytest.raises(rio.CallTimeout, match=budget):
             await TdSlowStart.ref("s").with_timeout(0.05).wait("g")
     finally:
         probe.open("g")
@@ -190,3 +209,31 @@ async def test_timeout_block_after_the_first_suspension(system: rio.System, prob
             assert await TdOuter.ref("later").suspend_then_block_timeout("g") == "inner timed out"
     finally:
         probe.open("g")
+
+
+@pytest.mark.parametrize("suspend_first", [True, False], ids=["after-suspending", "at-once"])
+async def test_asyncio_timeout_inside_a_handler(
+    system: rio.System, probe: Probe, suspend_first: bool, request: pytest.FixtureRequest
+) -> None:
+    if not suspend_first:
+        rio_bug(
+            request,
+            "rio/core/runtime.py Runtime.deliver runs a turn's first step in the caller's "
+            "stack (eagerly, no task of its own), so asyncio.timeout() there binds to the "
+            "caller's task: in-process the timeout cancels the caller (CancelledError) and "
+            "the turn waits on; in a worker there is no task at all and the handler fails "
+            "with RuntimeError('Timeout should be used inside a task')",
+            on=("inproc", "workers"),
+        )
+
+    async def caller() -> str:
+        return str(await TdGuarded.ref(f"g-{suspend_first}").guarded("never", suspend_first))
+
+    task = asyncio.ensure_future(caller())
+    try:
+        await asyncio.wait([task], timeout=2.0)
+        assert task.done()
+        assert not task.cancelled(), "the timeout cancelled the caller instead of the handler"
+        assert task.result() == "timed out"
+    finally:
+        probe.open("never")

@@ -8,7 +8,7 @@ import pytest
 import rio
 from rio.core.errors import RioError, error_from_wire, error_to_wire
 
-from .helpers import Probe, probe
+from .helpers import Probe, is_active, probe
 
 
 class TeInsufficientFunds(Exception):
@@ -93,7 +93,7 @@ async def test_the_activation_keeps_serving_after_an_exception(system: rio.Syste
     for method in (ref.withdraw_now, ref.withdraw_later):
         with pytest.raises(rio.RemoteError):
             await method(100)
-    assert system.is_active(TeBank, "keeps")
+    assert await is_active(system, TeBank, "keeps")
     assert await ref.withdraw_now(2) == 5  # same activation, same in-memory state
 
 

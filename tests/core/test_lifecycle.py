@@ -7,10 +7,17 @@ import pytest
 
 import rio
 
-from .helpers import AppFactory, Probe, probe
-
-#: ids whose activation fails in on_activate (tests add and remove them).
-FAILING: set[str] = set()
+from .helpers import (
+    CAUSE_LOST,
+    AppFactory,
+    Probe,
+    is_active,
+    is_cause,
+    probe,
+    rio_bug,
+    runtime_stats,
+    storage,
+)
 
 
 class TlState(msgspec.Struct):
@@ -38,7 +45,7 @@ class TlFlaky(rio.Actor):
     async def on_activate(self) -> None:
         probe().hit("activate", self.id)
         await probe().gate(f"activate-{self.id}")
-        if self.id in FAILING:
+        if probe().is_on(f"fail-{self.id}"):
             raise OSError(f"database for {self.id} unreachable")
 
     async def on_deactivate(self) -> None:
@@ -144,7 +151,7 @@ class TlDraining(rio.Actor[TlState], save_on_deactivate=True):
 async def test_on_activate_runs_after_state_load_before_first_message(
     system: rio.System, probe: Probe
 ) -> None:
-    await system.storage.save("TlHooks", "h", TlState(5), TlState, 0)
+    await storage(system).save("TlHooks", "h", TlState(5), TlState, 0)
     assert await TlHooks.ref("h").touch() == 5
     assert probe.names() == ["activate", "touch"]
     assert probe.data("activate") == [("h", 5)]  # it saw the loaded state
@@ -153,7 +160,7 @@ async def test_on_activate_runs_after_state_load_before_first_message(
 
 
 async def test_failing_on_activate_names_the_hook(system: rio.System, probe: Probe) -> None:
-    FAILING.add("f1")
+    probe.switch("fail-f1")
     probe.open("activate-f1")
     try:
         with pytest.raises(rio.ActivationFailed) as info:
@@ -162,15 +169,25 @@ async def test_failing_on_activate_names_the_hook(system: rio.System, probe: Pro
         assert message == (
             "activating TlFlaky/f1 failed in on_activate: OSError: database for f1 unreachable"
         )
-        assert isinstance(info.value.__cause__, OSError)
-        assert not system.is_active(TlFlaky, "f1")
-        assert system.stats().activations == 0
+        assert not await is_active(system, TlFlaky, "f1")
+        assert (await runtime_stats(system)).activations == 0
     finally:
-        FAILING.discard("f1")
+        probe.switch("fail-f1", False)
+
+
+async def test_a_failed_activation_keeps_its_cause(
+    system: rio.System, probe: Probe, request: pytest.FixtureRequest
+) -> None:
+    rio_bug(request, CAUSE_LOST, on=("workers",))
+    probe.switch("fail-f4")
+    probe.open("activate-f4")
+    with pytest.raises(rio.ActivationFailed) as info:
+        await TlFlaky.ref("f4").hello()
+    assert is_cause(info.value, OSError), repr(info.value.__cause__)
 
 
 async def test_failed_activation_is_retried_afresh(system: rio.System, probe: Probe) -> None:
-    FAILING.add("f2")
+    probe.switch("fail-f2")
     probe.open("activate-f2")
     try:
         with pytest.raises(rio.ActivationFailed):
@@ -178,7 +195,7 @@ async def test_failed_activation_is_retried_afresh(system: rio.System, probe: Pr
         with pytest.raises(rio.ActivationFailed):
             await TlFlaky.ref("f2").hello()
     finally:
-        FAILING.discard("f2")
+        probe.switch("fail-f2", False)
     assert await TlFlaky.ref("f2").hello() == "hello"
     assert probe.count("activate") == 3
     # A half-built activation never ran on_deactivate; the good one will at stop.
@@ -188,18 +205,18 @@ async def test_failed_activation_is_retried_afresh(system: rio.System, probe: Pr
 async def test_every_caller_queued_on_a_failing_activation_gets_the_error(
     system: rio.System, probe: Probe
 ) -> None:
-    FAILING.add("f3")
+    probe.switch("fail-f3")
     try:
         calls = [asyncio.ensure_future(TlFlaky.ref("f3").hello()) for _ in range(4)]
         await probe.wait("activate")
-        assert system.stats().queued == 3  # waiting behind the activation
+        assert (await runtime_stats(system)).queued == 3  # waiting behind the activation
         probe.open("activate-f3")
         results = await asyncio.gather(*calls, return_exceptions=True)
     finally:
-        FAILING.discard("f3")
+        probe.switch("fail-f3", False)
     assert all(isinstance(r, rio.ActivationFailed) for r in results), results
     assert probe.count("activate") == 1
-    assert system.stats().queued == 0
+    assert (await runtime_stats(system)).queued == 0
     assert await TlFlaky.ref("f3").hello() == "hello"
 
 
@@ -207,7 +224,7 @@ async def test_failing_init_names_init(system: rio.System) -> None:
     expected = "failed in __init__: RuntimeError: cannot build"
     with pytest.raises(rio.ActivationFailed, match=expected):
         await TlBadInit.ref("i").hello()
-    assert not system.is_active(TlBadInit, "i")
+    assert not await is_active(system, TlBadInit, "i")
 
 
 # -- deactivation and its hook -------------------------------------------------------
@@ -217,15 +234,15 @@ async def test_operator_deactivation_runs_the_hook(system: rio.System, probe: Pr
     await TlHooks.ref("op").touch()
     assert await system.deactivate(TlHooks, "op") is True
     assert probe.data("deactivate") == ["op"]
-    assert not system.is_active(TlHooks, "op")
+    assert not await is_active(system, TlHooks, "op")
     assert await system.deactivate(TlHooks, "op") is False  # no longer active
     assert await system.deactivate("TlHooks", "never-activated") is False
 
 
 async def test_is_active_accepts_int_ids(system: rio.System) -> None:
     await TlHooks.ref(5).touch()
-    assert system.is_active(TlHooks, "5")
-    assert system.is_active(TlHooks, 5)
+    assert await is_active(system, TlHooks, "5")
+    assert await is_active(system, TlHooks, 5)
 
 
 async def test_operator_deactivation_by_name_or_ref(system: rio.System, probe: Probe) -> None:
@@ -254,7 +271,7 @@ async def test_self_deactivation_runs_the_hook(system: rio.System, probe: Probe)
     await TlHooks.ref("self").stop_after_this()
     await probe.wait("deactivate")
     assert probe.data("deactivate") == ["self"]
-    assert not system.is_active(TlHooks, "self")
+    assert not await is_active(system, TlHooks, "self")
 
 
 @pytest.mark.parametrize("room", [TlRoom, TlSlowRoom])
@@ -299,7 +316,7 @@ async def test_failing_on_deactivate_is_logged_and_deactivation_completes(
 ) -> None:
     await TlBadDeactivate.ref("b").hello()
     assert await system.deactivate(TlBadDeactivate, "b") is True
-    assert not system.is_active(TlBadDeactivate, "b")
+    assert not await is_active(system, TlBadDeactivate, "b")
     assert any("on_deactivate of TlBadDeactivate/b raised hook broke" in line for line in logs)
     assert await TlBadDeactivate.ref("b").hello() == "hello"
 
@@ -310,7 +327,7 @@ async def test_failing_on_deactivate_is_logged_and_deactivation_completes(
 async def test_idle_ttl_class_option(system: rio.System, probe: Probe) -> None:
     await TlShortLived.ref("s").hello()
     await probe.wait("idle", within=1.0)
-    assert not system.is_active(TlShortLived, "s")
+    assert not await is_active(system, TlShortLived, "s")
     assert await TlShortLived.ref("s").hello() == "hello"  # a fresh activation
 
 
@@ -329,7 +346,7 @@ async def test_idle_ttl_from_app_options(make_app: AppFactory, probe: Probe) -> 
     async with make_app(actor_options={"TlConfigured": {"idle_ttl": 0.05}}) as system:
         await TlConfigured.ref("c").hello()
         await probe.wait("idle", within=1.0)
-        assert not system.is_active(TlConfigured, "c")
+        assert not await is_active(system, TlConfigured, "c")
 
 
 async def test_app_options_can_turn_idle_ttl_off(make_app: AppFactory, probe: Probe) -> None:
@@ -338,8 +355,8 @@ async def test_app_options_can_turn_idle_ttl_off(make_app: AppFactory, probe: Pr
         await TlConfigured.ref("kept").hello()
         await asyncio.sleep(0.2)  # four of TlShortLived's own TTLs
         assert probe.count("idle") == 0
-        assert system.is_active(TlShortLived, "kept")
-        assert system.is_active(TlConfigured, "kept")
+        assert await is_active(system, TlShortLived, "kept")
+        assert await is_active(system, TlConfigured, "kept")
 
 
 @pytest.mark.parametrize(

@@ -28,14 +28,16 @@ def test_init_with_required_arguments() -> None:
     assert "rio creates actors with no arguments" in message
 
 
+class TrInit(rio.Actor):
+    # At module level: worker processes find actor classes by importing their module.
+    def __init__(self, greeting: str = "hi", *args: object, **kwargs: object) -> None:
+        self.greeting = greeting
+
+    async def greet(self) -> str:
+        return f"{self.greeting} {self.id}"
+
+
 async def test_init_with_defaults_is_fine_and_runs_on_activation(system: rio.System) -> None:
-    class TrInit(rio.Actor):
-        def __init__(self, greeting: str = "hi", *args: object, **kwargs: object) -> None:
-            self.greeting = greeting
-
-        async def greet(self) -> str:
-            return f"{self.greeting} {self.id}"
-
     assert await TrInit.ref("x").greet() == "hi x"
 
 

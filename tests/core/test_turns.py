@@ -1,6 +1,7 @@
 """Turn-based execution, reentrancy and call cycles."""
 
 import asyncio
+import itertools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -8,13 +9,16 @@ from hypothesis import strategies as st
 
 import rio
 
-from .helpers import AppFactory, Probe, probe
+from .helpers import Probe, probe, runtime_stats
 
 PROPERTY = settings(
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+
+#: Numbers each hypothesis example, whose objects must start fresh.
+EXAMPLES = itertools.count()
 
 
 class TtLog(rio.Actor):
@@ -153,8 +157,9 @@ callers = st.lists(
 @PROPERTY
 @given(plan=callers)
 async def test_turns_never_overlap_and_keep_arrival_order(
-    make_app: AppFactory, plan: list[tuple[int, list[tuple[int, int]], bool]]
+    system: rio.System, plan: list[tuple[int, list[tuple[int, int]], bool]]
 ) -> None:
+    run = next(EXAMPLES)  # fresh objects for each example
     arrivals: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
 
     async def caller(c: int, delay: int, calls: list[tuple[int, int]], pipelined: bool) -> None:
@@ -163,16 +168,15 @@ async def test_turns_never_overlap_and_keep_arrival_order(
         sent = []
         for seq, (obj, yields) in enumerate(calls):
             arrivals[obj].append((c, seq))
-            call = TtLog.ref(obj).step(c, seq, yields)
+            call = TtLog.ref(f"{run}-{obj}").step(c, seq, yields)
             if pipelined:
                 sent.append(call)
             else:
                 await call
         await asyncio.gather(*sent)
 
-    async with make_app():
-        await asyncio.gather(*(caller(c, *spec) for c, spec in enumerate(plan)))
-        logs = {obj: await TtLog.ref(obj).log() for obj in arrivals}
+    await asyncio.gather(*(caller(c, *spec) for c, spec in enumerate(plan)))
+    logs = {obj: await TtLog.ref(f"{run}-{obj}").log() for obj in arrivals}
     for obj, log in logs.items():
         starts = [(c, s) for kind, c, s in log[0::2]]
         ends = [(c, s) for kind, c, s in log[1::2]]
@@ -185,18 +189,18 @@ async def test_turns_never_overlap_and_keep_arrival_order(
 @given(
     shape=st.lists(st.tuples(st.integers(1, 8), st.integers(0, 3), st.booleans()), max_size=12)
 )
-async def test_no_lost_increments(make_app: AppFactory, shape: list[tuple[int, int, bool]]) -> None:
+async def test_no_lost_increments(system: rio.System, shape: list[tuple[int, int, bool]]) -> None:
+    ref = TtCounter.ref(f"shared-{next(EXAMPLES)}")  # a fresh object for each example
+
     async def caller(n: int, yields: int, pipelined: bool) -> None:
-        ref = TtCounter.ref("shared")
         if pipelined:
             await asyncio.gather(*(ref.incr(yields) for _ in range(n)))
         else:
             for _ in range(n):
                 await ref.incr(yields)
 
-    async with make_app():
-        await asyncio.gather(*(caller(*spec) for spec in shape))
-        assert await TtCounter.ref("shared").get() == sum(n for n, _, _ in shape)
+    await asyncio.gather(*(caller(*spec) for spec in shape))
+    assert await ref.get() == sum(n for n, _, _ in shape)
 
 
 async def test_a_busy_object_queues_the_next_message(system: rio.System, probe: Probe) -> None:
@@ -206,7 +210,7 @@ async def test_a_busy_object_queues_the_next_message(system: rio.System, probe: 
     await probe.wait("enter")
     await asyncio.sleep(0)
     assert probe.data("enter") == ["one"]
-    assert system.stats().queued == 1
+    assert (await runtime_stats(system)).queued == 1
     probe.open("release-one")
     assert await first == "one"
     await probe.wait("enter", 2)
@@ -298,7 +302,7 @@ async def test_cycles_are_caught_for_queued_turns_too(system: rio.System, probe:
     await probe.wait("enter")
     queued = asyncio.ensure_future(TtA.ref("q").call_via("qb"))
     await asyncio.sleep(0)
-    assert system.stats().queued == 1
+    assert (await runtime_stats(system)).queued == 1
     probe.open("release-q")
     await held
     async with asyncio.timeout(1):
