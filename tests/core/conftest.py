@@ -9,6 +9,7 @@ stopped and replaced.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -103,13 +104,13 @@ async def shared_pool() -> AsyncIterator[SharedPool]:
         await pool.close()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def system(
-    runtime: str, make_app: AppFactory, shared_pool: SharedPool
+@contextlib.asynccontextmanager
+async def started(
+    runtime: str, make_app: AppFactory, shared_pool: SharedPool, storage: str = "memory://"
 ) -> AsyncIterator[rio.System]:
-    """A started system with in-memory storage; stopped (drained) after the test."""
-    if runtime != "workers":
-        async with make_app() as system:
+    """A started system; on workers with memory storage, the shared pool."""
+    if runtime != "workers" or storage != "memory://":
+        async with make_app(storage=storage) as system:
             yield system
         return
     shared = await shared_pool.get(make_app)
@@ -122,7 +123,32 @@ async def system(
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def sqlite_system(make_app: AppFactory, sqlite_url: str) -> AsyncIterator[rio.System]:
+async def system(
+    runtime: str, make_app: AppFactory, shared_pool: SharedPool
+) -> AsyncIterator[rio.System]:
+    """A started system with in-memory storage; stopped (drained) after the test."""
+    async with started(runtime, make_app, shared_pool) as system:
+        yield system
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def sqlite_system(
+    runtime: str, make_app: AppFactory, shared_pool: SharedPool, sqlite_url: str
+) -> AsyncIterator[rio.System]:
     """A started system storing state in a SQLite file under ``tmp_path``."""
-    async with make_app(storage=sqlite_url) as system:
+    async with started(runtime, make_app, shared_pool, sqlite_url) as system:
+        yield system
+
+
+@pytest_asyncio.fixture(loop_scope="session", params=["memory", "sqlite"])
+async def engine_system(
+    request: pytest.FixtureRequest,
+    runtime: str,
+    make_app: AppFactory,
+    shared_pool: SharedPool,
+    sqlite_url: str,
+) -> AsyncIterator[rio.System]:
+    """A started system on each storage engine in turn (memory, then SQLite)."""
+    storage = "memory://" if request.param == "memory" else sqlite_url
+    async with started(runtime, make_app, shared_pool, storage) as system:
         yield system

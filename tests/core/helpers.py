@@ -220,12 +220,6 @@ def is_cause(err: BaseException, expected: type[BaseException]) -> bool:
     return isinstance(cause, expected)
 
 
-def inproc_only(runtime: str, why: str) -> None:
-    """Skip this test on every runtime but the in-process one, saying why."""
-    if runtime != "inproc":
-        pytest.skip(f"in-process only: {why}")
-
-
 # -- the probe across processes ----------------------------------------------------------
 
 _HEADER = struct.Struct(">I")

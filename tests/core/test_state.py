@@ -132,16 +132,12 @@ async def test_state_survives_an_app_restart_on_sqlite(
         assert await TsAccount.ref("alice").deposit(1) == 16  # versions carried over too
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite"])
-async def test_unsaved_changes_are_lost_on_deactivation(
-    make_app: AppFactory, sqlite_url: str, engine: str
-) -> None:
-    async with make_app(storage="memory://" if engine == "memory" else sqlite_url) as system:
-        ref = TsAccount.ref("u")
-        await ref.deposit(1)
-        assert await ref.deposit_unsaved(100) == 101
-        await system.deactivate(TsAccount, "u")
-        assert await ref.balance() == 1
+async def test_unsaved_changes_are_lost_on_deactivation(engine_system: rio.System) -> None:
+    ref = TsAccount.ref("u")
+    await ref.deposit(1)
+    assert await ref.deposit_unsaved(100) == 101
+    await engine_system.deactivate(TsAccount, "u")
+    assert await ref.balance() == 1
 
 
 async def test_replacing_the_state_object(sqlite_system: rio.System) -> None:
@@ -219,26 +215,21 @@ async def test_save_and_clear_need_a_state_type(system: rio.System) -> None:
 # -- optimistic concurrency --------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite"])
-async def test_write_behind_the_actors_back_is_a_conflict(
-    make_app: AppFactory, sqlite_url: str, engine: str
-) -> None:
-    async with make_app(storage="memory://" if engine == "memory" else sqlite_url) as system:
-        ref = TsAccount.ref("raced")
-        await ref.deposit(1)  # stored version 1
-        # Another writer (a stale node, another process) stores version 2.
-        await storage(system).save(
-            "TsAccount", "raced", TsAccountState(100, [100]), TsAccountState, 1
-        )
-        with pytest.raises(rio.StateConflict) as info:
-            await ref.deposit(1)
-        assert "TsAccount/raced" in str(info.value)
-        assert "stored version is 2" in str(info.value)
-        # The write did not overwrite the newer state...
-        assert await stored(system, TsAccount, "raced") == TsAccountState(100, [100])
-        # ...and the stale activation is gone: the next call loads the newer state.
-        assert await ref.balance() == 100
-        assert await ref.deposit(1) == 101
+async def test_write_behind_the_actors_back_is_a_conflict(engine_system: rio.System) -> None:
+    system = engine_system
+    ref = TsAccount.ref("raced")
+    await ref.deposit(1)  # stored version 1
+    # Another writer (a stale node, another process) stores version 2.
+    await storage(system).save("TsAccount", "raced", TsAccountState(100, [100]), TsAccountState, 1)
+    with pytest.raises(rio.StateConflict) as info:
+        await ref.deposit(1)
+    assert "TsAccount/raced" in str(info.value)
+    assert "stored version is 2" in str(info.value)
+    # The write did not overwrite the newer state...
+    assert await stored(system, TsAccount, "raced") == TsAccountState(100, [100])
+    # ...and the stale activation is gone: the next call loads the newer state.
+    assert await ref.balance() == 100
+    assert await ref.deposit(1) == 101
 
 
 async def test_calls_queued_behind_a_conflict_see_the_newer_state(
