@@ -1,0 +1,244 @@
+"""Frames between nodes: a u32 big-endian length, then a msgpack tagged array.
+
+Every frame is one of the structs below, encoded as an array whose first element is
+its kind (msgspec's ``tag``), so one decoder reads any of them and refuses any other.
+Bodies travel as :class:`msgspec.Raw`: the transport never decodes what it carries.
+
+:class:`RecvBuffer` is the receive side: one reusable ``bytearray`` that the socket
+reads into (``asyncio.BufferedProtocol``), cut into frames. A frame's length is checked
+against the maximum before any room is made for it; each frame handed out is its own
+copy, so what a decoded body refers to is never overwritten by the next read.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "HEADER_SIZE",
+    "KINDS",
+    "Failure",
+    "Frame",
+    "FrameTooLarge",
+    "Oneway",
+    "Ping",
+    "Pong",
+    "RecvBuffer",
+    "Reply",
+    "Request",
+    "decode",
+    "describe_bad_frame",
+    "encode_frame",
+]
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+
+
+class Request(msgspec.Struct, array_like=True, tag=1):
+    """A request ``id`` whose answer is a :class:`Reply` or a :class:`Failure`."""
+
+    id: int
+    body: msgspec.Raw
+
+
+class Reply(msgspec.Struct, array_like=True, tag=2):
+    """The value that answers request ``id``."""
+
+    id: int
+    body: msgspec.Raw
+
+
+class Failure(msgspec.Struct, array_like=True, tag=3):
+    """The error that answers request ``id`` (see :func:`rio.core.errors.error_to_wire`)."""
+
+    id: int
+    error: dict[str, Any]
+
+
+class Oneway(msgspec.Struct, array_like=True, tag=4):
+    """A message that wants no answer."""
+
+    body: msgspec.Raw
+
+
+class Ping(msgspec.Struct, array_like=True, tag=5):
+    """A keep-alive probe; the peer answers :class:`Pong` with the same id."""
+
+    id: int
+
+
+class Pong(msgspec.Struct, array_like=True, tag=6):
+    """The answer to :class:`Ping` ``id``."""
+
+    id: int
+
+
+Frame = Request | Reply | Failure | Oneway | Ping | Pong
+#: Message kind (the tag) -> name, for log lines.
+KINDS = {1: "Request", 2: "Reply", 3: "Failure", 4: "Oneway", 5: "Ping", 6: "Pong"}
+
+_decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)
+_loose = msgspec.msgpack.Decoder()
+_encode_into = msgspec.msgpack.Encoder().encode_into
+_pack_into = HEADER.pack_into
+_PLACEHOLDER = bytes(HEADER_SIZE)
+decode = _decoder.decode
+
+
+class FrameTooLarge(ValueError):
+    """An outgoing frame's body is over the size limit (nothing of it was queued)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes is over max_frame_size ({limit})")
+        self.size = size
+        self.limit = limit
+
+
+def encode_frame(out: bytearray, message: Any, limit: int) -> None:
+    """Append ``message`` to ``out`` as one frame.
+
+    ``message`` is a tuple laid out like the structs above (kind first), the fastest
+    thing msgspec encodes; bodies are :class:`msgspec.Raw` or anything encodable.
+
+    Raises:
+        FrameTooLarge: the body is over ``limit`` bytes (``out`` is left as it was).
+        msgspec.EncodeError, TypeError: something in ``message`` cannot be encoded.
+    """
+    start = len(out)
+    out += _PLACEHOLDER
+    try:
+        _encode_into(message, out, -1)
+    except BaseException:
+        del out[start:]
+        raise
+    size = len(out) - start - HEADER_SIZE
+    if size > limit:
+        del out[start:]
+        raise FrameTooLarge(size, limit)
+    _pack_into(out, start, size)
+
+
+def describe_bad_frame(frame: bytes | bytearray, error: msgspec.DecodeError) -> str:
+    """Why ``frame`` was refused, for the log line (the error path: speed is no concern)."""
+    try:
+        value = _loose.decode(frame)
+    except msgspec.DecodeError as e:
+        return f"malformed frame ({len(frame)} bytes, not msgpack: {e})"
+    if isinstance(value, list) and value:
+        kind = value[0]
+        if isinstance(kind, int) and not isinstance(kind, bool) and kind not in KINDS:
+            return f"unknown message kind {kind!r} (this node knows {sorted(KINDS)})"
+    return f"malformed frame ({len(frame)} bytes): {error}"
+
+
+class RecvBuffer:
+    """A reusable receive buffer cut into length-prefixed frames.
+
+    Args:
+        size: its steady size in bytes; it grows for one larger frame at a time and
+            shrinks back once that frame is consumed.
+        limit: the largest frame body accepted; a longer length prefix is refused
+            before anything is allocated for it.
+    """
+
+    __slots__ = ("_buf", "_min_free", "_size", "_view", "end", "limit", "start")
+
+    def __init__(self, size: int, limit: int) -> None:
+        self._size = size
+        self._min_free = max(1024, size // 8)
+        self.limit = limit
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self.start = 0
+        self.end = 0
+
+    def get_buffer(self) -> memoryview:
+        """Where the next read lands (never empty)."""
+        return self._view[self.end :]
+
+    def pending(self) -> int:
+        """Bytes received and not consumed yet."""
+        return self.end - self.start
+
+    def peek(self, limit: int) -> bytes:
+        """Up to ``limit`` of the bytes received and not consumed yet (a copy)."""
+        return bytes(self._view[self.start : min(self.end, self.start + limit)])
+
+    def take(self, n: int) -> bytes | None:
+        """The next ``n`` bytes, or None (nothing consumed) when fewer have arrived."""
+        if self.end - self.start < n:
+            return None
+        data = bytes(self._view[self.start : self.start + n])
+        self.start += n
+        self.make_room()
+        return data
+
+    def frames(self) -> tuple[list[bytearray], str | None]:
+        """The complete frames received, and why to stop reading if a length is refused.
+
+        After an error, the frames before the bad one are still returned; the buffer
+        is then useless and the connection must close.
+        """
+        buf = self._buf
+        start, end = self.start, self.end
+        out: list[bytearray] = []
+        unpack = HEADER.unpack_from
+        while end - start >= HEADER_SIZE:
+            (n,) = unpack(buf, start)
+            if n > self.limit:
+                self.start = start
+                return out, (
+                    f"frame of {n} bytes is over max_frame_size ({self.limit}); raise "
+                    "max_frame_size on every node if such messages are meant"
+                )
+            stop = start + HEADER_SIZE + n
+            if stop > end:
+                break
+            out.append(buf[start + HEADER_SIZE : stop])
+            start = stop
+        self.start = start
+        self.make_room()
+        return out, None
+
+    def partial(self) -> str:
+        """What an incomplete tail is, for a "truncated frame" log line."""
+        have = self.end - self.start
+        if have < HEADER_SIZE:
+            return f"{have} byte(s) of a {HEADER_SIZE}-byte frame header"
+        (n,) = HEADER.unpack_from(self._buf, self.start)
+        return f"{have - HEADER_SIZE} of the {n} bytes of a frame"
+
+    def make_room(self) -> None:
+        """Reset, compact or grow so the next read has room and the current frame fits."""
+        start, end, size = self.start, self.end, len(self._buf)
+        if start == end:
+            self.start = self.end = 0
+            if size > self._size:
+                self._replace(self._size, b"")
+            return
+        have = end - start
+        need = HEADER_SIZE
+        if have >= HEADER_SIZE:
+            (n,) = HEADER.unpack_from(self._buf, start)
+            if n > self.limit:  # frames() reports it; never allocate for it
+                return
+            need += n
+        if start + need <= size and (size - end >= self._min_free or start == 0):
+            return
+        tail = self._view[start:end].tobytes()  # a copy: the move may overlap
+        cap = max(self._size, need)
+        if cap != size:
+            self._replace(cap, tail)
+        else:
+            self._buf[:have] = tail
+        self.start, self.end = 0, have
+
+    def _replace(self, cap: int, tail: bytes) -> None:
+        # The old buffer is dropped, not released: a read may still hold a slice of it.
+        self._buf = bytearray(cap)
+        self._buf[: len(tail)] = tail
+        self._view = memoryview(self._buf)

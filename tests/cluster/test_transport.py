@@ -1,0 +1,760 @@
+"""The node-to-node transport, over real sockets on 127.0.0.1, on asyncio and on uvloop.
+
+Each test is written once as a coroutine and run on both event loops (the ``run``
+fixture). Adversarial peers are raw asyncio streams speaking (or not) the handshake.
+No test sleeps where it can wait for an event instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import uvloop
+
+import rio
+from rio.cluster import _auth
+from rio.cluster._frames import HEADER, RecvBuffer, encode_frame
+from rio.cluster.transport import Connection, Server, TransportOptions, connect, serve
+
+SECRET = "the-cluster-secret"
+HOST = "127.0.0.1"
+TEST_TIMEOUT = 10.0
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+_any = msgspec.msgpack.Decoder()
+_encode = msgspec.msgpack.encode
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """Run a test coroutine to completion on the event loop under test."""
+    factory = asyncio.new_event_loop if request.param == "asyncio" else uvloop.new_event_loop
+
+    def run(coro: Coroutine[Any, Any, Any]) -> Any:
+        async def bounded() -> Any:
+            async with asyncio.timeout(TEST_TIMEOUT):
+                return await coro
+
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(bounded())
+
+    return run
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def echo(conn: Connection, body: msgspec.Raw) -> Any:
+    """Answer with the request body itself."""
+    return body
+
+
+@contextlib.asynccontextmanager
+async def node(handler: Any = echo, **kw: Any) -> AsyncIterator[Server]:
+    server = await serve(handler, secret=kw.pop("secret", SECRET), **kw)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@contextlib.asynccontextmanager
+async def client(port: int, **kw: Any) -> AsyncIterator[Connection]:
+    conn = await connect(HOST, port, secret=kw.pop("secret", SECRET), **kw)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def still_serves(server: Server, *others: Connection) -> None:
+    """The server answers a new client, and every connection given, as before."""
+    async with client(server.port) as fresh:
+        for conn in (fresh, *others):
+            assert _any.decode(await conn.request(["still", "here"])) == ["still", "here"]
+
+
+async def raw_peer(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare TCP connection to the server, nothing sent yet."""
+    return await asyncio.open_connection(HOST, port)
+
+
+async def authenticated_raw_peer(
+    port: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare TCP connection that has passed the handshake honestly."""
+    reader, writer = await raw_peer(port)
+    key = SECRET.encode()
+    mine = _auth.new_nonce()
+    writer.write(_auth.hello(mine))
+    theirs = _auth.check_hello(await reader.readexactly(_auth.HELLO_SIZE))
+    writer.write(_auth.proof(key, "client", mine, theirs))
+    assert _auth.verify(key, "server", mine, theirs, await reader.readexactly(_auth.PROOF_SIZE))
+    return reader, writer
+
+
+async def rest_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server still sends until it closes (EOF or reset)."""
+    try:
+        return await reader.read()
+    except ConnectionResetError:
+        return b""
+
+
+def frame(body: bytes) -> bytes:
+    return HEADER.pack(len(body)) + body
+
+
+def logged(logs: list[str], *parts: str) -> list[str]:
+    return [line for line in logs if all(p in line for p in parts)]
+
+
+# ------------------------------------------------------------------ requests
+
+
+def test_request_reply_values_structs_and_raw(run: Run) -> None:
+    class Point(msgspec.Struct):
+        x: int
+        y: int
+
+    async def main() -> None:
+        async with node() as server, client(server.port) as conn:
+            assert _any.decode(await conn.request({"a": [1, 2.5, "x", None]})) == {
+                "a": [1, 2.5, "x", None]
+            }
+            raw = await conn.request(Point(1, 2))
+            assert msgspec.msgpack.decode(raw, type=Point) == Point(1, 2)
+            pre = msgspec.Raw(_encode(("incr", 1)))
+            assert bytes(await conn.request(pre)) == bytes(pre)
+            assert _any.decode(await conn.request(b"\x00\xff")) == b"\x00\xff"
+            stats = conn.statistics()
+            assert stats.requests_waiting == 0
+            assert stats.frames_received == 4
+            assert stats.peer == f"{HOST}:{server.port}"
+
+    run(main())
+
+
+def test_handler_errors_reach_the_caller_typed(run: Run) -> None:
+    async def handle(conn: Connection, body: msgspec.Raw) -> Any:
+        what = _any.decode(body)
+        if what == "rio":
+            raise rio.UnknownMethod("Counter has no method 'nope'")
+        if what == "plain":
+            raise KeyError("missing")
+        if what == "unencodable":
+            return object()
+        return what
+
+    async def main() -> None:
+        async with node(handle) as server, client(server.port) as conn:
+            with pytest.raises(rio.UnknownMethod, match="no method 'nope'"):
+                await conn.request("rio")
+            with pytest.raises(rio.RemoteError) as info:
+                await conn.request("plain")
+            assert info.value.remote_type == "KeyError"
+            assert "raise KeyError" in info.value.remote_traceback
+            with pytest.raises(rio.RemoteError, match="cannot be encoded"):
+                await conn.request("unencodable")
+            assert _any.decode(await conn.request("fine")) == "fine"
+
+    run(main())
+
+
+def test_thousand_requests_in_flight_answered_out_of_order(run: Run) -> None:
+    n = 1000
+
+    async def main() -> None:
+        gates: dict[int, asyncio.Future[None]] = {}
+        all_started = asyncio.Event()
+
+        async def handle(conn: Connection, body: msgspec.Raw) -> int:
+            i = _any.decode(body)
+            gates[i] = asyncio.get_running_loop().create_future()
+            if len(gates) == n:
+                all_started.set()
+            await gates[i]
+            return int(i) * 10
+
+        async with node(handle) as server, client(server.port) as conn:
+            order: list[int] = []
+            futs = [conn.request(i) for i in range(n)]
+            for i, f in enumerate(futs):
+                f.add_done_callback(lambda _, i=i: order.append(i))
+            await all_started.wait()
+            assert server.connections[0].statistics().serving == n
+            for i in reversed(range(n)):
+                gates[i].set_result(None)
+            replies = [_any.decode(await f) for f in futs]
+            assert replies == [i * 10 for i in range(n)]  # each matched to its own request
+            assert order == list(reversed(range(n)))  # and they came back last-first
+
+    run(main())
+
+
+def test_frames_up_to_the_size_limit_and_refused_over_it(run: Run) -> None:
+    limit = 1 << 20
+    opts = TransportOptions(max_frame_size=limit, read_buffer_size=4096)
+
+    async def handle(conn: Connection, body: msgspec.Raw) -> Any:
+        size = _any.decode(body)
+        return bytes(size) if isinstance(size, int) else body
+
+    async def main() -> None:
+        async with node(handle, options=opts) as server, client(server.port, options=opts) as conn:
+            near = b"\x07" * (limit - 16)  # the frame: 3 bytes of array, 5 of bin header
+            assert _any.decode(await conn.request(near)) == near
+            with pytest.raises(rio.BadArguments, match="over max_frame_size"):
+                conn.request(b"x" * limit)
+            with pytest.raises(
+                rio.RemoteError, match=r"reply to request 3 is \d+ bytes is over max_frame_size"
+            ):
+                await conn.request(limit)
+            assert _any.decode(await conn.request(limit - 16)) == bytes(limit - 16)
+            await still_serves(server, conn)
+
+    run(main())
+
+
+def test_request_timeout_then_late_reply_is_dropped(run: Run) -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+        answered = asyncio.Event()
+
+        async def handle(conn: Connection, body: msgspec.Raw) -> Any:
+            if _any.decode(body) == "slow":
+                await release.wait()
+                answered.set()
+            return body
+
+        async with node(handle) as server, client(server.port, name="node-b") as conn:
+            with pytest.raises(
+                rio.CallTimeout, match=r"node node-b did not answer request 1 within 0.05s"
+            ):
+                await conn.request("slow", timeout=0.05)
+            release.set()
+            await answered.wait()
+            assert _any.decode(await conn.request("after")) == "after"
+            assert conn.statistics().requests_waiting == 0
+
+    run(main())
+
+
+def test_requests_go_both_ways_on_one_connection(run: Run) -> None:
+    async def server_side(conn: Connection, body: msgspec.Raw) -> Any:
+        # Ask the dialing node something back before answering it.
+        back = _any.decode(await conn.request(["double", _any.decode(body)]))
+        return back + 1
+
+    async def client_side(conn: Connection, body: msgspec.Raw) -> Any:
+        _, x = _any.decode(body)
+        return x * 2
+
+    async def main() -> None:
+        async with node(server_side) as server, client(server.port, handler=client_side) as conn:
+            assert [
+                _any.decode(r) for r in await asyncio.gather(*(conn.request(i) for i in range(5)))
+            ] == [
+                1,
+                3,
+                5,
+                7,
+                9,
+            ]
+
+    run(main())
+
+
+def test_a_dialing_node_without_handler_refuses_requests_clearly(run: Run) -> None:
+    async def handle(conn: Connection, body: msgspec.Raw) -> Any:
+        return await conn.request("hello?")
+
+    async def main() -> None:
+        async with node(handle) as server, client(server.port) as conn:
+            with pytest.raises(rio.RioError, match="takes no requests on this connection"):
+                await conn.request("x")
+
+    run(main())
+
+
+def test_oneway_messages_arrive_in_order(run: Run) -> None:
+    async def main() -> None:
+        got: list[int] = []
+
+        def on_oneway(conn: Connection, body: msgspec.Raw) -> None:
+            got.append(_any.decode(body))
+
+        async with node(on_oneway=on_oneway) as server, client(server.port) as conn:
+            for i in range(200):
+                await conn.send_oneway(i)
+            await conn.request("sync")  # after the one-way messages in the same stream
+            assert got == list(range(200))
+
+    run(main())
+
+
+def test_handlers_beyond_max_in_flight_wait_their_turn(run: Run) -> None:
+    limit = 4
+
+    async def main() -> None:
+        go = asyncio.Event()
+        all_started = asyncio.Event()
+        started = 0
+
+        async def handle(conn: Connection, body: msgspec.Raw) -> Any:
+            nonlocal started
+            started += 1
+            if started == limit:
+                all_started.set()
+            await go.wait()
+            return body
+
+        marker = asyncio.Event()
+        opts = TransportOptions(max_in_flight=limit)
+        async with (
+            node(handle, options=opts, on_oneway=lambda c, b: marker.set()) as server,
+            client(server.port) as conn,
+        ):
+            futs = [conn.request(i) for i in range(50)]
+            await conn.send_oneway("after the requests")
+            await marker.wait()  # one-way messages are taken in order: all 50 have arrived
+            await all_started.wait()
+            stats = server.connections[0].statistics()
+            assert (stats.serving, stats.queued, started) == (limit, 46, limit)
+            go.set()
+            assert [_any.decode(await f) for f in futs] == list(range(50))
+
+    run(main())
+
+
+# ------------------------------------------------------------------ connections that end
+
+
+def test_dropped_connection_fails_pending_requests_naming_the_peer(run: Run) -> None:
+    async def main() -> None:
+        arrived = asyncio.Event()
+
+        async def handle(conn: Connection, body: msgspec.Raw) -> Any:
+            arrived.set()
+            await asyncio.Event().wait()  # never answers; cancelled when the server closes
+
+        async with node(handle) as server, client(server.port, name="node-b") as conn:
+            futs = [conn.request(i) for i in range(3)]
+            await arrived.wait()
+            await server.connections[0].close()
+            for i, f in enumerate(futs, 1):
+                with pytest.raises(rio.NodeUnreachable) as info:
+                    await f
+                assert str(info.value) == (
+                    f"the connection to node node-b closed (it closed the connection) before "
+                    f"request {i} was answered; it may or may not have run"
+                )
+            with pytest.raises(rio.NodeUnreachable, match="node node-b: it closed the connection"):
+                await conn.request("again")
+            with pytest.raises(rio.NodeUnreachable):
+                await conn.send_oneway("again")
+            assert conn.is_closed
+            assert conn.close_reason == "it closed the connection"
+
+    run(main())
+
+
+def test_server_close_fails_its_clients_pending_requests(run: Run) -> None:
+    async def main() -> None:
+        arrived = asyncio.Event()
+
+        async def handle(conn: Connection, body: msgspec.Raw) -> Any:
+            arrived.set()
+            await asyncio.Event().wait()
+
+        server = await serve(handle, secret=SECRET)
+        conn = await connect(HOST, server.port, secret=SECRET)
+        fut = conn.request("x")
+        await arrived.wait()
+        await server.close()
+        with pytest.raises(rio.NodeUnreachable, match="before request 1 was answered"):
+            await fut
+        await conn.wait_closed()
+        with pytest.raises(rio.NodeUnreachable, match=r"cannot connect to node 127\.0\.0\.1:\d+: "):
+            await connect(HOST, server.port, secret=SECRET)
+
+    run(main())
+
+
+def test_keepalive_finds_a_peer_that_stopped_reading(run: Run, logs: list[str]) -> None:
+    opts = TransportOptions(ping_interval=0.05, ping_timeout=0.3)
+
+    async def main() -> None:
+        async with node() as server, client(server.port, options=opts, name="node-b") as conn:
+            assert _any.decode(await conn.request("alive")) == "alive"
+            # The peer's process is still there, its socket open, but it reads no more.
+            transport = server.connections[0]._transport
+            assert transport is not None
+            transport.pause_reading()
+            with pytest.raises(
+                rio.NodeUnreachable, match=r"no answer to a keep-alive ping within 0\.3s"
+            ):
+                await conn.request("anyone?")
+            assert logged(logs, "WARNING", "closing the connection with node-b", "keep-alive")
+
+    run(main())
+
+
+def test_keepalive_keeps_a_quiet_healthy_connection(run: Run) -> None:
+    opts = TransportOptions(ping_interval=0.01, ping_timeout=0.05)
+
+    async def main() -> None:
+        async with node(options=opts) as server, client(server.port, options=opts) as conn:
+            before = conn.statistics().frames_received
+            await asyncio.sleep(0.3)  # six ping timeouts: time itself is what is tested
+            assert conn.statistics().frames_received >= before + 10  # pings and pongs
+            assert not conn.is_closed
+            assert _any.decode(await conn.request("still")) == "still"
+
+    run(main())
+
+
+# ------------------------------------------------------------------ authentication
+
+
+def test_wrong_secret_is_refused_and_logged_on_both_sides(run: Run, logs: list[str]) -> None:
+    async def main() -> None:
+        async with node() as server, client(server.port) as good:
+            with pytest.raises(rio.NodeUnreachable) as info:
+                await connect(HOST, server.port, secret="not-the-secret")
+            assert "cluster secrets differ" in str(info.value)
+            assert logged(logs, "WARNING", "refused 127.0.0.1:", "failed authentication")
+            assert logged(logs, "WARNING", f"handshake with 127.0.0.1:{server.port} failed")
+            await still_serves(server, good)
+
+    run(main())
+
+
+def test_a_server_that_cannot_prove_the_secret_is_refused(run: Run, logs: list[str]) -> None:
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Speaks the protocol, accepts any proof, but holds another secret.
+        try:
+            theirs = _auth.check_hello(await reader.readexactly(_auth.HELLO_SIZE))
+            mine = _auth.new_nonce()
+            writer.write(_auth.hello(mine))
+            await reader.readexactly(_auth.PROOF_SIZE)
+            writer.write(_auth.proof(b"other", "server", theirs, mine))
+            await rest_until_closed(reader)
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        fake = await asyncio.start_server(impostor, HOST, 0)
+        port = fake.sockets[0].getsockname()[1]
+        async with fake:
+            with pytest.raises(rio.NodeUnreachable, match="could not prove it holds"):
+                await connect(HOST, port, secret=SECRET, name="impostor")
+        assert logged(logs, "WARNING", "handshake with impostor failed", "could not prove")
+
+    run(main())
+
+
+def test_the_secret_never_crosses_the_wire(run: Run) -> None:
+    async def main() -> None:
+        seen = bytearray()
+
+        async def tap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # A relay that records both directions.
+            up_r, up_w = await asyncio.open_connection(HOST, server.port)
+
+            async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                try:
+                    while data := await src.read(65536):
+                        seen.extend(data)
+                        dst.write(data)
+                finally:
+                    dst.close()
+
+            await asyncio.gather(pump(reader, up_w), pump(up_r, writer), return_exceptions=True)
+
+        async with node() as server:
+            relay = await asyncio.start_server(tap, HOST, 0)
+            async with relay, client(relay.sockets[0].getsockname()[1]) as conn:
+                assert _any.decode(await conn.request("hi")) == "hi"
+        assert seen.startswith(_auth.MAGIC)
+        assert SECRET.encode() not in seen
+
+    run(main())
+
+
+def test_empty_secret_and_bad_options_are_config_errors(run: Run) -> None:
+    with pytest.raises(rio.ConfigError, match="cluster secret is empty"):
+        _auth.secret_bytes("")
+    with pytest.raises(rio.ConfigError, match="must be str or bytes"):
+        _auth.secret_bytes(123)  # type: ignore[arg-type]
+    with pytest.raises(rio.ConfigError, match="max_frame_size must be a whole number >= 1"):
+        TransportOptions(max_frame_size=0)
+    with pytest.raises(rio.ConfigError, match="ping_timeout must be seconds > 0"):
+        TransportOptions(ping_timeout=-1)
+    with pytest.raises(rio.ConfigError, match="write_buffer_low <= write_buffer_high"):
+        TransportOptions(write_buffer_low=10, write_buffer_high=5)
+
+    async def main() -> None:
+        with pytest.raises(rio.ConfigError, match="cluster secret is empty"):
+            await serve(echo, secret=b"")
+        async with node() as server, client(server.port) as conn:
+            with pytest.raises(rio.BadArguments, match="timeout must be > 0"):
+                conn.request("x", timeout=0)
+            with pytest.raises(rio.ConfigError, match="cannot listen"):
+                await serve(echo, secret=SECRET, port=server.port)
+
+    run(main())
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_garbage_bytes_are_refused_before_the_handshake(run: Run, logs: list[str]) -> None:
+    async def main() -> None:
+        async with node() as server, client(server.port) as good:
+            reader, writer = await raw_peer(server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert await rest_until_closed(reader) == b""  # not even a nonce
+            writer.close()
+            assert logged(
+                logs,
+                "refused 127.0.0.1:",
+                "not a rio cluster node (it sent b'GET / HTTP/1.1\\r\\n' where",
+            )
+            await still_serves(server, good)
+
+    run(main())
+
+
+def test_another_protocol_version_is_refused(run: Run, logs: list[str]) -> None:
+    async def main() -> None:
+        async with node() as server:
+            reader, writer = await raw_peer(server.port)
+            writer.write(_auth.MAGIC + bytes([99]) + _auth.new_nonce())
+            assert await rest_until_closed(reader) == b""
+            writer.close()
+            assert logged(logs, "refused", "cluster protocol version 99, this node 1")
+            await still_serves(server)
+
+    run(main())
+
+
+def test_a_silent_peer_is_dropped_after_the_handshake_timeout(run: Run, logs: list[str]) -> None:
+    opts = TransportOptions(handshake_timeout=0.1)
+
+    async def main() -> None:
+        async with node(options=opts) as server:
+            reader, writer = await raw_peer(server.port)
+            assert await rest_until_closed(reader) == b""
+            writer.close()
+            assert logged(logs, "refused", "no complete handshake within 0.1s")
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await rest_until_closed(reader)
+            finally:
+                writer.close()
+
+        mute = await asyncio.start_server(silent, HOST, 0)
+        async with mute:
+            port = mute.sockets[0].getsockname()[1]
+            with pytest.raises(rio.NodeUnreachable, match=r"no complete handshake within 0\.1s"):
+                await connect(HOST, port, secret=SECRET, options=opts)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("sent", "reason"),
+    [
+        pytest.param(
+            b"\xff\xff\xff\xff" + b"x" * 64,
+            "frame of 4294967295 bytes is over max_frame_size (16777216)",
+            id="huge-length-prefix",
+        ),
+        pytest.param(frame(_encode([99, 1, 2])), "unknown message kind 99", id="unknown-kind"),
+        pytest.param(frame(b"\xc1\x00"), "malformed frame (2 bytes, not msgpack", id="not-msgpack"),
+        pytest.param(
+            frame(_encode([1, "one", 2])),
+            "malformed frame (7 bytes): Expected `int`, got `str` - at `$[1]`",
+            id="bad-shape",
+        ),
+        pytest.param(frame(b""), "malformed frame (0 bytes, not msgpack", id="empty"),
+    ],
+)
+def test_bad_frames_close_that_connection_only(
+    run: Run, logs: list[str], sent: bytes, reason: str
+) -> None:
+    async def main() -> None:
+        async with node() as server, client(server.port) as good:
+            reader, writer = await authenticated_raw_peer(server.port)
+            writer.write(frame(_encode([1, 7, "ok"])))  # a good request is answered
+            reply = frame(_encode([2, 7, "ok"]))
+            assert await reader.readexactly(len(reply)) == reply
+            writer.write(sent)
+            assert await rest_until_closed(reader) == b""
+            writer.close()
+            assert logged(logs, "WARNING", "closing the connection with 127.0.0.1:", reason)
+            await still_serves(server, good)
+
+    run(main())
+
+
+def test_a_truncated_frame_is_logged_and_closes_the_connection(run: Run, logs: list[str]) -> None:
+    async def main() -> None:
+        async with node() as server, client(server.port) as good:
+            reader, writer = await authenticated_raw_peer(server.port)
+            writer.write(HEADER.pack(100) + b"0123456789")
+            writer.write_eof()
+            assert await rest_until_closed(reader) == b""
+            writer.close()
+            # The server logs when its side of the connection is gone.
+            while not logged(logs, "truncated frame"):
+                await still_serves(server, good)
+            assert logged(
+                logs,
+                "WARNING",
+                "closing the connection with 127.0.0.1:",
+                "truncated frame: the connection ended after 10 of the 100 bytes of a frame",
+            )
+
+    run(main())
+
+
+# ------------------------------------------------------------------ backpressure
+
+
+def test_a_sender_waits_while_the_peer_does_not_read(run: Run) -> None:
+    opts = TransportOptions(write_buffer_high=64 * 1024, write_buffer_low=16 * 1024)
+    chunk = b"z" * 65536
+
+    async def main() -> None:
+        got = 0
+
+        def on_oneway(conn: Connection, body: msgspec.Raw) -> None:
+            nonlocal got
+            got += 1
+
+        async with node(on_oneway=on_oneway) as server, client(server.port, options=opts) as conn:
+            assert _any.decode(await conn.request("hi")) == "hi"
+            peer = server.connections[0]._transport
+            assert peer is not None
+            peer.pause_reading()
+            sent = 0
+            # Fill the kernel's socket buffers and then ours, until a send has to wait.
+            while True:
+                send = asyncio.ensure_future(conn.send_oneway(chunk))
+                await asyncio.sleep(0)
+                if not send.done():
+                    break
+                await send
+                sent += 1
+                assert sent < 10_000, "the sender never had to wait"
+            assert conn.statistics().write_paused
+            blocked = conn.request("queued behind")
+            await asyncio.sleep(0)
+            assert not blocked.done()
+            transport = conn._transport
+            assert transport is not None
+            assert transport.get_write_buffer_size() <= opts.write_buffer_high + 2 * len(chunk)
+            peer.resume_reading()
+            await send
+            assert _any.decode(await blocked) == "queued behind"
+            assert got == sent + 1
+
+    run(main())
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("TLS test needs the openssl command to make a certificate")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_with_a_self_signed_certificate(run: Run, tmp_path: Path, logs: list[str]) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    opts = TransportOptions(handshake_timeout=2.0)
+
+    async def main() -> None:
+        async with node(ssl=server_ctx, options=opts) as server:
+            async with client(server.port, ssl=client_ctx) as conn:
+                assert _any.decode(await conn.request(["over", "tls"])) == ["over", "tls"]
+                assert conn._transport is not None
+                assert conn._transport.get_extra_info("ssl_object") is not None
+            untrusting = ssl.create_default_context()  # does not know our certificate
+            with pytest.raises(
+                rio.NodeUnreachable, match=r"TLS failed: .*CERTIFICATE_VERIFY_FAILED"
+            ):
+                await connect(HOST, server.port, secret=SECRET, ssl=untrusting, options=opts)
+            await still_serves_tls(server, client_ctx)
+
+    async def still_serves_tls(server: Server, ctx: ssl.SSLContext) -> None:
+        async with client(server.port, ssl=ctx) as conn:
+            assert _any.decode(await conn.request("again")) == "again"
+
+    run(main())
+
+
+# ------------------------------------------------------------------ the receive buffer
+
+
+def test_recv_buffer_cuts_frames_across_any_chunking() -> None:
+    rng = random.Random(7)
+    bodies = [bytes([i % 251]) * rng.choice([0, 1, 5, 100, 3000, 70_000]) for i in range(300)]
+    stream = b"".join(frame(b) for b in bodies)
+    rx = RecvBuffer(4096, 1 << 20)
+    got: list[bytes] = []
+    pos = 0
+    while pos < len(stream):
+        room = rx.get_buffer()
+        assert len(room) > 0
+        n = min(len(room), rng.choice([1, 3, 4, 7, 1000, 65536]), len(stream) - pos)
+        room[:n] = stream[pos : pos + n]
+        room.release()
+        rx.end += n
+        pos += n
+        frames, error = rx.frames()
+        assert error is None
+        got.extend(bytes(f) for f in frames)
+    assert got == bodies
+    assert rx.pending() == 0
+    assert len(rx.get_buffer()) == 4096  # shrunk back after the large frames
+
+
+def test_encode_frame_refuses_oversize_and_leaves_the_buffer_as_it_was() -> None:
+    out = bytearray(b"before")
+    encode_frame(out, (4, b"abc"), 100)
+    assert out == b"before" + frame(_encode([4, b"abc"]))
+    snapshot = bytes(out)
+    with pytest.raises(ValueError, match="over max_frame_size"):
+        encode_frame(out, (4, b"x" * 200), 100)
+    with pytest.raises(TypeError):
+        encode_frame(out, (4, object()), 100)
+    assert out == snapshot
