@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from contextvars import copy_context
 from functools import partial
+from sys import getrefcount
 from typing import Any, TypeVar
 
 import msgspec
@@ -110,6 +111,84 @@ async def _run_resumed(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
     return await _resume(coro, first)
 
 
+#: getrefcount() of a stand-in only _first_step's local refers to (plus the call's arg).
+_UNSHARED = 2
+
+
+class TurnTask:
+    """What ``asyncio.current_task()`` returns during a turn's eager first step.
+
+    It forwards ``cancel``/``uncancel``/``cancelling`` to the task the turn continues
+    in once it suspends, and remembers cancellations asked for before that. This is
+    what ``asyncio.timeout()`` and ``asyncio.TaskGroup`` use of their current task.
+    """
+
+    __slots__ = ("_cancels", "_loop", "_real")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._real: asyncio.Task[Any] | None = None
+        self._cancels: list[Any] = []
+
+    def attach(self, task: asyncio.Task[Any]) -> None:
+        """The turn continues in ``task`` from now on."""
+        self._real = task
+        for msg in self._cancels:
+            task.cancel(msg)
+        self._cancels.clear()
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Cancel the turn's task (or remember to, once it exists)."""
+        if self._real is not None:
+            return self._real.cancel(msg)
+        self._cancels.append(msg)
+        return True
+
+    def uncancel(self) -> int:
+        """Undo one cancellation request; returns how many remain."""
+        if self._real is not None:
+            return self._real.uncancel()
+        if self._cancels:
+            self._cancels.pop()
+        return len(self._cancels)
+
+    def cancelling(self) -> int:
+        """How many cancellation requests are pending."""
+        if self._real is not None:
+            return self._real.cancelling()
+        return len(self._cancels)
+
+    def done(self) -> bool:
+        """A running turn is never done."""
+        return self._real.done() if self._real is not None else False
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The turn's event loop."""
+        return self._loop
+
+    def get_name(self) -> str:
+        """A name for debugging."""
+        return "rio-turn"
+
+
+def _current_task_table(loop: asyncio.AbstractEventLoop) -> dict[Any, Any] | None:
+    """The table behind ``asyncio.current_task()``, if writing to it works here."""
+    table = getattr(asyncio.tasks, "_current_tasks", None)
+    if not isinstance(table, dict):
+        return None
+    probe = object()
+    before = table.get(loop)
+    table[loop] = probe
+    try:
+        works = asyncio.current_task(loop) is probe
+    finally:
+        if before is None:
+            table.pop(loop, None)
+        else:
+            table[loop] = before
+    return table if works else None
+
+
 class Runtime(System):
     """Hosts activations in this process and runs their turns.
 
@@ -160,6 +239,10 @@ class Runtime(System):
         # Cheaper than setting the context variable for every call; a turn that
         # suspends gets the context variable set in its continuation task instead.
         self._sync_turn: tuple[Actor[Any], tuple[Key, ...], float] | None = None
+        # asyncio's current-task table (see _current_task_table); a private dict
+        # stands in where writing asyncio's has no effect, so the code path is one.
+        self._current_tasks: dict[Any, Any] = {}
+        self._stand_in: TurnTask | None = None
         self.background = Background(self)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -170,6 +253,7 @@ class Runtime(System):
             return
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
+        self._current_tasks = _current_task_table(self._loop) or {}
         await self.storage.open()
         self._started = True
         ctx = contextvars.copy_context()
@@ -325,23 +409,7 @@ class Runtime(System):
                 if not act._rio_busy and not act._rio_queue and not act._rio_draining:
                     act._rio_busy = 1
                     coro = handler.fn(act, *args, **kwargs) if kwargs else handler.fn(act, *args)
-                    this = (act, chain, deadline)
-                    self._sync_turn = this
-                    ctx = copy_context()
-                    try:
-                        first = ctx.run(coro.send, None)
-                    except StopIteration as stop:
-                        self._sync_turn = prev
-                        act._rio_busy = 0
-                        if act._rio_deact:
-                            self._turn_finished_slow(act)
-                        fut = loop.create_future()
-                        fut.set_result(stop.value)
-                        return fut
-                    except BaseException as e:
-                        self._sync_turn = prev
-                        return self._eager_failed(act, handler, e)
-                    return self._eager_suspended(act, handler, coro, first, this, prev, now, ctx)
+                    return self._first_step(act, handler, coro, (act, chain, deadline), prev, now)
                 if (handler.reentrant or act._rio_type.reentrant) and not act._rio_draining:
                     return self._run_eager(act, handler, args, kwargs, chain, deadline, now=now)
             elif status == NEW:
@@ -424,23 +492,68 @@ class Runtime(System):
             coro = self._activate_then(act, handler, args, kwargs)
         else:
             coro = handler.fn(act, *args, **kwargs)
-        prev = self._sync_turn
-        this = (act, chain, deadline)
-        self._sync_turn = this
+        started = loop.time() if now is None else now
+        return self._first_step(
+            act, handler, coro, (act, chain, deadline), self._sync_turn, started
+        )
+
+    def _first_step(
+        self,
+        act: Actor[Any],
+        handler: Handler,
+        coro: Coroutine[Any, Any, Any],
+        turn: tuple[Actor[Any], tuple[Key, ...], float],
+        prev: tuple[Actor[Any], tuple[Key, ...], float] | None,
+        started: float,
+    ) -> asyncio.Future[Any]:
+        """Run a turn's first step right here, in a context of its own.
+
+        While it runs, ``asyncio.current_task()`` answers a :class:`TurnTask` standing
+        for the turn (not the caller's task), so ``asyncio.timeout()`` or a
+        ``TaskGroup`` in the handler bind to the turn. A turn that finishes here costs
+        no task; one that suspends continues in a task that the stand-in forwards to.
+        """
+        loop = self._loop
+        assert loop is not None
+        self._sync_turn = turn
         ctx = copy_context()
+        # A stand-in nobody kept from the last turn is reused: no allocation per call.
+        stand_in = self._stand_in
+        if stand_in is None:
+            stand_in = TurnTask(loop)
+        else:
+            self._stand_in = None
+        current = self._current_tasks
+        caller = current.get(loop)
+        current[loop] = stand_in
         try:
             first = ctx.run(coro.send, None)
         except StopIteration as stop:
+            if caller is None:
+                del current[loop]
+            else:
+                current[loop] = caller
             self._sync_turn = prev
-            self._turn_finished(act)
+            if getrefcount(stand_in) <= _UNSHARED:
+                self._stand_in = stand_in
+            act._rio_busy -= 1
+            if act._rio_deact or act._rio_queue:
+                self._turn_finished_slow(act)
             fut = loop.create_future()
             fut.set_result(stop.value)
             return fut
         except BaseException as e:
+            if caller is None:
+                del current[loop]
+            else:
+                current[loop] = caller
             self._sync_turn = prev
             return self._eager_failed(act, handler, e)
-        started = loop.time() if now is None else now
-        return self._eager_suspended(act, handler, coro, first, this, prev, started, ctx)
+        if caller is None:
+            del current[loop]
+        else:
+            current[loop] = caller
+        return self._eager_suspended(act, handler, coro, first, turn, prev, started, ctx, stand_in)
 
     def _eager_failed(
         self, act: Actor[Any], handler: Handler, e: BaseException
@@ -462,6 +575,7 @@ class Runtime(System):
         prev: tuple[Actor[Any], tuple[Key, ...], float] | None,
         started: float,
         ctx: contextvars.Context,
+        stand_in: TurnTask,
     ) -> asyncio.Future[Any]:
         """Continue a turn that awaited something in a task, and give the caller a future.
 
@@ -472,6 +586,7 @@ class Runtime(System):
         loop = self._loop_()
         ctx.run(CURRENT_TURN.set, turn)
         task = loop.create_task(_run_resumed(coro, first), context=ctx)
+        stand_in.attach(task)
         deadline = turn[2]
         self._turn_tasks.add(task)
         fut = loop.create_future()
