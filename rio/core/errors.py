@@ -28,6 +28,7 @@ Errors cross processes and nodes intact: :func:`error_to_wire` and
 
 from __future__ import annotations
 
+import traceback
 from typing import Any, ClassVar
 
 __all__ = [
@@ -222,29 +223,41 @@ def qualified_name(exc_type: type[BaseException]) -> str:
     return f"{module}.{exc_type.__qualname__}"
 
 
-def error_to_wire(exc: BaseException) -> dict[str, Any]:
+def error_to_wire(exc: BaseException, _depth: int = 0) -> dict[str, Any]:
     """Encode an exception as a plain dict that msgpack can carry.
 
     rio's own errors keep their class; anything else becomes a :class:`RemoteError`.
+    The ``__cause__`` chain travels too (a few links deep).
     """
+    out: dict[str, Any]
     if isinstance(exc, RemoteError):
-        return {
+        out = {
             "kind": "RemoteError",
             "args": [exc.remote_type, exc.remote_message, exc.remote_traceback],
         }
-    if isinstance(exc, RioError):
-        return {"kind": type(exc).__name__, "args": [_plain(a) for a in exc.args]}
-    return {"kind": "RemoteError", "args": [qualified_name(type(exc)), str(exc), ""]}
+    elif isinstance(exc, RioError):
+        out = {"kind": type(exc).__name__, "args": [_plain(a) for a in exc.args]}
+    else:
+        tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ else ""
+        out = {"kind": "RemoteError", "args": [qualified_name(type(exc)), str(exc), tb]}
+    cause = exc.__cause__
+    if cause is not None and _depth < 4:
+        out["cause"] = error_to_wire(cause, _depth + 1)
+    return out
 
 
 def error_from_wire(data: dict[str, Any]) -> RioError:
-    """Rebuild an error encoded by :func:`error_to_wire`."""
+    """Rebuild an error encoded by :func:`error_to_wire`, its cause chain included."""
     cls = RioError._registry.get(str(data.get("kind")), RemoteError)
     args = list(data.get("args") or [])
     try:
-        return cls(*args)
+        err = cls(*args)
     except TypeError:
-        return RemoteError(str(data.get("kind")), " ".join(map(str, args)))
+        err = RemoteError(str(data.get("kind")), " ".join(map(str, args)))
+    cause = data.get("cause")
+    if isinstance(cause, dict):
+        err.__cause__ = error_from_wire(cause)
+    return err
 
 
 def _plain(value: Any) -> Any:

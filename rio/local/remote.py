@@ -17,12 +17,27 @@ from typing import Any
 import msgspec
 from loguru import logger
 
-from rio.core.errors import CallTimeout, RemoteError, WorkerLost, error_from_wire
+from rio.core.errors import BadArguments, CallTimeout, RemoteError, WorkerLost, error_from_wire
 from rio.core.registry import Handler
 from rio.local.protocol import Call, Reply, decode_result, encode, positional_args
 from rio.local.transport import Hub
 
 __all__ = ["RemoteCalls"]
+
+
+def _unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> BadArguments:
+    """Name the argument that cannot cross processes."""
+    for name, value in zip(handler.param_names, values, strict=False):
+        try:
+            encode(value)
+        except (TypeError, msgspec.EncodeError) as inner:
+            return BadArguments(
+                f"{handler.owner}.{handler.name}(): argument {name!r} cannot cross "
+                f"processes: {inner}. Pass msgspec Structs, builtins, or lists and dicts "
+                "of them"
+            )
+    return BadArguments(f"{handler.owner}.{handler.name}(): arguments cannot cross processes: {e}")
+
 
 Key = tuple[str, str]
 _wire_decoder = msgspec.msgpack.Decoder(dict[str, Any])
@@ -60,17 +75,13 @@ class RemoteCalls:
         if not handler.wire_ok:
             handler.args_decoder  # noqa: B018 - raises BadArguments naming the handler
         req = next(self._ids)
-        data = encode(
-            Call(
-                req,
-                key[0],
-                key[1],
-                handler.name,
-                deadline - now,
-                list(chain),
-                positional_args(handler, args, kwargs),  # type: ignore[arg-type]
+        values = positional_args(handler, args, kwargs)
+        try:
+            data = encode(
+                Call(req, key[0], key[1], handler.name, deadline - now, list(chain), values)  # type: ignore[arg-type]
             )
-        )
+        except (TypeError, msgspec.EncodeError) as e:
+            raise _unencodable(handler, values, e) from None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[req] = (fut, handler, dst, deadline - now, key)

@@ -87,13 +87,20 @@ class WorkerSystem(System):
         timeout: float | None,
     ) -> Any:
         """Run locally when this worker owns ``key``, else send it to the owner."""
+        if threading.get_ident() != self._thread_id:  # a thread: hop to the loop first
+            return asyncio.run_coroutine_threadsafe(
+                self._call_async(key, handler, args, kwargs, timeout), self._loop
+            )
         owner = owner_of(key, self.n)
         rt = self.runtime
-        if owner == self.me or threading.get_ident() != self._thread_id:
+        if owner == self.me:
             return rt.call(key, handler, args, kwargs, timeout)
         args, kwargs = handler.check(args, kwargs)
         chain, deadline, now = rt.call_context(key, handler, timeout)
         return self.remote.call(owner, key, handler, args, kwargs, chain, deadline, now)
+
+    async def _call_async(self, *a: Any) -> Any:
+        return await self.call(*a)
 
     async def deactivate(self, actor: Any, object_id: Any = None) -> bool:
         """Deactivate an actor hosted here (operators call the driver's pool)."""
