@@ -80,6 +80,7 @@ def registered() -> list[Workload]:
         local_baselines,
         pool_workloads,
         storage_workloads,
+        tcp_baselines,
         workloads,
     )
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 
+from rio.cluster._frames import RecvBuffer
 from rio.core.errors import ConfigError
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "MAGIC",
     "PROOF_SIZE",
     "VERSION",
+    "Handshake",
     "HandshakeError",
     "check_hello",
     "check_magic_prefix",
@@ -122,3 +125,94 @@ def verify(
 ) -> bool:
     """True when ``received`` is ``role``'s proof (compared in constant time)."""
     return hmac.compare_digest(proof(secret, role, client_nonce, server_nonce), received)
+
+
+class Handshake:
+    """One end's side of the handshake, fed with the bytes as they arrive.
+
+    Example::
+
+        hs = Handshake(secret, server_side=False)
+        send(hs.opening())
+        ...  # on each read:
+        send(hs.feed(rx))  # raises HandshakeError; hs.done once both ends are proven
+    """
+
+    __slots__ = ("_secret", "_step", "client_nonce", "done", "server_nonce", "server_side")
+
+    def __init__(self, secret: bytes, *, server_side: bool) -> None:
+        self._secret = secret
+        self.server_side = server_side
+        self.client_nonce = b""
+        self.server_nonce = b""
+        self.done = False
+        self._step: Callable[[RecvBuffer], bytes | None] = (
+            self._server_hello if server_side else self._client_hello
+        )
+
+    def opening(self) -> bytes:
+        """What this end sends first: the client's hello; nothing for the server."""
+        if self.server_side:
+            return b""
+        self.client_nonce = new_nonce()
+        return hello(self.client_nonce)
+
+    def feed(self, rx: RecvBuffer) -> bytes:
+        """Consume the handshake bytes in ``rx``; return what to send back (maybe nothing).
+
+        Bytes after the handshake are left in ``rx``: they are the first frames.
+
+        Raises:
+            HandshakeError: the peer is not a rio node, speaks another version, or
+                failed its proof.
+        """
+        out = b""
+        while not self.done:
+            sent = self._step(rx)
+            if sent is None:
+                break
+            out += sent
+        return out
+
+    def _server_hello(self, rx: RecvBuffer) -> bytes | None:
+        check_magic_prefix(rx.peek(16))
+        data = rx.take(HELLO_SIZE)
+        if data is None:
+            return None
+        self.client_nonce = check_hello(data)
+        self.server_nonce = new_nonce()
+        self._step = self._server_proof
+        return hello(self.server_nonce)
+
+    def _server_proof(self, rx: RecvBuffer) -> bytes | None:
+        data = rx.take(PROOF_SIZE)
+        if data is None:
+            return None
+        if not verify(self._secret, "client", self.client_nonce, self.server_nonce, data):
+            raise HandshakeError(
+                "it failed authentication: its proof does not match this node's cluster "
+                "secret (the secrets differ)"
+            )
+        self.done = True
+        return proof(self._secret, "server", self.client_nonce, self.server_nonce)
+
+    def _client_hello(self, rx: RecvBuffer) -> bytes | None:
+        check_magic_prefix(rx.peek(16))
+        data = rx.take(HELLO_SIZE)
+        if data is None:
+            return None
+        self.server_nonce = check_hello(data)
+        self._step = self._client_proof
+        return proof(self._secret, "client", self.client_nonce, self.server_nonce)
+
+    def _client_proof(self, rx: RecvBuffer) -> bytes | None:
+        data = rx.take(PROOF_SIZE)
+        if data is None:
+            return None
+        if not verify(self._secret, "server", self.client_nonce, self.server_nonce, data):
+            raise HandshakeError(
+                "it failed authentication: it could not prove it holds this node's cluster "
+                "secret (the secrets differ)"
+            )
+        self.done = True
+        return b""

@@ -1,0 +1,92 @@
+"""The requests one end of a connection has sent and still waits on.
+
+A future per request id, and one timer for every deadline: a heap of
+``(deadline, id, budget)`` whose answered entries are skipped when they surface (and
+compacted away when they pile up), so a request costs a heap push, not a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
+
+import msgspec
+
+from rio.core.errors import CallTimeout
+
+__all__ = ["Pending"]
+
+
+class Pending:
+    """Futures of the requests in flight to one peer, by id, with their deadlines.
+
+    Args:
+        loop: the connection's event loop.
+        peer: how timeout messages name the peer.
+    """
+
+    __slots__ = ("_heap", "_ids", "_loop", "_timer", "_timer_at", "futures", "peer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
+        self._loop = loop
+        self.peer = peer
+        self.futures: dict[int, asyncio.Future[msgspec.Raw]] = {}
+        self._ids = itertools.count(1)
+        self._heap: list[tuple[float, int, float]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def next_id(self) -> int:
+        """A fresh request id."""
+        return next(self._ids)
+
+    def track(self, req: int, deadline: float, budget: float) -> asyncio.Future[msgspec.Raw]:
+        """The future of request ``req``, failed with CallTimeout at ``deadline``."""
+        fut: asyncio.Future[msgspec.Raw] = self._loop.create_future()
+        futures = self.futures
+        futures[req] = fut
+        heap = self._heap
+        heapq.heappush(heap, (deadline, req, budget))
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(deadline)
+        if len(heap) > 2 * len(futures) + 1024:
+            self._heap = [e for e in heap if e[1] in futures]
+            heapq.heapify(self._heap)
+        return fut
+
+    def fail_all(self, make_error: Callable[[int], BaseException]) -> None:
+        """Fail every request still waiting with ``make_error(id)``; stop the timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._heap.clear()
+        futures = list(self.futures.items())
+        self.futures.clear()
+        for req, fut in futures:
+            if not fut.done():
+                fut.set_exception(make_error(req))
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        heap, futures = self._heap, self.futures
+        while heap and heap[0][0] <= now:
+            _, req, budget = heapq.heappop(heap)
+            fut = futures.pop(req, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    CallTimeout(
+                        f"node {self.peer} did not answer request {req} within "
+                        f"{budget:.3g}s; it may still run it"
+                    )
+                )
+        if heap:
+            self._arm(heap[0][0])

@@ -1,0 +1,663 @@
+"""One authenticated connection between two nodes: the protocol object itself.
+
+The hot paths are written for speed: the socket reads straight into one reusable
+buffer (``asyncio.BufferedProtocol``); every complete frame of a read is decoded and
+dispatched in one pass; replies resolve their futures inline; frames queued during a
+loop pass are encoded into one ``bytearray`` and written once, at the end of the pass
+(or sooner past ``coalesce_bytes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import traceback
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, cast
+
+import msgspec
+from loguru import logger
+
+from rio.cluster._auth import Handshake, HandshakeError
+from rio.cluster._calls import Pending
+from rio.cluster._frames import (
+    Failure,
+    FrameTooLarge,
+    Oneway,
+    Ping,
+    RecvBuffer,
+    Reply,
+    Request,
+    decode,
+    describe_bad_frame,
+    encode_frame,
+)
+from rio.cluster._options import ConnectionStatistics, TransportOptions
+from rio.core.errors import (
+    BadArguments,
+    CallTimeout,
+    NodeUnreachable,
+    RemoteError,
+    RioError,
+    error_from_wire,
+    error_to_wire,
+    qualified_name,
+)
+
+__all__ = ["Connection", "Handler", "OnewayHandler"]
+
+#: ``handle(conn, body)`` answers one request: with the reply (any msgpack value, or
+#: ``msgspec.Raw``), or an awaitable of it (a coroutine runs as a task; a future is
+#: awaited without one).
+Handler = Callable[["Connection", msgspec.Raw], Awaitable[Any] | Any]
+#: ``on_oneway(conn, body)`` takes one one-way message, called in arrival order.
+OnewayHandler = Callable[["Connection", msgspec.Raw], object]
+
+_HANDSHAKE, _READY, _CLOSED = 0, 1, 2
+_REQUEST, _REPLY, _FAILURE, _ONEWAY, _PING, _PONG = 1, 2, 3, 4, 5, 6
+_Coroutine = types.CoroutineType
+_ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError)
+_CANCELLED = ("asyncio.CancelledError", "the handler was cancelled")
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One authenticated connection to another node; requests go both ways.
+
+    Made by :func:`~rio.cluster.transport.connect` (dialing) or by a
+    :class:`~rio.cluster.transport.Server` (accepting); either end may :meth:`request`,
+    and serves the other's requests with its handler.
+
+    Attributes:
+        peer: how messages name the other node (the ``name`` given to ``connect``,
+            else its ``host:port``).
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: bytes,
+        server_side: bool,
+        options: TransportOptions,
+        handler: Handler | None = None,
+        on_oneway: OnewayHandler | None = None,
+        peer: str = "?",
+        on_ready: Callable[[Connection], object] | None = None,
+        on_lost: Callable[[Connection], object] | None = None,
+    ) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        self._server_side = server_side
+        self._options = options
+        self._handler = handler
+        self._on_oneway = on_oneway
+        self.peer = peer
+        self._on_ready = on_ready
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._rx = RecvBuffer(options.read_buffer_size, options.max_frame_size)
+        self._handshake = Handshake(secret, server_side=server_side)
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._state = _HANDSHAKE
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._lost: asyncio.Future[None] = loop.create_future()
+        self._reason = ""
+        # Outgoing frames of this loop pass, and backpressure.
+        self._max_frame = options.max_frame_size
+        self._coalesce = options.coalesce_bytes
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._busy = False  # the last loop pass queued more than one frame
+        self._write_paused = False
+        self._writable: list[asyncio.Future[None]] = []
+        # Requests we sent, and requests we serve.
+        self._pending = Pending(loop, peer)
+        self._futures = self._pending.futures
+        self._limit = options.max_in_flight
+        self._serving = 0
+        self._queued: deque[Request] = deque()
+        self._task_keys = itertools.count()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._reading_paused = False
+        # Keep-alive: when the unanswered ping went out (None: nothing outstanding).
+        self._ping_ids = itertools.count(1)
+        self._ping_sent_at: float | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._bytes_out = self._bytes_in = self._frames_in = 0
+
+    def __repr__(self) -> str:
+        state = ("handshake", "ready", "closed")[self._state]
+        return f"<Connection {self.peer} {state} waiting={len(self._futures)}>"
+
+    # -- the public surface ------------------------------------------------------------
+
+    def request(self, body: Any, *, timeout: float | None = None) -> asyncio.Future[msgspec.Raw]:
+        """Send a request; the returned future resolves to the reply body.
+
+        ``body`` is a :class:`msgspec.Raw` (already-encoded msgpack, sent as is) or any
+        value msgspec encodes (structs, builtins; ``bytes`` travel as msgpack bin).
+        The request is on its way whether or not the future is awaited; while the peer
+        reads slower than this end sends, it waits its turn inside the future.
+
+        Example::
+
+            raw = await conn.request(msgspec.Raw(encoded), timeout=1.0)
+            value = decoder.decode(raw)
+
+        Raises:
+            rio.BadArguments: the body cannot be encoded or is over ``max_frame_size``,
+                or the timeout is not > 0.
+
+        The future fails with :class:`rio.CallTimeout` when ``timeout`` (default
+        ``request_timeout``) passes first, with :class:`rio.NodeUnreachable` when the
+        connection drops first, and with the handler's error (a :class:`rio.RioError`,
+        or :class:`rio.RemoteError` for any other exception) when it raised.
+        """
+        if timeout is None:
+            timeout = self._options.request_timeout
+        elif not timeout > 0:
+            raise BadArguments(f"request to node {self.peer}: timeout must be > 0, got {timeout!r}")
+        deadline = self._loop.time() + timeout
+        if self._write_paused or self._state != _READY:
+            return self._loop.create_task(self._request_when_writable(body, deadline, timeout))
+        req = self._pending.next_id()
+        self._send_checked((_REQUEST, req, body), "request")
+        return self._pending.track(req, deadline, timeout)
+
+    async def send_oneway(self, body: Any) -> None:
+        """Send a message that wants no answer (waits while the peer reads slower).
+
+        ``body`` is as for :meth:`request`; the peer's ``on_oneway`` takes one-way
+        messages in the order they were sent.
+
+        Raises:
+            rio.NodeUnreachable: the connection is closed.
+            rio.BadArguments: the body cannot be encoded or is over ``max_frame_size``.
+        """
+        if self._write_paused or self._state != _READY:
+            await self.wait_writable()
+        self._send_checked((_ONEWAY, body), "one-way message")
+
+    async def wait_writable(self) -> None:
+        """Wait until the peer has read enough of what was sent to take more.
+
+        Raises:
+            rio.NodeUnreachable: the connection is (or becomes) closed.
+        """
+        while True:
+            if self._state != _READY:
+                raise NodeUnreachable(f"node {self.peer}: {self._reason or 'not connected'}")
+            if not self._write_paused:
+                return
+            waiter = self._loop.create_future()
+            self._writable.append(waiter)
+            await waiter
+
+    async def close(self) -> None:
+        """Close the connection: frames already queued go out first.
+
+        Requests still waiting for a reply fail with :class:`rio.NodeUnreachable`. A
+        peer that does not read what is queued gets ``ping_timeout`` seconds.
+        """
+        self._shutdown("closed by this node")
+        if self._transport is None:  # never connected (its TLS handshake failed)
+            if not self._lost.done():
+                self._lost.set_result(None)
+            return
+        try:
+            async with asyncio.timeout(self._options.ping_timeout):
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            self._transport.abort()
+            await self._lost
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed (by either end, or found dead)."""
+        await asyncio.shield(self._lost)
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection is closed or closing."""
+        return self._state == _CLOSED
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the connection closed, or None while it is open."""
+        return self._reason if self._state == _CLOSED else None
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of this connection's counters."""
+        return ConnectionStatistics(
+            peer=self.peer,
+            requests_waiting=len(self._futures),
+            serving=self._serving,
+            queued=len(self._queued),
+            write_paused=self._write_paused,
+            bytes_sent=self._bytes_out + len(self._out),
+            bytes_received=self._bytes_in,
+            frames_received=self._frames_in,
+        )
+
+    # -- asyncio protocol callbacks ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the handshake (asyncio calls this)."""
+        t = self._transport = cast(asyncio.Transport, transport)
+        if self._server_side:
+            self.peer = self._pending.peer = format_address(t.get_extra_info("peername"))
+        t.set_write_buffer_limits(self._options.write_buffer_high, self._options.write_buffer_low)
+        self._handshake_timer = self._loop.call_later(
+            self._options.handshake_timeout, self._handshake_timed_out
+        )
+        if opening := self._handshake.opening():
+            self._write_raw(opening)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the next read lands (asyncio calls this)."""
+        return self._rx.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Take ``nbytes`` just read (asyncio calls this)."""
+        self._rx.end += nbytes
+        self._bytes_in += nbytes
+        if self._state == _READY:
+            self._read_frames()
+        elif self._state == _HANDSHAKE:
+            self._read_handshake()
+
+    def eof_received(self) -> None:
+        """The peer closed its end: close ours too (asyncio calls this)."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail what waits on the connection (asyncio calls this)."""
+        if self._state != _CLOSED:
+            self._shutdown(self._lost_reason(exc))
+        self._out = bytearray()
+        if not self._lost.done():
+            self._lost.set_result(None)
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is over the high-water mark (asyncio calls this)."""
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained below the low-water mark (asyncio calls this)."""
+        self._write_paused = False
+        waiters, self._writable = self._writable, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    # -- the handshake -----------------------------------------------------------------
+
+    def _read_handshake(self) -> None:
+        hs = self._handshake
+        try:
+            reply = hs.feed(self._rx)
+        except HandshakeError as e:
+            self._refuse(str(e))
+            return
+        if reply:
+            self._write_raw(reply)
+        if hs.done:
+            self._became_ready()
+            if self._rx.pending():
+                self._read_frames()
+
+    def _write_raw(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._bytes_out += len(data)
+        self._transport.write(data)
+
+    def _became_ready(self) -> None:
+        self._state = _READY
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._keepalive = self._loop.call_later(self._options.ping_interval, self._on_keepalive)
+        if not self._ready.done():
+            self._ready.set_result(None)
+        if self._on_ready is not None:
+            self._on_ready(self)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if self._state == _HANDSHAKE:
+            self._refuse(f"no complete handshake within {self._options.handshake_timeout:.3g}s")
+
+    def _refuse(self, reason: str) -> None:
+        if self._server_side:
+            logger.warning("cluster transport: refused {}: {}", self.peer, reason)
+        else:
+            logger.warning("cluster transport: handshake with {} failed: {}", self.peer, reason)
+        self._shutdown(reason, abort=True)
+
+    # -- reading frames ----------------------------------------------------------------
+
+    def _read_frames(self) -> None:
+        frames, error = self._rx.frames()
+        if frames:
+            self._frames_in += len(frames)
+            futures = self._futures
+            for frame in frames:
+                try:
+                    msg: Any = decode(frame)  # one of the frame structs
+                except msgspec.DecodeError as e:
+                    self._protocol_error(describe_bad_frame(frame, e))
+                    return
+                cls = type(msg)
+                if cls is Reply:
+                    self._ping_sent_at = None  # it reads what we send: alive
+                    fut = futures.pop(msg.id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg.body)
+                elif cls is Request:
+                    if self._serving < self._limit:
+                        self._start(msg)
+                    else:
+                        self._queue(msg)
+                elif cls is Failure:
+                    self._ping_sent_at = None
+                    fut = futures.pop(msg.id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(error_from_wire(msg.error))
+                elif cls is Oneway:
+                    self._take_oneway(msg.body)
+                elif cls is Ping:
+                    self._send((_PONG, msg.id))
+                else:  # Pong
+                    self._ping_sent_at = None
+                if self._state != _READY:
+                    return
+        if error is not None:
+            self._protocol_error(error)
+
+    def _protocol_error(self, reason: str) -> None:
+        logger.warning("cluster transport: closing the connection with {}: {}", self.peer, reason)
+        self._shutdown(reason, abort=True)
+
+    def _take_oneway(self, body: msgspec.Raw) -> None:
+        if self._on_oneway is None:
+            logger.debug("cluster transport: {} sent a one-way message; none expected", self.peer)
+            return
+        try:
+            result = self._on_oneway(self, body)
+            if inspect.isawaitable(result):
+                key = next(self._task_keys)
+                task = self._loop.create_task(self._run_oneway(key, result))
+                if not task.done():
+                    self._tasks[key] = task
+        except Exception as e:
+            self._oneway_failed(e)
+
+    async def _run_oneway(self, key: int, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except Exception as e:
+            self._oneway_failed(e)
+        finally:
+            self._tasks.pop(key, None)
+
+    def _oneway_failed(self, e: Exception) -> None:
+        logger.opt(exception=e).error(
+            "cluster transport: the one-way handler failed on a message from {}", self.peer
+        )
+
+    # -- serving requests --------------------------------------------------------------
+
+    def _queue(self, msg: Request) -> None:
+        self._queued.append(msg)
+        if len(self._queued) >= self._limit and not self._reading_paused:
+            self._reading_paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+
+    def _start(self, msg: Request) -> None:
+        handler = self._handler
+        if handler is None:
+            self._answer_error(
+                msg.id,
+                RioError(
+                    f"the node that dialed {self.peer} serves no requests on that "
+                    "connection (its connect() was given no handler)"
+                ),
+            )
+            return
+        try:
+            result = handler(self, msg.body)
+        except Exception as e:
+            self._answer_error(msg.id, e)
+            return
+        if type(result) is _Coroutine or (
+            not isinstance(result, asyncio.Future) and inspect.isawaitable(result)
+        ):
+            self._serving += 1
+            key = next(self._task_keys)
+            task = self._loop.create_task(self._serve(key, msg.id, result))
+            if not task.done():  # an eager task factory may have run it through
+                self._tasks[key] = task
+        elif isinstance(result, asyncio.Future):
+            self._serving += 1
+            result.add_done_callback(partial(self._future_done, msg.id))
+        else:
+            self._answer(msg.id, result)
+
+    async def _serve(self, key: int, req_id: int, awaitable: Awaitable[Any]) -> None:
+        try:
+            value = await awaitable
+        except asyncio.CancelledError:
+            self._answer_error(req_id, RemoteError(*_CANCELLED))
+            raise
+        except Exception as e:
+            self._answer_error(req_id, e)
+        else:
+            self._answer(req_id, value)
+        finally:
+            self._tasks.pop(key, None)
+            self._served()
+
+    def _future_done(self, req_id: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self._answer_error(req_id, RemoteError(*_CANCELLED))
+        elif (e := fut.exception()) is not None:
+            self._answer_error(req_id, e)
+        else:
+            self._answer(req_id, fut.result())
+        self._served()
+
+    def _served(self) -> None:
+        self._serving -= 1
+        queued = self._queued
+        if not queued or self._state != _READY:
+            return
+        while queued and self._serving < self._limit:
+            self._start(queued.popleft())
+        if self._reading_paused and len(queued) <= self._limit // 2:
+            self._reading_paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+
+    def _answer(self, req_id: int, value: Any) -> None:
+        if self._state != _READY:
+            return
+        try:
+            self._send((_REPLY, req_id, value))
+        except FrameTooLarge as e:
+            why = f"the reply to request {req_id} is {e}"
+            self._answer_error(req_id, RemoteError("rio.cluster.FrameTooLarge", why))
+        except _ENCODE_ERRORS as e:
+            why = f"the reply to request {req_id} cannot be encoded: {e}"
+            self._answer_error(req_id, RemoteError(qualified_name(type(e)), why))
+
+    def _answer_error(self, req_id: int, exc: BaseException) -> None:
+        if self._state != _READY:
+            return
+        if not isinstance(exc, RioError):
+            tb = "".join(traceback.format_exception(exc))
+            exc = RemoteError(qualified_name(type(exc)), str(exc), tb)
+        try:
+            self._send((_FAILURE, req_id, error_to_wire(exc)))
+        except (FrameTooLarge, *_ENCODE_ERRORS):  # a giant message or traceback: cut it
+            short = [qualified_name(type(exc)), str(exc)[:1000], ""]
+            self._send((_FAILURE, req_id, {"kind": "RemoteError", "args": short}))
+
+    # -- writing frames ----------------------------------------------------------------
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        out = self._out
+        encode_frame(out, message, self._max_frame)
+        if not self._flush_scheduled:
+            # Frames gather until the end of the loop pass and go out in one write. When
+            # the last pass sent a single frame (light traffic), the first frame of this
+            # one goes out at once instead: a lone request waits for nothing.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+            if not self._busy:
+                self._write_out()
+        elif len(out) >= self._coalesce:
+            self._write_out()
+
+    def _send_checked(self, message: tuple[Any, ...], what: str) -> None:
+        try:
+            self._send(message)
+        except FrameTooLarge as e:
+            raise BadArguments(
+                f"{what} to node {self.peer}: the body is {e}; send less per message, or "
+                "raise max_frame_size on every node"
+            ) from None
+        except _ENCODE_ERRORS as e:
+            raise BadArguments(
+                f"{what} to node {self.peer}: the body cannot be encoded: {e}"
+            ) from e
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._busy = bool(self._out)
+        self._write_out()
+
+    def _write_out(self) -> None:
+        out = self._out
+        if out:
+            # A fresh buffer each time: the transport may keep a reference to this one.
+            self._out = bytearray()
+            t = self._transport
+            if t is not None and not t.is_closing():
+                self._bytes_out += len(out)
+                t.write(out)
+
+    async def _request_when_writable(
+        self, body: Any, deadline: float, budget: float
+    ) -> msgspec.Raw:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.wait_writable()
+        except TimeoutError:
+            raise CallTimeout(
+                f"node {self.peer} did not take a request within {budget:.3g}s: it reads "
+                "slower than this node sends"
+            ) from None
+        req = self._pending.next_id()
+        self._send_checked((_REQUEST, req, body), "request")
+        return await self._pending.track(req, deadline, budget)
+
+    # -- keep-alive --------------------------------------------------------------------
+
+    def _on_keepalive(self) -> None:
+        self._keepalive = None
+        if self._state != _READY:
+            return
+        opts = self._options
+        now = self._loop.time()
+        sent = self._ping_sent_at
+        if sent is None:
+            self._ping_sent_at = now
+            self._send((_PING, next(self._ping_ids)))
+            delay = min(opts.ping_interval, opts.ping_timeout)
+        elif now - sent >= opts.ping_timeout:
+            reason = (
+                f"no answer to a keep-alive ping within {opts.ping_timeout:.3g}s "
+                "(the peer is gone, stuck, or not reading)"
+            )
+            logger.warning(
+                "cluster transport: closing the connection with {}: {}", self.peer, reason
+            )
+            self._shutdown(reason, abort=True)
+            return
+        else:
+            delay = min(opts.ping_interval, sent + opts.ping_timeout - now)
+        self._keepalive = self._loop.call_later(delay, self._on_keepalive)
+
+    # -- closing -----------------------------------------------------------------------
+
+    def _lost_reason(self, exc: Exception | None) -> str:
+        """Why the connection ended under us (logged when it means trouble)."""
+        rx = self._rx
+        if self._state == _READY:
+            if rx.pending():
+                reason = f"truncated frame: the connection ended after {rx.partial()}"
+                logger.warning(
+                    "cluster transport: closing the connection with {}: {}", self.peer, reason
+                )
+                return reason
+            return f"the connection broke: {exc}" if exc is not None else "it closed the connection"
+        if not self._server_side:
+            reason = (
+                "it closed the connection during the handshake: the cluster secrets "
+                "differ, or the rio versions do, or it is not a rio node (its log says which)"
+            )
+            logger.warning("cluster transport: handshake with {} failed: {}", self.peer, reason)
+            return reason
+        reason = "it closed the connection during the handshake"
+        if rx.pending() or self._handshake.server_nonce:  # a port probe says nothing
+            logger.warning("cluster transport: refused {}: {}", self.peer, reason)
+        return reason
+
+    def _shutdown(self, reason: str, *, abort: bool = False) -> None:
+        """Close the connection for ``reason`` and fail everything that waits on it."""
+        if self._state == _CLOSED:
+            return
+        was_ready = self._state == _READY
+        self._state = _CLOSED
+        self._reason = reason
+        for timer in (self._keepalive, self._handshake_timer):
+            if timer is not None:
+                timer.cancel()
+        self._keepalive = self._handshake_timer = None
+        peer = self.peer
+        self._pending.fail_all(
+            lambda req: NodeUnreachable(
+                f"the connection to node {peer} closed ({reason}) before request {req} was "
+                "answered; it may or may not have run"
+            )
+        )
+        waiters, self._writable = self._writable, []
+        for w in waiters:
+            if not w.done():
+                w.set_exception(NodeUnreachable(f"node {peer}: {reason}"))
+        self._queued.clear()
+        if not self._ready.done():
+            if self._server_side:
+                self._ready.cancel()
+            else:
+                self._ready.set_exception(
+                    NodeUnreachable(f"cannot connect to node {peer}: {reason}")
+                )
+        t = self._transport
+        if t is not None:
+            if abort or not was_ready:
+                t.abort()
+            else:
+                self._write_out()
+                t.close()
+
+
+def format_address(addr: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a socket address."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(addr)
