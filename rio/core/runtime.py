@@ -6,7 +6,7 @@ handler starts *eagerly*, in the caller's own stack: a handler that finishes wit
 suspending costs no task, no queue and no event-loop round trip. When it suspends,
 the rest of the turn continues in one task. When the activation is busy, the call is
 appended to its mailbox (a deque) and one drain task per busy activation runs the
-queued turns in arrival order. Every waiting caller has a deadline timer; a call
+queued turns in arrival order. Every waiting caller has a deadline; a call
 cycle among non-reentrant actors is refused at once with :class:`Deadlock`.
 
 This module knows nothing of worker processes or the cluster: they wrap a
@@ -34,6 +34,7 @@ from loguru import logger
 from rio.core.actor import Actor
 from rio.core.background import Background
 from rio.core.context import CALLER_DEADLINE, CURRENT_TURN
+from rio.core.deadlines import Deadlines
 from rio.core.errors import (
     ActivationFailed,
     CallTimeout,
@@ -61,7 +62,7 @@ MAX_EAGER_DEPTH = 48
 
 Key = tuple[str, str]
 # A queued message: handler (None for a deactivation request), args, kwargs, chain,
-# deadline, caller future, deadline timer.
+# deadline, caller future.
 Message = tuple[
     Handler | None,
     tuple[Any, ...],
@@ -69,7 +70,6 @@ Message = tuple[
     tuple[Key, ...],
     float,
     "asyncio.Future[Any]",
-    "asyncio.TimerHandle | None",
 ]
 
 
@@ -113,6 +113,10 @@ async def _run_resumed(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
 
 #: getrefcount() of a stand-in only _first_step's local refers to (plus the call's arg).
 _UNSHARED = 2
+
+
+def _waiting(token: tuple[asyncio.Future[Any], Key, str, float]) -> bool:
+    return not token[0].done()
 
 
 class TurnTask:
@@ -243,6 +247,7 @@ class Runtime(System):
         # stands in where writing asyncio's has no effect, so the code path is one.
         self._current_tasks: dict[Any, Any] = {}
         self._stand_in: TurnTask | None = None
+        self._deadlines = Deadlines(self._expire, _waiting)
         self.background = Background(self)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -315,6 +320,7 @@ class Runtime(System):
         self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self._deadlines.clear()
         await self.storage.close()
 
     # -- calls ---------------------------------------------------------------------
@@ -420,11 +426,11 @@ class Runtime(System):
         if now >= deadline:
             raise CallTimeout(f"{_key_str(key)}.{handler.name}(): deadline already passed")
         fut = loop.create_future()
-        timer = loop.call_at(deadline, self._expire, fut, key, handler.name, deadline - now)
+        self._deadlines.add(loop, deadline, (fut, key, handler.name, deadline - now))
         queue = act._rio_queue
         if queue is None:
             queue = act._rio_queue = deque()
-        queue.append((handler, args, kwargs, chain, deadline, fut, timer))
+        queue.append((handler, args, kwargs, chain, deadline, fut))
         if not act._rio_busy and not act._rio_draining:
             self._start_drain(act)
         return fut
@@ -461,7 +467,8 @@ class Runtime(System):
             cycle,
         )
 
-    def _expire(self, fut: asyncio.Future[Any], key: Key, method: str, budget: float) -> None:
+    def _expire(self, token: tuple[asyncio.Future[Any], Key, str, float]) -> None:
+        fut, key, method, budget = token
         if not fut.done():
             fut.set_exception(
                 CallTimeout(
@@ -591,8 +598,8 @@ class Runtime(System):
         self._turn_tasks.add(task)
         fut = loop.create_future()
         budget = deadline - started
-        timer = loop.call_at(deadline, self._expire, fut, act._rio_key, handler.name, budget)
-        task.add_done_callback(partial(self._eager_done, act, handler, fut, timer))
+        self._deadlines.add(loop, deadline, (fut, act._rio_key, handler.name, budget))
+        task.add_done_callback(partial(self._eager_done, act, handler, fut))
         return fut
 
     def _eager_done(
@@ -600,11 +607,9 @@ class Runtime(System):
         act: Actor[Any],
         handler: Handler,
         fut: asyncio.Future[Any],
-        timer: asyncio.TimerHandle,
         task: asyncio.Task[Any],
     ) -> None:
         self._turn_tasks.discard(task)
-        timer.cancel()
         self._turn_finished(act)
         if task.cancelled():
             if not fut.done():
@@ -669,7 +674,7 @@ class Runtime(System):
                 queue = act._rio_queue
                 if not queue:
                     return
-                handler, args, kwargs, chain, deadline, fut, timer = queue.popleft()
+                handler, args, kwargs, chain, deadline, fut = queue.popleft()
                 if handler is None:
                     act._rio_deact = True
                     continue
@@ -682,7 +687,7 @@ class Runtime(System):
                 inner = self._run_eager(
                     act, handler, args, kwargs, (*chain, key), deadline, activate=status == NEW
                 )
-                _chain_future(inner, fut, timer)
+                _chain_future(inner, fut)
         finally:
             act._rio_draining = False
 
@@ -761,8 +766,6 @@ class Runtime(System):
         self.background.cancel_all(act)
         queue, act._rio_queue = act._rio_queue, None
         for msg in queue or ():
-            if msg[6] is not None:
-                msg[6].cancel()
             if not msg[5].done():
                 if msg[0] is None:
                     msg[5].set_result(None)
@@ -782,7 +785,7 @@ class Runtime(System):
         queue = act._rio_queue
         if queue is None:
             queue = act._rio_queue = deque()
-        msg: Message = (None, (), {}, (), 0.0, loop.create_future(), None)
+        msg: Message = (None, (), {}, (), 0.0, loop.create_future())
         if front:
             queue.appendleft(msg)
         else:
@@ -977,12 +980,8 @@ class Runtime(System):
         return loop
 
 
-def _chain_future(
-    inner: asyncio.Future[Any], outer: asyncio.Future[Any], timer: asyncio.TimerHandle | None
-) -> None:
+def _chain_future(inner: asyncio.Future[Any], outer: asyncio.Future[Any]) -> None:
     def copy(f: asyncio.Future[Any]) -> None:
-        if timer is not None:
-            timer.cancel()
         if outer.done():
             if not f.cancelled():
                 f.exception()

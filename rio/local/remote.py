@@ -10,13 +10,13 @@ restarts wait for it (within their deadline).
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 from typing import Any
 
 import msgspec
 from loguru import logger
 
+from rio.core.deadlines import Deadlines
 from rio.core.errors import BadArguments, CallTimeout, RemoteError, WorkerLost, error_from_wire
 from rio.core.registry import Handler
 from rio.local.protocol import Call, Reply, decode_result, encode, positional_args
@@ -52,11 +52,7 @@ class RemoteCalls:
         self._ids = itertools.count(1)
         # req -> (future, handler, destination, budget, key)
         self._pending: dict[int, tuple[asyncio.Future[Any], Handler, int, float, Key]] = {}
-        # One timer for all deadlines: a heap of (deadline, req), entries of answered
-        # calls skipped when they surface (and compacted away when they pile up).
-        self._deadlines: list[tuple[float, int]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._deadlines = Deadlines(self._expire, self._pending.__contains__)
         self._down: dict[int, list[tuple[int, bytes]]] = {}
         self.pids: dict[int, int] = {}
 
@@ -85,12 +81,7 @@ class RemoteCalls:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[req] = (fut, handler, dst, deadline - now, key)
-        heap = self._deadlines
-        heapq.heappush(heap, (deadline, req))
-        if self._timer is None or deadline < self._timer_at:
-            self._arm(loop, deadline)
-        if len(heap) > 2 * len(self._pending) + 1024:
-            self._compact()
+        self._deadlines.add(loop, deadline, req)
         held = self._down.get(dst)
         if held is not None:
             held.append((req, data))
@@ -123,28 +114,6 @@ class RemoteCalls:
             except msgspec.DecodeError as e:
                 err = RemoteError("msgspec.DecodeError", f"unreadable error reply: {e}")
             fut.set_exception(err)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, req = heapq.heappop(heap)
-            self._expire(req)
-        if heap:
-            self._arm(loop, heap[0][0])
-
-    def _compact(self) -> None:
-        pending = self._pending
-        self._deadlines = [e for e in self._deadlines if e[1] in pending]
-        heapq.heapify(self._deadlines)
 
     def _expire(self, req: int) -> None:
         entry = self._pending.pop(req, None)
@@ -204,9 +173,6 @@ class RemoteCalls:
             del self._pending[req]
             if not fut.done():
                 fut.set_exception(exc_factory())
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._deadlines.clear()
 
     def __len__(self) -> int:
