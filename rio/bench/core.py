@@ -117,19 +117,33 @@ def run_workloads(
     *,
     quick: bool,
     progress: Callable[[int, int, Workload], None] | None = None,
+    failed: Callable[[Workload, BaseException], None] | None = None,
 ) -> list[Record]:
-    """Run each workload in a fresh event loop, after a short warm-up run."""
+    """Run each workload in a fresh event loop, after a short warm-up run.
+
+    They run in registration order, so pairs meant to be compared (``persist-X`` and
+    ``driver-X``) run back to back; the records come back in ``selected``'s order. A
+    workload that raises is reported to ``failed`` and left out; the others still run.
+    """
     chosen = list(selected)
-    records: list[Record] = []
-    for i, w in enumerate(chosen):
+    order = {id(w): i for i, w in enumerate(_WORKLOADS)}
+    by_run = sorted(chosen, key=lambda w: order.get(id(w), len(order)))
+    results: dict[int, Record] = {}
+    for i, w in enumerate(by_run):
         if progress is not None:
-            progress(i, len(chosen), w)
+            progress(i, len(by_run), w)
         n = w.quick_n if quick else w.n
-        run(w.fn(max(1, n // 10)))  # warm-up: imports, caches, JIT-free but allocator-warm
-        gc.collect()
-        start = time.perf_counter()
-        m = run(w.fn(n))
+        try:
+            run(w.fn(max(1, n // 10)))  # warm-up: imports, caches, allocator
+            gc.collect()
+            start = time.perf_counter()
+            m = run(w.fn(n))
+        except Exception as e:
+            if failed is None:
+                raise
+            failed(w, e)
+            continue
         if m.seconds <= 0:
             m = Measurement(m.n, time.perf_counter() - start, m.latencies)
-        records.append(to_record(w, m))
-    return records
+        results[id(w)] = to_record(w, m)
+    return [results[id(w)] for w in chosen if id(w) in results]

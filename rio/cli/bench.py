@@ -104,7 +104,14 @@ def run_bench(
             flush=True,
         )
 
-    records = run_workloads(selected, quick=quick, progress=progress)
+    failures: list[str] = []
+
+    def failed(w: Workload, e: BaseException) -> None:
+        line = f"{w.path}/{w.name} failed: {type(e).__name__}: {e}"
+        failures.append(line)
+        print(line, file=sys.stderr, flush=True)
+
+    records = run_workloads(selected, quick=quick, progress=progress, failed=failed)
     print(format_table(records))
     count = f"{len(records)} workload{'' if len(records) == 1 else 's'}"
     print(f"\n{count} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
@@ -117,4 +124,7 @@ def run_bench(
             print(f"rio bench: cannot write {json_file}: {e.strerror or e}", file=sys.stderr)
             return 1
         print(f"wrote {json_file}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} workload(s) failed:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
