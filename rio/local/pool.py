@@ -129,7 +129,15 @@ class PoolSystem(System):
 
     async def start(self) -> None:
         """Start every worker and wait until each serves."""
-        loop = self._loop = asyncio.get_running_loop()
+        self._modules = actor_modules()
+        interactive = [n for n, path in self._modules if n == "__main__" and path is None]
+        if interactive:
+            raise ConfigError(
+                f"{self.name}: actor classes defined interactively (a REPL or notebook) "
+                "cannot run in worker processes, which import them from a file: put them "
+                "in a module, or use App(workers=0)"
+            )
+        self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
         self._restart_lock = asyncio.Lock()
         nprocs = self.n + 1
@@ -142,14 +150,6 @@ class PoolSystem(System):
         )
         self.remote = RemoteCalls(self.hub, self.name)
         self.hub.start()
-        self._modules = actor_modules()
-        interactive = [n for n, path in self._modules if n == "__main__" and path is None]
-        if interactive:
-            raise ConfigError(
-                f"{self.name}: actor classes defined interactively (a REPL or notebook) "
-                "cannot run in worker processes, which import them from a file: put them "
-                "in a module, or use App(workers=0)"
-            )
         try:
             for w in self._workers:
                 self._spawn(w)
@@ -168,7 +168,6 @@ class PoolSystem(System):
             raise
         self._started = True
         logger.debug("{}: {} workers serving", self.name, self.n)
-        del loop
 
     def _spawn(self, w: _Worker) -> None:
         w.gen += 1
