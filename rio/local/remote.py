@@ -78,7 +78,7 @@ class RemoteCalls:
             )
         except (TypeError, msgspec.EncodeError) as e:
             raise _unencodable(handler, values, e) from None
-        loop = asyncio.get_running_loop()
+        loop = self.hub.loop
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[req] = (fut, handler, dst, deadline - now, key)
         self._deadlines.add(loop, deadline, req)

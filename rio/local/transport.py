@@ -126,6 +126,12 @@ class Hub:
         self._last = 0.0
         self._closed = False
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this hub serves (set by :meth:`start`)."""
+        assert self._loop is not None, "Hub.start() has not run"
+        return self._loop
+
     def start(self) -> None:
         """Start reading (call in the process's event loop)."""
         loop = self._loop = asyncio.get_running_loop()
