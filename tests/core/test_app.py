@@ -1,6 +1,8 @@
 """The App: configuration (in code and TOML), starting, stopping, stats."""
 
+import contextlib
 import re
+import sqlite3
 from pathlib import Path
 
 import msgspec
@@ -9,7 +11,7 @@ import pytest
 import rio
 from rio.storage import MemoryStorage, SQLiteStorage
 
-from .helpers import AppFactory, runtime_stats
+from .helpers import AppFactory, in_wal_mode, rio_bug, runtime_stats
 
 
 class TpState(msgspec.Struct):
@@ -70,6 +72,24 @@ async def test_the_app_is_the_context_manager(make_app: AppFactory) -> None:
             await app.start()
     assert app.system is None
     assert not system.running
+
+
+async def test_storage_that_cannot_open_fails_the_start_clearly(
+    make_app: AppFactory, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    rio_bug(
+        request,
+        "rio/local/pool.py PoolSystem.start: each worker fails to open storage, logs the "
+        "StorageUnavailable to its stderr and exits 1; start() raises WorkerLost('worker 1 "
+        "(pid …) exited with code 1 while starting'), which does not say why, and the other "
+        "workers' `ready` futures log 'Future exception was never retrieved'",
+        on=("workers",),
+    )
+    (tmp_path / "a-file").write_text("not a folder")
+    app = make_app(storage=f"sqlite:///{tmp_path / 'a-file' / 'state.db'}")
+    with pytest.raises(rio.StorageUnavailable, match="cannot create the folder"):
+        await app.start()
+    assert app.system is None
 
 
 async def test_no_system_running(make_app: AppFactory) -> None:
@@ -192,6 +212,7 @@ async def test_from_toml_app_runs_and_hosts_only_its_actors(
         workers = {workers}
         """,
     )
+    db = in_wal_mode(tmp_path / "data" / "tomlapp.db")
     app = rio.App.from_toml(path)
     assert app.data_dir == (tmp_path / "data").resolve()  # relative to the file
     assert app.workers == workers
@@ -199,7 +220,9 @@ async def test_from_toml_app_runs_and_hosts_only_its_actors(
         assert await TpCounter.ref("t").incr() == 1
         with pytest.raises(rio.UnknownActorType, match="does not host actor type 'TpOther'"):
             await TpOther.ref("t").ping()
-    assert (tmp_path / "data" / "tomlapp.db").exists()
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # the default storage, in data_dir
+        rows = conn.execute("SELECT type_name, object_id FROM rio_state").fetchall()
+    assert rows == [("TpCounter", "t")]
 
 
 def test_from_toml_empty_file_gives_defaults(tmp_path: Path) -> None:

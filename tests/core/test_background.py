@@ -9,7 +9,7 @@ import pytest
 
 import rio
 
-from .helpers import AppFactory, Probe, is_active, placed_id, probe, rio_bug
+from .helpers import AppFactory, Probe, is_active, placed_id, probe
 
 
 class TbCounter(rio.Actor):
@@ -176,17 +176,8 @@ async def test_thread_is_stopped_and_joined_on_deactivation(
 
 @pytest.mark.parametrize("where", ["same", "other"])
 async def test_calling_a_ref_from_a_thread_returns_a_future(
-    system: rio.System, probe: Probe, where: str, request: pytest.FixtureRequest
+    system: rio.System, probe: Probe, where: str
 ) -> None:
-    if where == "other":
-        rio_bug(
-            request,
-            "rio/local/worker.py WorkerSystem.call hands every call made from a non-loop "
-            "thread to its own runtime (Runtime._call_threadsafe -> Runtime.call), so a "
-            "thread in worker 1 activates an object that worker 2 owns: a second activation "
-            "of the same object, with its own state",
-            on=("workers",),
-        )
     # On workers, "other" puts the target in another process than the calling thread.
     target = placed_id(system, (TbWorker, "caller"), TbCounter, same=where == "same")
     await TbWorker.ref("caller").start_calling_thread(target)

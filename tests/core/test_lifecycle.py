@@ -8,11 +8,11 @@ import pytest
 import rio
 
 from .helpers import (
-    CAUSE_LOST,
     AppFactory,
     Probe,
     is_active,
     is_cause,
+    placed_id,
     probe,
     rio_bug,
     runtime_stats,
@@ -108,6 +108,53 @@ class TlSlowGoodbye(rio.Actor):
         return "hello"
 
 
+OVERTAKES = (
+    "rio/core/runtime.py Runtime.deliver: a call to a NEW activation runs eagerly "
+    "(the `status == NEW` branch) without looking at its mailbox, so a call that "
+    "arrives after _rehome() gave a fresh activation the calls queued during a "
+    "deactivation, and before _pump() ran them, overtakes them (arrival order broken)"
+)
+
+#: Per id, in the process hosting it: (deactivation started, may finish).
+GOODBYES: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
+
+
+class TlOrdered(rio.Actor):
+    """Notes the order its messages run in; its deactivation waits for a go-ahead."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    async def note(self, n: int) -> list[int]:
+        self.seen.append(n)
+        return list(self.seen)
+
+    async def on_deactivate(self) -> None:
+        started, finish = GOODBYES[self.id]
+        started.set()
+        await finish.wait()
+
+
+class TlOrderDriver(rio.Actor):
+    """Drives TlOrdered from the same process, so the steps interleave deterministically."""
+
+    async def across_deactivation(self, target: str) -> list[list[int]]:
+        started, finish = GOODBYES[target] = (asyncio.Event(), asyncio.Event())
+        ref = TlOrdered.ref(target)
+        await ref.note(0)
+
+        async def meanwhile() -> list[int]:
+            await started.wait()
+            sent = ref.note(1)  # queued behind the deactivation: for a fresh activation
+            finish.set()
+            return await sent
+
+        first = asyncio.ensure_future(meanwhile())
+        assert await self.system.deactivate(TlOrdered, target) is True
+        second = await ref.note(2)  # sent after note(1): must run after it
+        return [await first, second]
+
+
 class TlShortLived(rio.Actor, idle_ttl=0.05):
     async def hello(self) -> str:
         return "hello"
@@ -175,10 +222,7 @@ async def test_failing_on_activate_names_the_hook(system: rio.System, probe: Pro
         probe.switch("fail-f1", False)
 
 
-async def test_a_failed_activation_keeps_its_cause(
-    system: rio.System, probe: Probe, request: pytest.FixtureRequest
-) -> None:
-    rio_bug(request, CAUSE_LOST, on=("workers",))
+async def test_a_failed_activation_keeps_its_cause(system: rio.System, probe: Probe) -> None:
     probe.switch("fail-f4")
     probe.open("activate-f4")
     with pytest.raises(rio.ActivationFailed) as info:
@@ -286,8 +330,11 @@ async def test_room_deactivates_itself_after_three_pings(
 
 @pytest.mark.parametrize("room", [TlRoom, TlSlowRoom])
 async def test_messages_sent_meanwhile_reach_a_fresh_activation(
-    system: rio.System, probe: Probe, room: type[TlRoom]
+    system: rio.System, probe: Probe, room: type[TlRoom], request: pytest.FixtureRequest
 ) -> None:
+    # On workers the pings arrive in batches, and one may overtake those queued
+    # during the deactivation (see test_calls_queued_during_deactivation_keep_their_order).
+    rio_bug(request, OVERTAKES, on=("workers",), strict=False)
     ref = room.ref("pipelined")
     pings = [ref.ping() for _ in range(7)]  # all sent before any answer
     assert await asyncio.gather(*pings) == [1, 2, 3, 1, 2, 3, 1]
@@ -309,6 +356,16 @@ async def test_no_second_activation_while_the_first_is_deactivating(
     assert await meanwhile == "hello"
     assert await deactivation is True
     assert probe.names() == ["activate", "deactivating", "deactivated", "activate"]
+
+
+async def test_calls_queued_during_deactivation_keep_their_order(
+    system: rio.System, request: pytest.FixtureRequest
+) -> None:
+    rio_bug(request, OVERTAKES, on=("inproc", "workers"))
+    target = placed_id(system, (TlOrderDriver, "d"), TlOrdered, same=True)
+    first, second = await TlOrderDriver.ref("d").across_deactivation(target)
+    assert first == [1]  # the fresh activation's first message
+    assert second == [1, 2]
 
 
 async def test_failing_on_deactivate_is_logged_and_deactivation_completes(

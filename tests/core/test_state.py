@@ -1,21 +1,20 @@
 """State: loaded on activation, written by save(), versioned against stale writers."""
 
 import asyncio
+from pathlib import Path
 
 import msgspec
 import pytest
 
 import rio
-from rio.storage import MemoryStorage
+from rio.storage import MemoryStorage, SQLiteStorage
 
 from .helpers import (
-    CAUSE_LOST,
     AppFactory,
     Probe,
     is_active,
     is_cause,
     probe,
-    rio_bug,
     storage,
 )
 
@@ -297,10 +296,7 @@ async def test_a_state_that_no_longer_decodes_fails_activation(system: rio.Syste
     assert found.value == TsOtherShape("lots")
 
 
-async def test_a_state_that_no_longer_decodes_is_the_cause(
-    system: rio.System, request: pytest.FixtureRequest
-) -> None:
-    rio_bug(request, CAUSE_LOST, on=("workers",))
+async def test_a_state_that_no_longer_decodes_is_the_cause(system: rio.System) -> None:
     await storage(system).save("TsDecodes", "e", TsOtherShape("lots"), TsOtherShape, 0)
     with pytest.raises(rio.ActivationFailed) as info:
         await TsDecodes.ref("e").balance()
@@ -310,3 +306,25 @@ async def test_a_state_that_no_longer_decodes_is_the_cause(
 def test_memory_storage_can_be_passed_as_an_object() -> None:
     storage = MemoryStorage()
     assert rio.App("x", storage=storage).make_storage() is storage
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rio bug: rio/storage/sqlite.py SQLiteStorage.open: `PRAGMA journal_mode=WAL` on "
+    "a new file fails at once with 'database is locked' (SQLite does not wait out its busy "
+    "timeout for that lock) when another connection opens the file at the same moment, "
+    "as every worker of a pool does at start: the worker exits and App.start() fails "
+    "with WorkerLost",
+)
+async def test_connections_opening_a_new_sqlite_file_at_once(tmp_path: Path) -> None:
+    # What the workers of a pool do when they start on a new file. The race needs luck
+    # to show: up to 200 tries, stopping at the first failure.
+    for attempt in range(200):
+        path = tmp_path / f"race-{attempt}.db"
+        stores = [SQLiteStorage(str(path)) for _ in range(4)]
+        opened = await asyncio.gather(*(s.open() for s in stores), return_exceptions=True)
+        for store, result in zip(stores, opened, strict=True):
+            if result is None:
+                await store.close()
+        failures = [r for r in opened if r is not None]
+        assert failures == [], f"attempt {attempt}: {failures[0]!r}"
