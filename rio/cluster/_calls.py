@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 from collections.abc import Callable
 
 import msgspec
@@ -27,20 +26,15 @@ class Pending:
         peer: how timeout messages name the peer.
     """
 
-    __slots__ = ("_heap", "_ids", "_loop", "_timer", "_timer_at", "futures", "peer")
+    __slots__ = ("_heap", "_loop", "_timer", "_timer_at", "futures", "peer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
         self._loop = loop
         self.peer = peer
         self.futures: dict[int, asyncio.Future[msgspec.Raw]] = {}
-        self._ids = itertools.count(1)
         self._heap: list[tuple[float, int, float]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-
-    def next_id(self) -> int:
-        """A fresh request id."""
-        return next(self._ids)
 
     def track(self, req: int, deadline: float, budget: float) -> asyncio.Future[msgspec.Raw]:
         """The future of request ``req``, failed with CallTimeout at ``deadline``."""

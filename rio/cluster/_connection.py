@@ -113,17 +113,20 @@ class Connection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._writable: list[asyncio.Future[None]] = []
         # Requests we sent, and requests we serve.
+        self._timeout = options.request_timeout
+        self._ids = itertools.count(1)
         self._pending = Pending(loop, peer)
         self._futures = self._pending.futures
         self._limit = options.max_in_flight
         self._serving = 0
         self._queued: deque[Request] = deque()
         self._task_keys = itertools.count()
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks: dict[int, asyncio.Future[Any]] = {}
         self._reading_paused = False
         # Keep-alive: when the unanswered ping went out (None: nothing outstanding).
         self._ping_ids = itertools.count(1)
         self._ping_sent_at: float | None = None
+        self._pong_owed: int | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._bytes_out = self._bytes_in = self._frames_in = 0
 
@@ -156,14 +159,17 @@ class Connection(asyncio.BufferedProtocol):
         or :class:`rio.RemoteError` for any other exception) when it raised.
         """
         if timeout is None:
-            timeout = self._options.request_timeout
+            timeout = self._timeout
         elif not timeout > 0:
             raise BadArguments(f"request to node {self.peer}: timeout must be > 0, got {timeout!r}")
         deadline = self._loop.time() + timeout
         if self._write_paused or self._state != _READY:
             return self._loop.create_task(self._request_when_writable(body, deadline, timeout))
-        req = self._pending.next_id()
-        self._send_checked((_REQUEST, req, body), "request")
+        req = next(self._ids)
+        try:
+            self._send((_REQUEST, req, body))
+        except (FrameTooLarge, *_ENCODE_ERRORS) as e:
+            raise self._body_error("request", e) from e
         return self._pending.track(req, deadline, timeout)
 
     async def send_oneway(self, body: Any) -> None:
@@ -235,6 +241,7 @@ class Connection(asyncio.BufferedProtocol):
             serving=self._serving,
             queued=len(self._queued),
             write_paused=self._write_paused,
+            reading_paused=self._reading_paused,
             bytes_sent=self._bytes_out + len(self._out),
             bytes_received=self._bytes_in,
             frames_received=self._frames_in,
@@ -287,10 +294,17 @@ class Connection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         """The transport's buffer drained below the low-water mark (asyncio calls this)."""
         self._write_paused = False
+        if self._state != _READY:
+            return
+        if self._pong_owed is not None:
+            self._send((_PONG, self._pong_owed))
+            self._pong_owed = None
         waiters, self._writable = self._writable, []
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+        if self._queued:
+            self._start_queued()
 
     # -- the handshake -----------------------------------------------------------------
 
@@ -356,7 +370,7 @@ class Connection(asyncio.BufferedProtocol):
                     if fut is not None and not fut.done():
                         fut.set_result(msg.body)
                 elif cls is Request:
-                    if self._serving < self._limit:
+                    if self._serving < self._limit and not self._write_paused:
                         self._start(msg)
                     else:
                         self._queue(msg)
@@ -368,7 +382,10 @@ class Connection(asyncio.BufferedProtocol):
                 elif cls is Oneway:
                     self._take_oneway(msg.body)
                 elif cls is Ping:
-                    self._send((_PONG, msg.id))
+                    if self._write_paused:  # one pong is owed, not one per ping
+                        self._pong_owed = msg.id
+                    else:
+                        self._send((_PONG, msg.id))
                 else:  # Pong
                     self._ping_sent_at = None
                 if self._state != _READY:
@@ -388,19 +405,16 @@ class Connection(asyncio.BufferedProtocol):
             result = self._on_oneway(self, body)
             if inspect.isawaitable(result):
                 key = next(self._task_keys)
-                task = self._loop.create_task(self._run_oneway(key, result))
-                if not task.done():
-                    self._tasks[key] = task
+                task = asyncio.ensure_future(result, loop=self._loop)
+                self._tasks[key] = task
+                task.add_done_callback(partial(self._oneway_done, key))
         except Exception as e:
             self._oneway_failed(e)
 
-    async def _run_oneway(self, key: int, awaitable: Awaitable[Any]) -> None:
-        try:
-            await awaitable
-        except Exception as e:
+    def _oneway_done(self, key: int, task: asyncio.Future[Any]) -> None:
+        del self._tasks[key]
+        if not task.cancelled() and isinstance(e := task.exception(), Exception):
             self._oneway_failed(e)
-        finally:
-            self._tasks.pop(key, None)
 
     def _oneway_failed(self, e: Exception) -> None:
         logger.opt(exception=e).error(
@@ -432,49 +446,49 @@ class Connection(asyncio.BufferedProtocol):
         except Exception as e:
             self._answer_error(msg.id, e)
             return
-        if type(result) is _Coroutine or (
-            not isinstance(result, asyncio.Future) and inspect.isawaitable(result)
-        ):
+        if isinstance(result, asyncio.Future):  # no task needed
+            if result.done():  # an eager call that finished already
+                self._answer_future(msg.id, result)
+            else:
+                self._serving += 1
+                result.add_done_callback(partial(self._future_done, msg.id))
+        elif type(result) is _Coroutine or inspect.isawaitable(result):
             self._serving += 1
             key = next(self._task_keys)
-            task = self._loop.create_task(self._serve(key, msg.id, result))
-            if not task.done():  # an eager task factory may have run it through
-                self._tasks[key] = task
-        elif isinstance(result, asyncio.Future):
-            self._serving += 1
-            result.add_done_callback(partial(self._future_done, msg.id))
-        else:
+            task = asyncio.ensure_future(result, loop=self._loop)
+            self._tasks[key] = task
+            task.add_done_callback(partial(self._task_done, key, msg.id))
+        else:  # a plain value
             self._answer(msg.id, result)
 
-    async def _serve(self, key: int, req_id: int, awaitable: Awaitable[Any]) -> None:
-        try:
-            value = await awaitable
-        except asyncio.CancelledError:
-            self._answer_error(req_id, RemoteError(*_CANCELLED))
-            raise
-        except Exception as e:
-            self._answer_error(req_id, e)
-        else:
-            self._answer(req_id, value)
-        finally:
-            self._tasks.pop(key, None)
-            self._served()
+    def _task_done(self, key: int, req_id: int, task: asyncio.Future[Any]) -> None:
+        del self._tasks[key]
+        self._answer_future(req_id, task)
+        self._served()
 
     def _future_done(self, req_id: int, fut: asyncio.Future[Any]) -> None:
+        self._answer_future(req_id, fut)
+        self._served()
+
+    def _answer_future(self, req_id: int, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
             self._answer_error(req_id, RemoteError(*_CANCELLED))
         elif (e := fut.exception()) is not None:
             self._answer_error(req_id, e)
         else:
             self._answer(req_id, fut.result())
-        self._served()
 
     def _served(self) -> None:
         self._serving -= 1
+        if self._queued:
+            self._start_queued()
+
+    def _start_queued(self) -> None:
+        """Start waiting requests while there is room, and read again once half have."""
         queued = self._queued
-        if not queued or self._state != _READY:
+        if self._state != _READY:
             return
-        while queued and self._serving < self._limit:
+        while queued and self._serving < self._limit and not self._write_paused:
             self._start(queued.popleft())
         if self._reading_paused and len(queued) <= self._limit // 2:
             self._reading_paused = False
@@ -524,15 +538,16 @@ class Connection(asyncio.BufferedProtocol):
     def _send_checked(self, message: tuple[Any, ...], what: str) -> None:
         try:
             self._send(message)
-        except FrameTooLarge as e:
-            raise BadArguments(
+        except (FrameTooLarge, *_ENCODE_ERRORS) as e:
+            raise self._body_error(what, e) from e
+
+    def _body_error(self, what: str, e: Exception) -> BadArguments:
+        if isinstance(e, FrameTooLarge):
+            return BadArguments(
                 f"{what} to node {self.peer}: the body is {e}; send less per message, or "
                 "raise max_frame_size on every node"
-            ) from None
-        except _ENCODE_ERRORS as e:
-            raise BadArguments(
-                f"{what} to node {self.peer}: the body cannot be encoded: {e}"
-            ) from e
+            )
+        return BadArguments(f"{what} to node {self.peer}: the body cannot be encoded: {e}")
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -560,7 +575,7 @@ class Connection(asyncio.BufferedProtocol):
                 f"node {self.peer} did not take a request within {budget:.3g}s: it reads "
                 "slower than this node sends"
             ) from None
-        req = self._pending.next_id()
+        req = next(self._ids)
         self._send_checked((_REQUEST, req, body), "request")
         return await self._pending.track(req, deadline, budget)
 

@@ -33,7 +33,9 @@ class TransportOptions:
         max_in_flight: requests from the peer handled at once on one connection
             (10,000). More wait in arrival order; when as many again wait, the
             connection stops reading until half of them have started.
-        write_buffer_high: bytes buffered for the peer above which senders wait (1 MiB).
+        write_buffer_high: bytes buffered for the peer above which senders wait (1 MiB),
+            and requests from the peer wait too (a peer that does not read its replies
+            gets no more of them, and soon is not read either).
         write_buffer_low: bytes below which they go on again (256 KiB).
         coalesce_bytes: bytes gathered within one loop pass before they are written
             without waiting for the end of the pass (256 KiB).
@@ -79,13 +81,27 @@ class TransportOptions:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionStatistics:
-    """A snapshot of one connection (see :meth:`Connection.statistics`)."""
+    """A snapshot of one connection (see :meth:`Connection.statistics`).
+
+    Attributes:
+        peer: the other node's name.
+        requests_waiting: requests this end sent that wait for their reply.
+        serving: the peer's requests whose handler runs now.
+        queued: the peer's requests waiting for a handler slot (or for the peer to
+            read its replies).
+        write_paused: the peer reads slower than this end writes: senders wait.
+        reading_paused: too many of the peer's requests wait: not reading for now.
+        bytes_sent: bytes written (queued included), handshake and frames.
+        bytes_received: bytes read.
+        frames_received: frames read after the handshake.
+    """
 
     peer: str
     requests_waiting: int
     serving: int
     queued: int
     write_paused: bool
+    reading_paused: bool
     bytes_sent: int
     bytes_received: int
     frames_received: int

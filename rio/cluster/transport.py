@@ -82,7 +82,7 @@ class Server:
         self._address = ("", 0)
         # Weak: a connection whose TLS handshake fails is made but never connected.
         self._all: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._ready: set[Connection] = set()
+        self._ready: dict[Connection, None] = {}  # a set that keeps arrival order
         self._closing = False
 
     def _make_connection(self) -> Connection:
@@ -92,15 +92,18 @@ class Server:
             options=self.options,
             handler=self._handler,
             on_oneway=self._on_oneway,
-            on_ready=self._ready.add,
+            on_ready=self._add_ready,
             on_lost=self._forget,
         )
         self._all.add(conn)
         return conn
 
+    def _add_ready(self, conn: Connection) -> None:
+        self._ready[conn] = None
+
     def _forget(self, conn: Connection) -> None:
         self._all.discard(conn)
-        self._ready.discard(conn)
+        self._ready.pop(conn, None)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -114,7 +117,7 @@ class Server:
 
     @property
     def connections(self) -> list[Connection]:
-        """The authenticated connections open now."""
+        """The authenticated connections open now, oldest first."""
         return list(self._ready)
 
     async def close(self) -> None:

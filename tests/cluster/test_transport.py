@@ -171,6 +171,45 @@ def test_handler_errors_reach_the_caller_typed(run: Run) -> None:
     run(main())
 
 
+def test_handlers_may_answer_with_a_value_or_a_future(run: Run) -> None:
+    async def main() -> None:
+        later: list[asyncio.Future[Any]] = []
+        asked = asyncio.Event()
+
+        def handle(conn: Connection, body: msgspec.Raw) -> Any:
+            what = _any.decode(body)
+            fut = asyncio.get_running_loop().create_future()
+            if what == "value":
+                return "plain"
+            if what == "done":
+                fut.set_result("already")
+            elif what == "failed":
+                fut.set_exception(rio.Deadlock("A/1 -> B/2 -> A/1", ["A/1", "B/2", "A/1"]))
+            elif what == "cancelled":
+                fut.cancel()
+            else:
+                later.append(fut)
+                asked.set()
+            return fut
+
+        async with node(handle) as server, client(server.port) as conn:
+            assert _any.decode(await conn.request("value")) == "plain"
+            assert _any.decode(await conn.request("done")) == "already"
+            with pytest.raises(rio.Deadlock) as info:
+                await conn.request("failed")
+            assert info.value.chain == ["A/1", "B/2", "A/1"]
+            with pytest.raises(rio.RemoteError, match="the handler was cancelled"):
+                await conn.request("cancelled")
+            pending = conn.request("later")
+            await asked.wait()
+            assert server.connections[0].statistics().serving == 1
+            later[0].set_result("in time")
+            assert _any.decode(await pending) == "in time"
+            assert server.connections[0].statistics().serving == 0
+
+    run(main())
+
+
 def test_thousand_requests_in_flight_answered_out_of_order(run: Run) -> None:
     n = 1000
 
@@ -761,3 +800,45 @@ def test_encode_frame_refuses_oversize_and_leaves_the_buffer_as_it_was() -> None
     with pytest.raises(TypeError):
         encode_frame(out, (4, object()), 100)
     assert out == snapshot
+
+
+def test_a_peer_that_never_reads_its_replies_gets_bounded_memory(run: Run) -> None:
+    limit = 8
+    opts = TransportOptions(
+        max_in_flight=limit, write_buffer_high=64 * 1024, write_buffer_low=16 * 1024
+    )
+    body = b"r" * 16384
+
+    async def main() -> None:
+        async with node(options=opts) as server:
+            _, writer = await authenticated_raw_peer(server.port)
+            [flooder] = server.connections
+            try:
+                await flood(server, flooder, writer)
+            finally:
+                writer.transport.abort()
+
+    async def flood(server: Server, flooder: Connection, writer: asyncio.StreamWriter) -> None:
+        async with client(server.port) as good:
+            request = frame(_encode([1, 1, body]))
+            for _ in range(2000):  # 32 MiB of requests, and not one reply read
+                writer.write(request)
+            for _ in range(1000):  # no event to wait on: the server just stops reading
+                stats = flooder.statistics()
+                if stats.reading_paused and stats.write_paused and not stats.serving:
+                    break
+                await asyncio.sleep(0.005)
+            stats = flooder.statistics()
+            assert stats.write_paused
+            assert stats.reading_paused
+            # Requests wait rather than be answered into a full buffer; the bound is
+            # soft by at most the frames of one read.
+            assert limit // 2 < stats.queued <= limit + opts.read_buffer_size // len(body)
+            transport = flooder._transport
+            assert transport is not None
+            # Over the high-water mark by at most one loop pass's worth of replies.
+            bound = opts.write_buffer_high + opts.coalesce_bytes + 2 * len(request)
+            assert transport.get_write_buffer_size() <= bound
+            await still_serves(server, good)
+
+    run(main())
