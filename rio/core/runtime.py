@@ -418,7 +418,9 @@ class Runtime(System):
                     return self._first_step(act, handler, coro, (act, chain, deadline), prev, now)
                 if (handler.reentrant or act._rio_type.reentrant) and not act._rio_draining:
                     return self._run_eager(act, handler, args, kwargs, chain, deadline, now=now)
-            elif status == NEW:
+            elif status == NEW and not act._rio_queue and not act._rio_draining:
+                # A fresh activation; one that inherited calls queued during its
+                # predecessor's deactivation runs those first (below, in order).
                 return self._run_eager(
                     act, handler, args, kwargs, chain, deadline, activate=True, now=now
                 )

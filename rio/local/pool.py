@@ -28,7 +28,7 @@ import msgspec
 from loguru import logger
 
 from rio.core.context import CALLER_DEADLINE
-from rio.core.errors import ConfigError, SystemStopping, WorkerLost
+from rio.core.errors import ConfigError, SystemStopping, WorkerLost, error_from_wire
 from rio.core.registry import Handler
 from rio.core.system import System, key_of
 from rio.local.config import AppSettings, WorkerConfig, actor_modules, owner_of
@@ -157,12 +157,20 @@ class PoolSystem(System):
                 for w in self._workers:
                     assert w.ready is not None
                     ready = await w.ready
+                    if ready.error is not None:
+                        raise error_from_wire(ready.error)
                     if ready.problems:
                         raise ConfigError(
                             f"{self.name}: worker {w.index} cannot load your actor classes: "
                             + "; ".join(ready.problems)
                         )
         except BaseException:
+            for w in self._workers:  # the first failure is raised; the rest are moot
+                if w.ready is not None:
+                    if w.ready.done() and not w.ready.cancelled():
+                        w.ready.exception()
+                    else:
+                        w.ready.cancel()
             await self._kill_all()
             self._close_fds()
             raise

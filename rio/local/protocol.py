@@ -62,6 +62,8 @@ class Ready(msgspec.Struct, array_like=True, tag=3):
     gen: int
     pid: int
     problems: list[str] = []
+    #: Set (an encoded rio error) when the worker could not start, e.g. its storage.
+    error: dict[str, Any] | None = None
 
 
 class Down(msgspec.Struct, array_like=True, tag=4):

@@ -223,10 +223,15 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
         idle_ttl=app.idle_ttl,
         name=f"{app.name}/worker-{cfg.index}",
     )
-    await runtime.start()
     system = WorkerSystem(cfg, runtime, fabric)
-    set_default_system(system)
     system.hub.start()
+    try:
+        await runtime.start()
+    except Exception as e:  # tell the driver why, then wait to be stopped
+        system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid(), error=error_to_wire(e))))
+        await system.exit.wait()
+        return
+    set_default_system(system)
     system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid(), problems or [])))
     await system.exit.wait()
     await runtime.drain()

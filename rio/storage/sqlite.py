@@ -8,6 +8,7 @@ compare-and-set on the version column, and a busy database is waited on
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sqlite3
@@ -110,13 +111,32 @@ class SQLiteStorage(StateStorage):
         try:
             await db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             if self.path != ":memory:":
-                await db.execute("PRAGMA journal_mode=WAL")
+                await self._enable_wal(db)
             await db.execute(f"PRAGMA synchronous={self._synchronous}")
             await self._migrate(db)
         except sqlite3.Error as e:
             await db.close()
             raise StorageUnavailable(f"cannot prepare {self.url}: {e}") from e
         self._db = db
+
+    async def _enable_wal(self, db: aiosqlite.Connection) -> None:
+        # Switching a new file to WAL takes a lock that SQLite does not wait for
+        # (busy_timeout does not apply), so processes opening one new file together
+        # (a worker pool starting) retry here, within the busy timeout.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._busy_timeout_ms / 1000
+        delay = 0.001
+        while True:
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if loop.time() + delay > give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         p = self._prefix
