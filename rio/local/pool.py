@@ -165,6 +165,7 @@ class PoolSystem(System):
                             + "; ".join(ready.problems)
                         )
         except BaseException:
+            self._stopping = True  # no restarts: this pool never served
             for w in self._workers:  # the first failure is raised; the rest are moot
                 if w.ready is not None:
                     if w.ready.done() and not w.ready.cancelled():
