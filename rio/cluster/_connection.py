@@ -10,13 +10,8 @@ loop pass are encoded into one ``bytearray`` and written once, at the end of the
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
-import traceback
-import types
-from collections import deque
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Callable
 from typing import Any, cast
 
 import msgspec
@@ -37,31 +32,13 @@ from rio.cluster._frames import (
     encode_frame,
 )
 from rio.cluster._options import ConnectionStatistics, TransportOptions
-from rio.core.errors import (
-    BadArguments,
-    CallTimeout,
-    NodeUnreachable,
-    RemoteError,
-    RioError,
-    error_from_wire,
-    error_to_wire,
-    qualified_name,
-)
+from rio.cluster._serving import ENCODE_ERRORS, Handler, Inbound, OnewayHandler
+from rio.core.errors import BadArguments, CallTimeout, NodeUnreachable, error_from_wire
 
-__all__ = ["Connection", "Handler", "OnewayHandler"]
-
-#: ``handle(conn, body)`` answers one request: with the reply (any msgpack value, or
-#: ``msgspec.Raw``), or an awaitable of it (a coroutine runs as a task; a future is
-#: awaited without one).
-Handler = Callable[["Connection", msgspec.Raw], Awaitable[Any] | Any]
-#: ``on_oneway(conn, body)`` takes one one-way message, called in arrival order.
-OnewayHandler = Callable[["Connection", msgspec.Raw], object]
+__all__ = ["Connection", "format_address"]
 
 _HANDSHAKE, _READY, _CLOSED = 0, 1, 2
-_REQUEST, _REPLY, _FAILURE, _ONEWAY, _PING, _PONG = 1, 2, 3, 4, 5, 6
-_Coroutine = types.CoroutineType
-_ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError)
-_CANCELLED = ("asyncio.CancelledError", "the handler was cancelled")
+_REQUEST, _ONEWAY, _PING, _PONG = 1, 4, 5, 6
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -91,8 +68,6 @@ class Connection(asyncio.BufferedProtocol):
         self._loop = loop = asyncio.get_running_loop()
         self._server_side = server_side
         self._options = options
-        self._handler = handler
-        self._on_oneway = on_oneway
         self.peer = peer
         self._on_ready = on_ready
         self._on_lost = on_lost
@@ -108,8 +83,8 @@ class Connection(asyncio.BufferedProtocol):
         self._max_frame = options.max_frame_size
         self._coalesce = options.coalesce_bytes
         self._out = bytearray()
-        self._flush_scheduled = False
-        self._busy = False  # the last loop pass queued more than one frame
+        self._pass_frames = 0  # frames queued in this loop pass
+        self._busy = False  # the last loop pass queued more than one
         self._write_paused = False
         self._writable: list[asyncio.Future[None]] = []
         # Requests we sent, and requests we serve.
@@ -117,12 +92,7 @@ class Connection(asyncio.BufferedProtocol):
         self._ids = itertools.count(1)
         self._pending = Pending(loop, peer)
         self._futures = self._pending.futures
-        self._limit = options.max_in_flight
-        self._serving = 0
-        self._queued: deque[Request] = deque()
-        self._task_keys = itertools.count()
-        self._tasks: dict[int, asyncio.Future[Any]] = {}
-        self._reading_paused = False
+        self._inbound = Inbound(self, handler, on_oneway, options.max_in_flight)
         # Keep-alive: when the unanswered ping went out (None: nothing outstanding).
         self._ping_ids = itertools.count(1)
         self._ping_sent_at: float | None = None
@@ -168,7 +138,7 @@ class Connection(asyncio.BufferedProtocol):
         req = next(self._ids)
         try:
             self._send((_REQUEST, req, body))
-        except (FrameTooLarge, *_ENCODE_ERRORS) as e:
+        except (FrameTooLarge, *ENCODE_ERRORS) as e:
             raise self._body_error("request", e) from e
         return self._pending.track(req, deadline, timeout)
 
@@ -238,10 +208,10 @@ class Connection(asyncio.BufferedProtocol):
         return ConnectionStatistics(
             peer=self.peer,
             requests_waiting=len(self._futures),
-            serving=self._serving,
-            queued=len(self._queued),
+            serving=self._inbound.serving,
+            queued=len(self._inbound.queued),
             write_paused=self._write_paused,
-            reading_paused=self._reading_paused,
+            reading_paused=self._inbound.reading_paused,
             bytes_sent=self._bytes_out + len(self._out),
             bytes_received=self._bytes_in,
             frames_received=self._frames_in,
@@ -303,8 +273,8 @@ class Connection(asyncio.BufferedProtocol):
         for w in waiters:
             if not w.done():
                 w.set_result(None)
-        if self._queued:
-            self._start_queued()
+        if self._inbound.queued:
+            self._inbound.start_queued()
 
     # -- the handshake -----------------------------------------------------------------
 
@@ -357,6 +327,7 @@ class Connection(asyncio.BufferedProtocol):
         if frames:
             self._frames_in += len(frames)
             futures = self._futures
+            inbound = self._inbound
             for frame in frames:
                 try:
                     msg: Any = decode(frame)  # one of the frame structs
@@ -370,17 +341,14 @@ class Connection(asyncio.BufferedProtocol):
                     if fut is not None and not fut.done():
                         fut.set_result(msg.body)
                 elif cls is Request:
-                    if self._serving < self._limit and not self._write_paused:
-                        self._start(msg)
-                    else:
-                        self._queue(msg)
+                    inbound.take(msg)
                 elif cls is Failure:
                     self._ping_sent_at = None
                     fut = futures.pop(msg.id, None)
                     if fut is not None and not fut.done():
                         fut.set_exception(error_from_wire(msg.error))
                 elif cls is Oneway:
-                    self._take_oneway(msg.body)
+                    inbound.take_oneway(msg.body)
                 elif cls is Ping:
                     if self._write_paused:  # one pong is owed, not one per ping
                         self._pong_owed = msg.id
@@ -397,138 +365,16 @@ class Connection(asyncio.BufferedProtocol):
         logger.warning("cluster transport: closing the connection with {}: {}", self.peer, reason)
         self._shutdown(reason, abort=True)
 
-    def _take_oneway(self, body: msgspec.Raw) -> None:
-        if self._on_oneway is None:
-            logger.debug("cluster transport: {} sent a one-way message; none expected", self.peer)
-            return
-        try:
-            result = self._on_oneway(self, body)
-            if inspect.isawaitable(result):
-                key = next(self._task_keys)
-                task = asyncio.ensure_future(result, loop=self._loop)
-                self._tasks[key] = task
-                task.add_done_callback(partial(self._oneway_done, key))
-        except Exception as e:
-            self._oneway_failed(e)
-
-    def _oneway_done(self, key: int, task: asyncio.Future[Any]) -> None:
-        del self._tasks[key]
-        if not task.cancelled() and isinstance(e := task.exception(), Exception):
-            self._oneway_failed(e)
-
-    def _oneway_failed(self, e: Exception) -> None:
-        logger.opt(exception=e).error(
-            "cluster transport: the one-way handler failed on a message from {}", self.peer
-        )
-
-    # -- serving requests --------------------------------------------------------------
-
-    def _queue(self, msg: Request) -> None:
-        self._queued.append(msg)
-        if len(self._queued) >= self._limit and not self._reading_paused:
-            self._reading_paused = True
-            assert self._transport is not None
-            self._transport.pause_reading()
-
-    def _start(self, msg: Request) -> None:
-        handler = self._handler
-        if handler is None:
-            self._answer_error(
-                msg.id,
-                RioError(
-                    f"the node that dialed {self.peer} serves no requests on that "
-                    "connection (its connect() was given no handler)"
-                ),
-            )
-            return
-        try:
-            result = handler(self, msg.body)
-        except Exception as e:
-            self._answer_error(msg.id, e)
-            return
-        if isinstance(result, asyncio.Future):  # no task needed
-            if result.done():  # an eager call that finished already
-                self._answer_future(msg.id, result)
-            else:
-                self._serving += 1
-                result.add_done_callback(partial(self._future_done, msg.id))
-        elif type(result) is _Coroutine or inspect.isawaitable(result):
-            self._serving += 1
-            key = next(self._task_keys)
-            task = asyncio.ensure_future(result, loop=self._loop)
-            self._tasks[key] = task
-            task.add_done_callback(partial(self._task_done, key, msg.id))
-        else:  # a plain value
-            self._answer(msg.id, result)
-
-    def _task_done(self, key: int, req_id: int, task: asyncio.Future[Any]) -> None:
-        del self._tasks[key]
-        self._answer_future(req_id, task)
-        self._served()
-
-    def _future_done(self, req_id: int, fut: asyncio.Future[Any]) -> None:
-        self._answer_future(req_id, fut)
-        self._served()
-
-    def _answer_future(self, req_id: int, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
-            self._answer_error(req_id, RemoteError(*_CANCELLED))
-        elif (e := fut.exception()) is not None:
-            self._answer_error(req_id, e)
-        else:
-            self._answer(req_id, fut.result())
-
-    def _served(self) -> None:
-        self._serving -= 1
-        if self._queued:
-            self._start_queued()
-
-    def _start_queued(self) -> None:
-        """Start waiting requests while there is room, and read again once half have."""
-        queued = self._queued
-        if self._state != _READY:
-            return
-        while queued and self._serving < self._limit and not self._write_paused:
-            self._start(queued.popleft())
-        if self._reading_paused and len(queued) <= self._limit // 2:
-            self._reading_paused = False
-            assert self._transport is not None
-            self._transport.resume_reading()
-
-    def _answer(self, req_id: int, value: Any) -> None:
-        if self._state != _READY:
-            return
-        try:
-            self._send((_REPLY, req_id, value))
-        except FrameTooLarge as e:
-            why = f"the reply to request {req_id} is {e}"
-            self._answer_error(req_id, RemoteError("rio.cluster.FrameTooLarge", why))
-        except _ENCODE_ERRORS as e:
-            why = f"the reply to request {req_id} cannot be encoded: {e}"
-            self._answer_error(req_id, RemoteError(qualified_name(type(e)), why))
-
-    def _answer_error(self, req_id: int, exc: BaseException) -> None:
-        if self._state != _READY:
-            return
-        if not isinstance(exc, RioError):
-            tb = "".join(traceback.format_exception(exc))
-            exc = RemoteError(qualified_name(type(exc)), str(exc), tb)
-        try:
-            self._send((_FAILURE, req_id, error_to_wire(exc)))
-        except (FrameTooLarge, *_ENCODE_ERRORS):  # a giant message or traceback: cut it
-            short = [qualified_name(type(exc)), str(exc)[:1000], ""]
-            self._send((_FAILURE, req_id, {"kind": "RemoteError", "args": short}))
-
     # -- writing frames ----------------------------------------------------------------
 
     def _send(self, message: tuple[Any, ...]) -> None:
         out = self._out
         encode_frame(out, message, self._max_frame)
-        if not self._flush_scheduled:
+        self._pass_frames = n = self._pass_frames + 1
+        if n == 1:
             # Frames gather until the end of the loop pass and go out in one write. When
-            # the last pass sent a single frame (light traffic), the first frame of this
-            # one goes out at once instead: a lone request waits for nothing.
-            self._flush_scheduled = True
+            # the last pass sent one frame at most (light traffic), the first frame of
+            # this one goes out at once instead: a lone request waits for nothing.
             self._loop.call_soon(self._flush)
             if not self._busy:
                 self._write_out()
@@ -538,7 +384,7 @@ class Connection(asyncio.BufferedProtocol):
     def _send_checked(self, message: tuple[Any, ...], what: str) -> None:
         try:
             self._send(message)
-        except (FrameTooLarge, *_ENCODE_ERRORS) as e:
+        except (FrameTooLarge, *ENCODE_ERRORS) as e:
             raise self._body_error(what, e) from e
 
     def _body_error(self, what: str, e: Exception) -> BadArguments:
@@ -550,8 +396,8 @@ class Connection(asyncio.BufferedProtocol):
         return BadArguments(f"{what} to node {self.peer}: the body cannot be encoded: {e}")
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._busy = bool(self._out)
+        self._busy = self._pass_frames > 1
+        self._pass_frames = 0
         self._write_out()
 
     def _write_out(self) -> None:
@@ -653,7 +499,7 @@ class Connection(asyncio.BufferedProtocol):
         for w in waiters:
             if not w.done():
                 w.set_exception(NodeUnreachable(f"node {peer}: {reason}"))
-        self._queued.clear()
+        self._inbound.queued.clear()
         if not self._ready.done():
             if self._server_side:
                 self._ready.cancel()

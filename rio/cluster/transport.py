@@ -40,8 +40,9 @@ from typing import Any
 from loguru import logger
 
 from rio.cluster import _auth
-from rio.cluster._connection import Connection, Handler, OnewayHandler, format_address
+from rio.cluster._connection import Connection, format_address
 from rio.cluster._options import ConnectionStatistics, TransportOptions
+from rio.cluster._serving import Handler, OnewayHandler
 from rio.core.errors import ConfigError, NodeUnreachable
 
 __all__ = [
@@ -130,7 +131,7 @@ class Server:
         conns = list(self._all)
         for c in conns:  # first, so that cancelled handlers answer nothing
             c._shutdown("this node is closing its cluster port")
-        tasks = [t for c in conns for t in c._tasks.values()]
+        tasks = [t for c in conns for t in c._inbound.tasks.values()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*(c.close() for c in conns), *tasks, return_exceptions=True)
