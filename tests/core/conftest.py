@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -63,13 +62,6 @@ def logs(logs: list[str], probe_server: helpers.ProbeServer) -> Iterator[list[st
         yield logs
     finally:
         probe_server.log_sinks.remove(logs)
-
-
-@pytest.fixture
-def sqlite_url(sqlite_url: str) -> str:
-    """The suite's ``sqlite_url``, its file created beforehand (see helpers.in_wal_mode)."""
-    helpers.in_wal_mode(Path(sqlite_url.removeprefix("sqlite:///")))
-    return sqlite_url
 
 
 class SharedPool:

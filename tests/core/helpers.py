@@ -23,7 +23,6 @@ import contextlib
 import os
 import socket
 import socketserver
-import sqlite3
 import struct
 import tempfile
 import threading
@@ -223,19 +222,6 @@ def is_cause(err: BaseException, expected: type[BaseException]) -> bool:
     return isinstance(cause, expected)
 
 
-def in_wal_mode(path: Path) -> Path:
-    """Create the SQLite file ``path`` in WAL mode, as SQLiteStorage.open would.
-
-    A workaround until SQLiteStorage.open survives several processes creating one file
-    at once (see test_connections_opening_a_new_sqlite_file_at_once): the workers of a
-    pool then race to switch a new file to WAL, and one of them may fail to start.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
-    return path
-
-
 # -- the probe across processes ----------------------------------------------------------
 
 _HEADER = struct.Struct(">I")
@@ -374,8 +360,13 @@ def _forward_log(message: Any) -> None:
         p.log(str(message).rstrip("\n"))
 
 
+#: A worker whose index this names exits as it starts (tests of a failed pool start).
+DIE_AT_START_ENV = "RIO_TEST_DIE_AT_START"
+
 if _in_worker():
     logger.add(_forward_log, format="{level} {message}")
+    if os.environ.get(DIE_AT_START_ENV) == os.environ.get("RIO_WORKER_INDEX"):
+        os._exit(3)
 
 
 # -- facts that only the hosting process knows --------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import rio
 from rio.storage import MemoryStorage, SQLiteStorage
 
-from .helpers import AppFactory, in_wal_mode, rio_bug, runtime_stats
+from .helpers import DIE_AT_START_ENV, AppFactory, runtime_stats
 
 
 class TpState(msgspec.Struct):
@@ -75,16 +75,8 @@ async def test_the_app_is_the_context_manager(make_app: AppFactory) -> None:
 
 
 async def test_storage_that_cannot_open_fails_the_start_clearly(
-    make_app: AppFactory, tmp_path: Path, request: pytest.FixtureRequest
+    make_app: AppFactory, tmp_path: Path
 ) -> None:
-    rio_bug(
-        request,
-        "rio/local/pool.py PoolSystem.start: each worker fails to open storage, logs the "
-        "StorageUnavailable to its stderr and exits 1; start() raises WorkerLost('worker 1 "
-        "(pid …) exited with code 1 while starting'), which does not say why, and the other "
-        "workers' `ready` futures log 'Future exception was never retrieved'",
-        on=("workers",),
-    )
     (tmp_path / "a-file").write_text("not a folder")
     app = make_app(storage=f"sqlite:///{tmp_path / 'a-file' / 'state.db'}")
     with pytest.raises(rio.StorageUnavailable, match="cannot create the folder"):
@@ -212,7 +204,6 @@ async def test_from_toml_app_runs_and_hosts_only_its_actors(
         workers = {workers}
         """,
     )
-    db = in_wal_mode(tmp_path / "data" / "tomlapp.db")
     app = rio.App.from_toml(path)
     assert app.data_dir == (tmp_path / "data").resolve()  # relative to the file
     assert app.workers == workers
@@ -220,6 +211,7 @@ async def test_from_toml_app_runs_and_hosts_only_its_actors(
         assert await TpCounter.ref("t").incr() == 1
         with pytest.raises(rio.UnknownActorType, match="does not host actor type 'TpOther'"):
             await TpOther.ref("t").ping()
+    db = tmp_path / "data" / "tomlapp.db"
     with contextlib.closing(sqlite3.connect(db)) as conn:  # the default storage, in data_dir
         rows = conn.execute("SELECT type_name, object_id FROM rio_state").fetchall()
     assert rows == [("TpCounter", "t")]
@@ -275,3 +267,15 @@ def test_from_toml_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(rio.ConfigError, match="is not valid TOML") as info:
         rio.App.from_toml(write(tmp_path, "[app\nname = \n"))
     assert "rio.toml" in str(info.value)
+
+
+
+async def test_a_worker_that_dies_at_start_fails_the_start_and_nothing_restarts(
+    tmp_path: Path, logs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DIE_AT_START_ENV, "2")  # worker 2 exits as it imports the helpers
+    app = rio.App("dies", storage="memory://", data_dir=tmp_path, workers=2)
+    with pytest.raises(rio.WorkerLost, match=r"worker 2 \(pid \d+\) exited with code 3"):
+        await app.start()
+    assert app.system is None
+    assert [line for line in logs if "restarting" in line] == []

@@ -14,7 +14,6 @@ from .helpers import (
     is_cause,
     placed_id,
     probe,
-    rio_bug,
     runtime_stats,
     storage,
 )
@@ -107,13 +106,6 @@ class TlSlowGoodbye(rio.Actor):
     async def hello(self) -> str:
         return "hello"
 
-
-OVERTAKES = (
-    "rio/core/runtime.py Runtime.deliver: a call to a NEW activation runs eagerly "
-    "(the `status == NEW` branch) without looking at its mailbox, so a call that "
-    "arrives after _rehome() gave a fresh activation the calls queued during a "
-    "deactivation, and before _pump() ran them, overtakes them (arrival order broken)"
-)
 
 #: Per id, in the process hosting it: (deactivation started, may finish).
 GOODBYES: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
@@ -330,11 +322,8 @@ async def test_room_deactivates_itself_after_three_pings(
 
 @pytest.mark.parametrize("room", [TlRoom, TlSlowRoom])
 async def test_messages_sent_meanwhile_reach_a_fresh_activation(
-    system: rio.System, probe: Probe, room: type[TlRoom], request: pytest.FixtureRequest
+    system: rio.System, probe: Probe, room: type[TlRoom]
 ) -> None:
-    # On workers the pings arrive in batches, and one may overtake those queued
-    # during the deactivation (see test_calls_queued_during_deactivation_keep_their_order).
-    rio_bug(request, OVERTAKES, on=("workers",), strict=False)
     ref = room.ref("pipelined")
     pings = [ref.ping() for _ in range(7)]  # all sent before any answer
     assert await asyncio.gather(*pings) == [1, 2, 3, 1, 2, 3, 1]
@@ -358,10 +347,9 @@ async def test_no_second_activation_while_the_first_is_deactivating(
     assert probe.names() == ["activate", "deactivating", "deactivated", "activate"]
 
 
-async def test_calls_queued_during_deactivation_keep_their_order(
-    system: rio.System, request: pytest.FixtureRequest
-) -> None:
-    rio_bug(request, OVERTAKES, on=("inproc", "workers"))
+async def test_calls_queued_during_deactivation_keep_their_order(system: rio.System) -> None:
+    # A fresh activation inherits the calls queued during the deactivation; a call made
+    # after them must not overtake them.
     target = placed_id(system, (TlOrderDriver, "d"), TlOrdered, same=True)
     first, second = await TlOrderDriver.ref("d").across_deactivation(target)
     assert first == [1]  # the fresh activation's first message
