@@ -269,7 +269,6 @@ def test_from_toml_bad_toml(tmp_path: Path) -> None:
     assert "rio.toml" in str(info.value)
 
 
-
 async def test_a_worker_that_dies_at_start_fails_the_start_and_nothing_restarts(
     tmp_path: Path, logs: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
