@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -38,6 +39,11 @@ from rio.core.errors import BadArguments, CallTimeout, NodeUnreachable, error_fr
 __all__ = ["Connection", "format_address"]
 
 _HANDSHAKE, _READY, _CLOSED = 0, 1, 2
+#: Frames sent less than this many seconds after one that went out at once are a
+#: burst: they gather until the end of the loop pass. A lone request (a round trip
+#: apart from the last) goes out at once; a thousand in one pass go out in two writes.
+_BURST_GAP = 20e-6
+_clock = time.perf_counter
 _REQUEST, _ONEWAY, _PING, _PONG = 1, 4, 5, 6
 
 
@@ -83,8 +89,8 @@ class Connection(asyncio.BufferedProtocol):
         self._max_frame = options.max_frame_size
         self._coalesce = options.coalesce_bytes
         self._out = bytearray()
-        self._pass_frames = 0  # frames queued in this loop pass
-        self._busy = False  # the last loop pass queued more than one
+        self._gathering = False  # frames wait for the end of a read or a loop pass
+        self._last_direct = 0.0  # when a frame last went out at once
         self._write_paused = False
         self._writable: list[asyncio.Future[None]] = []
         # Requests we sent, and requests we serve.
@@ -325,41 +331,52 @@ class Connection(asyncio.BufferedProtocol):
     def _read_frames(self) -> None:
         frames, error = self._rx.frames()
         if frames:
-            self._frames_in += len(frames)
-            futures = self._futures
-            inbound = self._inbound
-            for frame in frames:
-                try:
-                    msg: Any = decode(frame)  # one of the frame structs
-                except msgspec.DecodeError as e:
-                    self._protocol_error(describe_bad_frame(frame, e))
-                    return
-                cls = type(msg)
-                if cls is Reply:
-                    self._ping_sent_at = None  # it reads what we send: alive
-                    fut = futures.pop(msg.id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg.body)
-                elif cls is Request:
-                    inbound.take(msg)
-                elif cls is Failure:
-                    self._ping_sent_at = None
-                    fut = futures.pop(msg.id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_exception(error_from_wire(msg.error))
-                elif cls is Oneway:
-                    inbound.take_oneway(msg.body)
-                elif cls is Ping:
-                    if self._write_paused:  # one pong is owed, not one per ping
-                        self._pong_owed = msg.id
-                    else:
-                        self._send((_PONG, msg.id))
-                else:  # Pong
-                    self._ping_sent_at = None
-                if self._state != _READY:
-                    return
-        if error is not None:
+            # Whatever the frames of one read make us send goes out in one write.
+            gather = not self._gathering
+            self._gathering = True
+            try:
+                self._dispatch(frames)
+            finally:
+                if gather:
+                    self._gathering = False
+                    self._write_out()
+        if error is not None and self._state == _READY:
             self._protocol_error(error)
+
+    def _dispatch(self, frames: list[bytearray]) -> None:
+        self._frames_in += len(frames)
+        futures = self._futures
+        inbound = self._inbound
+        for frame in frames:
+            try:
+                msg: Any = decode(frame)  # one of the frame structs
+            except msgspec.DecodeError as e:
+                self._protocol_error(describe_bad_frame(frame, e))
+                return
+            cls = type(msg)
+            if cls is Reply:
+                self._ping_sent_at = None  # it reads what we send: alive
+                fut = futures.pop(msg.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg.body)
+            elif cls is Request:
+                inbound.take(msg)
+            elif cls is Failure:
+                self._ping_sent_at = None
+                fut = futures.pop(msg.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(error_from_wire(msg.error))
+            elif cls is Oneway:
+                inbound.take_oneway(msg.body)
+            elif cls is Ping:
+                if self._write_paused:  # one pong is owed, not one per ping
+                    self._pong_owed = msg.id
+                else:
+                    self._send((_PONG, msg.id))
+            else:  # Pong
+                self._ping_sent_at = None
+            if self._state != _READY:
+                return
 
     def _protocol_error(self, reason: str) -> None:
         logger.warning("cluster transport: closing the connection with {}: {}", self.peer, reason)
@@ -370,16 +387,16 @@ class Connection(asyncio.BufferedProtocol):
     def _send(self, message: tuple[Any, ...]) -> None:
         out = self._out
         encode_frame(out, message, self._max_frame)
-        self._pass_frames = n = self._pass_frames + 1
-        if n == 1:
-            # Frames gather until the end of the loop pass and go out in one write. When
-            # the last pass sent one frame at most (light traffic), the first frame of
-            # this one goes out at once instead: a lone request waits for nothing.
-            self._loop.call_soon(self._flush)
-            if not self._busy:
+        if self._gathering:
+            if len(out) >= self._coalesce:
                 self._write_out()
-        elif len(out) >= self._coalesce:
+            return
+        if _clock() - self._last_direct >= _BURST_GAP:  # light traffic: out at once
             self._write_out()
+            self._last_direct = _clock()  # after the write: it may take a while
+        else:  # a burst: the rest of this loop pass goes out in one write, at its end
+            self._gathering = True
+            self._loop.call_soon(self._flush)
 
     def _send_checked(self, message: tuple[Any, ...], what: str) -> None:
         try:
@@ -396,8 +413,7 @@ class Connection(asyncio.BufferedProtocol):
         return BadArguments(f"{what} to node {self.peer}: the body cannot be encoded: {e}")
 
     def _flush(self) -> None:
-        self._busy = self._pass_frames > 1
-        self._pass_frames = 0
+        self._gathering = False
         self._write_out()
 
     def _write_out(self) -> None:
