@@ -1,4 +1,4 @@
-"""The built-in workloads: paths ``inproc`` and ``baseline``.
+"""The built-in workloads: the call suite on path ``inproc``, and ``baseline``.
 
 ``inproc`` calls actors hosted in the caller's own process and event loop; the
 ``baseline`` rows measure what this machine's Python can do at all for the same
@@ -66,69 +66,83 @@ async def _seq(ref: Any, n: int) -> Measurement:
     return Measurement(n, perf() - start, lat)
 
 
-@workload("inproc", "seq", n=200_000, quick_n=20_000)
-async def inproc_seq(n: int) -> Measurement:
-    """Sequential awaited ``incr`` calls to one actor holding an int."""
-    async with _app() as system:
-        ref = system.ref(BenchCounter, "seq")
-        await ref.incr(0)
-        return await _seq(ref, n)
+def register_call_suite(path: str, workers: int, sizes: dict[str, tuple[int, int]]) -> None:
+    """Register ``seq``, ``pipelined``, ``fanout`` and ``activate`` on ``path``.
 
+    The same bodies serve every path; only where the actors live differs
+    (``workers=0``: the caller's own process). ``sizes`` maps each name to its
+    full and quick operation counts.
+    """
 
-@workload("inproc", "pipelined", n=500_000, quick_n=100_000)
-async def inproc_pipelined(n: int) -> Measurement:
-    """Calls sent in batches of 1,000 without awaiting, then awaited together."""
-    async with _app() as system:
-        ref = system.ref(BenchCounter, "pipe")
-        await ref.incr(0)
-        lat: list[float] = []
-        done = 0
-        start = perf()
-        while done < n:
-            b = min(PIPELINE_BATCH, n - done)
-            t0 = perf()
-            futs = [ref.incr(1) for _ in range(b)]
-            for f in futs:
-                await f
-            lat.append(perf() - t0)
-            done += b
-        return Measurement(n, perf() - start, lat)
+    def app() -> rio.App:
+        return rio.App(f"bench-{path}", storage="memory://", actors=[BenchCounter], workers=workers)
 
-
-@workload("inproc", "fanout", n=100_000, quick_n=20_000)
-async def inproc_fanout(n: int) -> Measurement:
-    """1,000 actors; rounds of one call to each, all 1,000 in flight, then awaited."""
-    async with _app() as system:
-        refs = [system.ref(BenchCounter, f"f{i}") for i in range(1000)]
-        for r in refs:
-            await r.incr(0)
-        per = max(1, n // len(refs))
+    async def batches(refs: list[Any], rounds: int) -> Measurement:
+        # Each round sends one call to every ref without awaiting, then awaits them all.
         lat: list[float] = []
         start = perf()
-        for _ in range(per):
+        for _ in range(rounds):
             t0 = perf()
             futs = [r.incr(1) for r in refs]
             for f in futs:
                 await f
             lat.append(perf() - t0)
-        return Measurement(per * len(refs), perf() - start, lat)
+        return Measurement(rounds * len(refs), perf() - start, lat)
 
+    async def seq(n: int) -> Measurement:
+        async with app() as system:
+            ref = system.ref(BenchCounter, "seq")
+            await ref.incr(0)
+            return await _seq(ref, n)
 
-@workload("inproc", "activate", n=100_000, quick_n=10_000)
-async def inproc_activate(n: int) -> Measurement:
-    """N new actors, one call each (activation plus first turn)."""
-    async with _app() as system:
-        refs = [system.ref(BenchCounter, f"a{i}") for i in range(n)]
-        lat: list[float] = []
-        start = perf()
-        for i, r in enumerate(refs):
-            if i & 7:
-                await r.incr(1)
-            else:
+    async def pipelined(n: int) -> Measurement:
+        async with app() as system:
+            ref = system.ref(BenchCounter, "pipe")
+            await ref.incr(0)
+            return await batches([ref] * PIPELINE_BATCH, max(1, n // PIPELINE_BATCH))
+
+    async def fanout(n: int) -> Measurement:
+        async with app() as system:
+            refs = [system.ref(BenchCounter, f"f{i}") for i in range(1000)]
+            for f in [r.incr(0) for r in refs]:
+                await f
+            return await batches(refs, max(1, n // len(refs)))
+
+    async def activate(n: int) -> Measurement:
+        async with app() as system:
+            lat: list[float] = []
+            start = perf()
+            for first in range(0, n, PIPELINE_BATCH):
                 t0 = perf()
-                await r.incr(1)
+                last = min(n, first + PIPELINE_BATCH)
+                futs = [system.ref(BenchCounter, f"a{i}").incr(1) for i in range(first, last)]
+                for f in futs:
+                    await f
                 lat.append(perf() - t0)
-        return Measurement(n, perf() - start, lat)
+            return Measurement(n, perf() - start, lat)
+
+    where = "in the caller's own process" if workers == 0 else f"in {workers} worker processes"
+    seq.__doc__ = f"Sequential awaited calls to one actor {where}."
+    pipelined.__doc__ = (
+        f"Plain calls to one actor {where}, 1,000 sent without awaiting, then awaited."
+    )
+    fanout.__doc__ = f"1,000 actors {where}; rounds of one call to each, all in flight."
+    activate.__doc__ = f"New actors {where}, one call each, 1,000 in flight at a time."
+    for fn in (seq, pipelined, fanout, activate):
+        n, quick_n = sizes[fn.__name__]
+        workload(path, fn.__name__, n=n, quick_n=quick_n)(fn)
+
+
+register_call_suite(
+    "inproc",
+    0,
+    {
+        "seq": (200_000, 20_000),
+        "pipelined": (500_000, 100_000),
+        "fanout": (100_000, 20_000),
+        "activate": (100_000, 10_000),
+    },
+)
 
 
 @workload("baseline", "method-call", n=1_000_000, quick_n=200_000)
