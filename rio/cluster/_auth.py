@@ -172,6 +172,8 @@ class Handshake:
             if sent is None:
                 break
             out += sent
+        if self.done:
+            self._secret = b""  # not needed any more: keep it in fewer places
         return out
 
     def _server_hello(self, rx: RecvBuffer) -> bytes | None:

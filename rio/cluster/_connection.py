@@ -44,6 +44,7 @@ _HANDSHAKE, _READY, _CLOSED = 0, 1, 2
 #: apart from the last) goes out at once; a thousand in one pass go out in two writes.
 _BURST_GAP = 20e-6
 _clock = time.perf_counter
+_HANDSHAKE_BUFFER = 256
 _REQUEST, _ONEWAY, _PING, _PONG = 1, 4, 5, 6
 
 
@@ -78,7 +79,8 @@ class Connection(asyncio.BufferedProtocol):
         self._on_ready = on_ready
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
-        self._rx = RecvBuffer(options.read_buffer_size, options.max_frame_size)
+        # Small until the peer is authenticated: a stranger costs little memory.
+        self._rx = RecvBuffer(_HANDSHAKE_BUFFER, options.max_frame_size)
         self._handshake = Handshake(secret, server_side=server_side)
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._state = _HANDSHAKE
@@ -305,6 +307,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _became_ready(self) -> None:
         self._state = _READY
+        self._rx.resize(self._options.read_buffer_size)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None

@@ -169,13 +169,26 @@ class RecvBuffer:
         return bytes(self._view[self.start : min(self.end, self.start + limit)])
 
     def take(self, n: int) -> bytes | None:
-        """The next ``n`` bytes, or None (nothing consumed) when fewer have arrived."""
+        """The next ``n`` bytes, or None (nothing consumed) when fewer have arrived.
+
+        For the unframed bytes before the first frame (the handshake): what follows
+        them is not read as a frame length, so an unauthenticated peer cannot make
+        the buffer grow.
+        """
         if self.end - self.start < n:
             return None
         data = bytes(self._view[self.start : self.start + n])
         self.start += n
-        self.make_room()
+        self.make_room(0)
         return data
+
+    def resize(self, size: int) -> None:
+        """Change the steady size (after the handshake: from a small buffer to the full one)."""
+        self._size = size
+        self._min_free = max(1024, size // 8)
+        self._replace(max(size, self.end - self.start), self.peek(self.end - self.start))
+        self.end -= self.start
+        self.start = 0
 
     def frames(self) -> tuple[list[bytearray], str | None]:
         """The complete frames received, and why to stop reading if a length is refused.
@@ -212,8 +225,12 @@ class RecvBuffer:
         (n,) = HEADER.unpack_from(self._buf, self.start)
         return f"{have - HEADER_SIZE} of the {n} bytes of a frame"
 
-    def make_room(self) -> None:
-        """Reset, compact or grow so the next read has room and the current frame fits."""
+    def make_room(self, need: int | None = None) -> None:
+        """Reset, compact or grow so the next read has room and the current frame fits.
+
+        ``need`` is how many bytes from ``start`` must fit; None reads it from the
+        pending frame's length prefix.
+        """
         start, end, size = self.start, self.end, len(self._buf)
         if start == end:
             self.start = self.end = 0
@@ -221,12 +238,14 @@ class RecvBuffer:
                 self._replace(self._size, b"")
             return
         have = end - start
-        need = HEADER_SIZE
-        if have >= HEADER_SIZE:
-            (n,) = HEADER.unpack_from(self._buf, start)
-            if n > self.limit:  # frames() reports it; never allocate for it
-                return
-            need += n
+        if need is None:
+            need = HEADER_SIZE
+            if have >= HEADER_SIZE:
+                (n,) = HEADER.unpack_from(self._buf, start)
+                if n > self.limit:  # frames() reports it; never allocate for it
+                    return
+                need += n
+        need = max(need, have + 1)  # and room for at least one more byte
         if start + need <= size and (size - end >= self._min_free or start == 0):
             return
         tail = self._view[start:end].tobytes()  # a copy: the move may overlap

@@ -577,6 +577,30 @@ def test_empty_secret_and_bad_options_are_config_errors(run: Run) -> None:
     run(main())
 
 
+def test_a_stranger_costs_little_memory_until_authenticated(run: Run, logs: list[str]) -> None:
+    opts = TransportOptions(handshake_timeout=0.3)
+
+    async def main() -> None:
+        async with node(options=opts) as server, client(server.port) as good:
+            assert len(good._rx._buf) == opts.read_buffer_size  # full size once trusted
+            reader, writer = await raw_peer(server.port)
+            # After the hello, not a proof yet; read as a frame, it would announce 10 MB.
+            writer.write(_auth.hello(_auth.new_nonce()) + HEADER.pack(10_000_000) + b"x" * 20)
+            await reader.readexactly(_auth.HELLO_SIZE)
+            [stranger] = [c for c in server._all if c not in server.connections]
+            for _ in range(1000):  # no event to wait on: until the server has read it
+                if stranger.statistics().bytes_received == _auth.HELLO_SIZE + 24:
+                    break
+                await asyncio.sleep(0.001)
+            assert stranger.statistics().bytes_received == _auth.HELLO_SIZE + 24
+            assert len(stranger._rx._buf) <= 256
+            assert await rest_until_closed(reader) == b""  # and nothing more
+            writer.close()
+            assert logged(logs, "refused", "no complete handshake within 0.3s")
+
+    run(main())
+
+
 # ------------------------------------------------------------------ bad input
 
 
