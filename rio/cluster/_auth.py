@@ -93,9 +93,12 @@ def check_magic_prefix(data: bytes) -> None:
     """
     n = min(len(data), len(MAGIC))
     if data[:n] != MAGIC[:n]:
+        hint = ""
+        if data[:1] == b"\x16":  # a TLS record: a handshake
+            hint = "; that is TLS: use TLS on both ends or on neither"
         raise HandshakeError(
             f"not a rio cluster node (it sent {bytes(data[:16])!r} where the magic "
-            f"{MAGIC!r} belongs)"
+            f"{MAGIC!r} belongs{hint})"
         )
 
 

@@ -487,7 +487,8 @@ class Connection(asyncio.BufferedProtocol):
         if not self._server_side:
             reason = (
                 "it closed the connection during the handshake: the cluster secrets "
-                "differ, or the rio versions do, or it is not a rio node (its log says which)"
+                "differ, or the rio versions or TLS settings do, or it is not a rio node "
+                "(its log says which)"
             )
             logger.warning("cluster transport: handshake with {} failed: {}", self.peer, reason)
             return reason

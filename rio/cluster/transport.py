@@ -247,7 +247,10 @@ async def connect(
     except _ssl.SSLError as e:
         raise NodeUnreachable(f"cannot connect to node {peer}: TLS failed: {e}") from e
     except OSError as e:
-        raise NodeUnreachable(f"cannot connect to node {peer}: {e.strerror or e}") from e
+        hint = ""
+        if ssl is not None and not isinstance(e, ConnectionRefusedError):
+            hint = " during the TLS handshake (is TLS on at both ends?)"
+        raise NodeUnreachable(f"cannot connect to node {peer}: {e.strerror or e}{hint}") from e
     try:
         await conn._ready
     except asyncio.CancelledError:

@@ -798,7 +798,13 @@ def test_tls_with_a_self_signed_certificate(run: Run, tmp_path: Path, logs: list
                 rio.NodeUnreachable, match=r"TLS failed: .*CERTIFICATE_VERIFY_FAILED"
             ):
                 await connect(HOST, server.port, secret=SECRET, ssl=untrusting, options=opts)
+            with pytest.raises(rio.NodeUnreachable, match="the rio versions or TLS settings"):
+                await connect(HOST, server.port, secret=SECRET, options=opts)  # no TLS
             await still_serves_tls(server, client_ctx)
+        async with node() as plain:
+            with pytest.raises(rio.NodeUnreachable, match=r"TLS handshake \(is TLS on at both"):
+                await connect(HOST, plain.port, secret=SECRET, ssl=client_ctx, options=opts)
+            assert logged(logs, "refused", "that is TLS: use TLS on both ends or on neither")
 
     async def still_serves_tls(server: Server, ctx: ssl.SSLContext) -> None:
         async with client(server.port, ssl=ctx) as conn:
