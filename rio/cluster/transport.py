@@ -2,9 +2,9 @@
 
 Example::
 
-    async def handle(conn: Connection, body: msgspec.Raw) -> Any:
+    def handle(conn: Connection, body: msgspec.Raw) -> Any:
         method, arg = decoder.decode(body)
-        return arg + 1                             # any msgpack value, or msgspec.Raw
+        return arg + 1        # a msgpack value or msgspec.Raw, or a future/coroutine of one
 
     server = await serve(handle, secret="s3cret")  # 127.0.0.1, an ephemeral port
     conn = await connect("127.0.0.1", server.port, secret="s3cret")
@@ -19,14 +19,19 @@ How it behaves:
   replies are matched by request id and may come in any order. Each request has a
   deadline (:class:`rio.CallTimeout`); when the connection drops, every request still
   waiting fails with :class:`rio.NodeUnreachable` naming the peer.
-* **Coalesced, bounded writes.** Frames queued during one event-loop pass go out in
-  one write. When the peer reads slower than we write, the transport's buffer fills
-  up to a high-water mark and senders wait (:meth:`Connection.wait_writable`).
+* **Coalesced, bounded writes.** What the frames of one read make a node send (the
+  answers of plain and future handlers, pongs) goes out in one write; so do frames
+  sent in a burst within one event-loop pass; a lone frame goes out at once. When the
+  peer reads slower than we write, the transport's buffer fills up to a high-water
+  mark, senders wait (:meth:`Connection.wait_writable`) and the peer's requests wait
+  unanswered; when enough of those wait, the connection stops reading.
 * **Keep-alive.** Each end pings the other; a peer that answers neither pings nor
   requests within ``ping_timeout`` is declared dead and its connection closed.
 * **Refuses bad input, keeps serving.** A malformed, oversized or truncated frame, or
   one of an unknown kind, closes that one connection with a logged reason.
 * **No pickle.** Frames are msgspec tagged arrays; bodies are msgpack.
+* **Loopback unless told.** :func:`serve` binds 127.0.0.1 (port 0: an ephemeral one)
+  unless given another host.
 """
 
 from __future__ import annotations
@@ -122,7 +127,11 @@ class Server:
         return list(self._ready)
 
     async def close(self) -> None:
-        """Stop listening, close every connection, cancel the handlers still running."""
+        """Stop listening, close every connection, cancel the handlers still running.
+
+        Requests the peers still wait on fail there with :class:`rio.NodeUnreachable`;
+        a peer that does not read what is queued for it gets ``ping_timeout`` seconds.
+        """
         if self._closing:
             return
         self._closing = True
@@ -158,9 +167,11 @@ async def serve(
     """Listen for cluster peers on ``host:port`` (loopback and an ephemeral port by default).
 
     Args:
-        handler: ``async def handle(conn, body) -> reply`` for every request; it may
-            also return a future. Many run at once on one connection; each reply goes
-            back as soon as it is ready. Its exception reaches the caller as the error.
+        handler: ``handle(conn, body)`` answers every request with the reply (a
+            msgpack value or ``msgspec.Raw``), a future of it, or is an ``async def``
+            (a task per request; values and futures need none). Many run at once on
+            one connection; each reply goes back as soon as it is ready. An exception
+            reaches the caller as the error. None refuses every request.
         secret: the cluster secret, the same on every node.
         host: the address to bind; ``"0.0.0.0"`` or a public address opens the port
             to the network (use TLS there).
