@@ -170,6 +170,8 @@ class Hub:
 
     def _ring_doorbells(self) -> None:
         self._doorbells_scheduled = False
+        if self._closed:
+            return
         targets, self._ring_soon = self._ring_soon, set()
         for dst in targets:
             if self._writers[dst].ring.consumer_sleeping:

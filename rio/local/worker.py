@@ -22,8 +22,8 @@ import msgspec
 from loguru import logger
 
 from rio.core.context import set_default_system
-from rio.core.errors import RemoteError, SystemStopping, error_to_wire
-from rio.core.registry import Handler, lookup_type
+from rio.core.errors import RemoteError, SystemStopping, UnknownActorType, error_to_wire
+from rio.core.registry import ActorType, Handler, lookup_type
 from rio.core.runtime import Runtime
 from rio.core.system import System, key_of
 from rio.local.config import WorkerConfig, import_modules, owner_of
@@ -151,7 +151,7 @@ class WorkerSystem(System):
             if msg.method == DEACTIVATE:
                 fut: asyncio.Future[Any] = asyncio.ensure_future(self.runtime.deactivate_key(key))
             else:
-                handler = lookup_type(msg.type_name).handler(msg.method)
+                handler = _lookup(msg.type_name, self.me).handler(msg.method)
                 args, kwargs = handler.split_wire_args(decode_args(handler, msg.args))
                 chain = tuple((c[0], c[1]) for c in msg.chain) or (key,)
                 if len(chain) == 1 and self.runtime._stopping:
@@ -196,6 +196,17 @@ class WorkerSystem(System):
     async def _drain(self) -> None:
         await self.runtime.drain()
         self.hub.send(0, encode(Drained(self.me)))
+
+
+def _lookup(type_name: str, me: int) -> ActorType:
+    try:
+        return lookup_type(type_name)
+    except UnknownActorType as e:
+        raise UnknownActorType(
+            f"{e} (in worker {me}, which found actor classes by importing the modules "
+            "that define them: a class defined inside a function or created at run "
+            "time cannot be found there; define it at module level, or use workers=0)"
+        ) from None
 
 
 def _die_with_parent() -> None:
