@@ -364,6 +364,32 @@ def test_oneway_messages_arrive_in_order(run: Run) -> None:
     run(main())
 
 
+def test_a_failing_oneway_handler_is_logged_and_the_connection_goes_on(
+    run: Run, logs: list[str]
+) -> None:
+    async def main() -> None:
+        async def later(body: msgspec.Raw) -> None:
+            raise RuntimeError(f"async {_any.decode(body)}")
+
+        def on_oneway(conn: Connection, body: msgspec.Raw) -> Any:
+            if _any.decode(body) == "sync":
+                raise ValueError("sync")
+            return later(body)
+
+        async with node(on_oneway=on_oneway) as server, client(server.port) as conn:
+            await conn.send_oneway("sync")
+            await conn.send_oneway("task")
+            await conn.request("sync point")
+            await asyncio.gather(
+                *server.connections[0]._inbound.tasks.values(), return_exceptions=True
+            )
+            assert _any.decode(await conn.request("still")) == "still"
+        failed = logged(logs, "ERROR", "the one-way handler failed on a message from 127.0.0.1:")
+        assert len(failed) == 2
+
+    run(main())
+
+
 def test_handlers_beyond_max_in_flight_wait_their_turn(run: Run) -> None:
     limit = 4
 
@@ -747,8 +773,11 @@ def test_a_sender_waits_while_the_peer_does_not_read(run: Run) -> None:
                 assert sent < 10_000, "the sender never had to wait"
             assert conn.statistics().write_paused
             blocked = conn.request("queued behind")
+            too_late = conn.request("in a hurry", timeout=0.05)
             await asyncio.sleep(0)
             assert not blocked.done()
+            with pytest.raises(rio.CallTimeout, match=r"did not take a request within 0\.05s"):
+                await too_late
             transport = conn._transport
             assert transport is not None
             assert transport.get_write_buffer_size() <= opts.write_buffer_high + 2 * len(chunk)
