@@ -157,7 +157,7 @@ class Inbound:
             else:
                 self.serving += 1
                 result.add_done_callback(partial(self._future_done, msg.id))
-        elif type(result) is _Coroutine or inspect.isawaitable(result):
+        elif type(result) is _Coroutine or hasattr(type(result), "__await__"):
             self.serving += 1
             key = next(self._keys)
             task = asyncio.ensure_future(result)
