@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ __all__ = [
     "Measurement",
     "Record",
     "Workload",
+    "WorkloadFailed",
+    "measure",
     "registered",
     "run_workloads",
     "workload",
@@ -112,18 +116,50 @@ def to_record(w: Workload, m: Measurement) -> Record:
     )
 
 
+def measure(w: Workload, n: int) -> Record:
+    """Run ``w`` once to warm up, then measure ``n`` operations (in this process)."""
+    run(w.fn(max(1, n // 10)))  # warm-up: imports, caches, allocator
+    gc.collect()
+    start = time.perf_counter()
+    m = run(w.fn(n))
+    if m.seconds <= 0:
+        m = Measurement(m.n, time.perf_counter() - start, m.latencies)
+    return to_record(w, m)
+
+
+class WorkloadFailed(Exception):
+    """A workload's process failed; the message is the tail of what it printed."""
+
+
+def _measure_in_child(w: Workload, n: int) -> Record:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rio.bench.one", w.path, w.name, str(n)],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise WorkloadFailed(lines[-1] if lines else f"exit code {proc.returncode}")
+    return msgspec.json.decode(proc.stdout.strip().splitlines()[-1], type=Record)
+
+
 def run_workloads(
     selected: Iterable[Workload],
     *,
     quick: bool,
     progress: Callable[[int, int, Workload], None] | None = None,
     failed: Callable[[Workload, BaseException], None] | None = None,
+    isolate: bool = True,
 ) -> list[Record]:
-    """Run each workload in a fresh event loop, after a short warm-up run.
+    """Run each workload after a short warm-up run; by default each in a fresh process.
 
-    They run in registration order, so pairs meant to be compared (``persist-X`` and
-    ``driver-X``) run back to back; the records come back in ``selected``'s order. A
-    workload that raises is reported to ``failed`` and left out; the others still run.
+    A fresh interpreter per workload keeps one workload's leftovers (garbage, threads,
+    child processes, a grown heap) out of the next one's figures. They run in
+    registration order, so pairs meant to be compared (``persist-X`` and ``driver-X``)
+    run back to back; the records come back in ``selected``'s order. A workload that
+    fails is reported to ``failed`` and left out; the others still run.
     """
     chosen = list(selected)
     order = {id(w): i for i, w in enumerate(_WORKLOADS)}
@@ -134,16 +170,9 @@ def run_workloads(
             progress(i, len(by_run), w)
         n = w.quick_n if quick else w.n
         try:
-            run(w.fn(max(1, n // 10)))  # warm-up: imports, caches, allocator
-            gc.collect()
-            start = time.perf_counter()
-            m = run(w.fn(n))
+            results[id(w)] = _measure_in_child(w, n) if isolate else measure(w, n)
         except Exception as e:
             if failed is None:
                 raise
             failed(w, e)
-            continue
-        if m.seconds <= 0:
-            m = Measurement(m.n, time.perf_counter() - start, m.latencies)
-        results[id(w)] = to_record(w, m)
     return [results[id(w)] for w in chosen if id(w) in results]
