@@ -73,6 +73,7 @@ class WorkerSystem(System):
         self.remote = RemoteCalls(self.hub, self.name)
         self.exit = asyncio.Event()
         self._draining: asyncio.Future[None] | None = None
+        self._handlers: dict[tuple[str, str], Handler] = {}
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
 
@@ -151,9 +152,12 @@ class WorkerSystem(System):
             if msg.method == DEACTIVATE:
                 fut: asyncio.Future[Any] = asyncio.ensure_future(self.runtime.deactivate_key(key))
             else:
-                handler = _lookup(msg.type_name, self.me).handler(msg.method)
+                handler = self._handlers.get((msg.type_name, msg.method))
+                if handler is None:
+                    handler = _lookup(msg.type_name, self.me).handler(msg.method)
+                    self._handlers[(msg.type_name, msg.method)] = handler
                 args, kwargs = handler.split_wire_args(decode_args(handler, msg.args))
-                chain = tuple((c[0], c[1]) for c in msg.chain) or (key,)
+                chain = tuple(msg.chain) or (key,)  # msgspec decoded its pairs as tuples
                 if len(chain) == 1 and self.runtime._stopping:
                     raise SystemStopping(
                         f"{self.name} is stopping: call to {key[0]}/{key[1]}.{msg.method}() refused"
