@@ -232,9 +232,11 @@ class Actor(Generic[S]):
     def deactivate(self) -> None:
         """Deactivate this actor once the current turn ends (rio-rs' self shutdown).
 
-        Messages that arrive meanwhile are delivered to a fresh activation.
+        Messages that arrive meanwhile are delivered to a fresh activation. Called
+        outside a turn (a background task or thread), it deactivates as soon as the
+        actor is idle.
         """
-        self._rio_deact = True
+        self._rio_system.deactivate_soon(self)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a background task owned by this activation.

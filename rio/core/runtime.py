@@ -234,6 +234,7 @@ class Runtime(System):
         self._deact_waiters: dict[Key, list[asyncio.Future[None]]] = {}
         self._saving: dict[Key, asyncio.Future[None]] = {}
         self._turn_tasks: set[asyncio.Task[Any]] = set()
+        self._deact_tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         # The sweeper's current sleep; an activation whose TTL needs a shorter one wakes it.
         self._sweep_period = 0.0
@@ -307,8 +308,11 @@ class Runtime(System):
                 len(self._acts),
                 stuck,
             )
-            for task in list(self._turn_tasks):
+            stuck_tasks = [*self._turn_tasks, *self._deact_tasks]
+            for task in stuck_tasks:
                 task.cancel()
+            # Wait for them to unwind, so no hook or save runs after storage closes.
+            await asyncio.gather(*stuck_tasks, return_exceptions=True)
             for act in list(self._acts.values()):
                 self._discard(act, SystemStopping(f"{self.name} stopped before this call ran"))
 
@@ -320,6 +324,7 @@ class Runtime(System):
         self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         self._deadlines.clear()
         await self.storage.close()
 
@@ -412,7 +417,12 @@ class Runtime(System):
             if status == ACTIVE:
                 # Idle, nothing queued and no drain pending (a drain may be about to
                 # deactivate it): run the turn right here, in the caller's stack.
-                if not act._rio_busy and not act._rio_queue and not act._rio_draining:
+                if (
+                    not act._rio_busy
+                    and not act._rio_queue
+                    and not act._rio_draining
+                    and not act._rio_deact
+                ):
                     act._rio_busy = 1
                     coro = handler.fn(act, *args, **kwargs) if kwargs else handler.fn(act, *args)
                     return self._first_step(act, handler, coro, (act, chain, deadline), prev, now)
@@ -455,8 +465,11 @@ class Runtime(System):
         return asyncio.run_coroutine_threadsafe(call(), loop)
 
     def _reentrant_type(self, key: Key) -> bool:
-        act = self._acts.get(key)
-        return act is not None and act._rio_type.reentrant
+        # From the registry, not an activation: the actor may live in another process.
+        try:
+            return lookup_type(key[0]).reentrant
+        except UnknownActorType:
+            return False
 
     def _deadlock(self, chain: tuple[Key, ...], key: Key, handler: Handler) -> Deadlock:
         start = chain.index(key)
@@ -670,7 +683,9 @@ class Runtime(System):
                     if status in (NEW, ACTIVATING, ACTIVE):
                         # From here on calls queue; they reach a fresh activation.
                         act._rio_status = DEACTIVATING
-                        self._create_task(self._deactivate_now(act, status == ACTIVE))
+                        task = self._create_task(self._deactivate_now(act, status == ACTIVE))
+                        self._deact_tasks.add(task)
+                        task.add_done_callback(self._deact_tasks.discard)
                         return
                     act._rio_deact = False
                 queue = act._rio_queue
@@ -908,7 +923,7 @@ class Runtime(System):
                 info.name, act.id, act.state, info.state_type, act._rio_version
             )
         except StateConflict:
-            act._rio_deact = True
+            self.deactivate_soon(act)
             raise
         finally:
             del self._saving[key]
@@ -922,7 +937,7 @@ class Runtime(System):
         try:
             await self.storage.delete(info.name, act.id, act._rio_version)
         except StateConflict:
-            act._rio_deact = True
+            self.deactivate_soon(act)
             raise
         act.state = info.state_type()
         act._rio_version = 0
@@ -943,6 +958,15 @@ class Runtime(System):
         """See :meth:`Actor.start_thread`."""
         return self.background.start_thread(act, fn, args, name)
 
+    def deactivate_soon(self, act: Actor[Any]) -> None:
+        """Deactivate ``act`` after its current turn, or at once when it is idle."""
+        if get_ident() != self._thread_id:
+            self._loop_().call_soon_threadsafe(self.deactivate_soon, act)
+            return
+        act._rio_deact = True
+        if act._rio_status == ACTIVE and not act._rio_busy and not act._rio_draining:
+            self._start_drain(act)
+
     def background_failed(self, act: Actor[Any], what: str, exc: BaseException) -> None:
         """Log a failed background job and deactivate its activation."""
         logger.opt(exception=exc).error(
@@ -954,9 +978,7 @@ class Runtime(System):
             exc,
         )
         if act._rio_status in (ACTIVATING, ACTIVE):
-            act._rio_deact = True
-            if not act._rio_busy and not act._rio_draining:
-                self._start_drain(act)
+            self.deactivate_soon(act)
 
     # -- introspection -----------------------------------------------------------------
 

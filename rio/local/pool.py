@@ -28,7 +28,7 @@ import msgspec
 from loguru import logger
 
 from rio.core.context import CALLER_DEADLINE
-from rio.core.errors import ConfigError, SystemStopping, WorkerLost, error_from_wire
+from rio.core.errors import ConfigError, RioError, SystemStopping, WorkerLost, error_from_wire
 from rio.core.registry import Handler
 from rio.core.system import System, key_of
 from rio.local.config import AppSettings, WorkerConfig, actor_modules, owner_of
@@ -66,7 +66,7 @@ class PoolStats(msgspec.Struct, frozen=True):
 
 
 class _Worker:
-    __slots__ = ("exited", "gen", "index", "pidfd", "proc", "ready")
+    __slots__ = ("exited", "gen", "index", "pidfd", "proc", "ready", "restarting")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -75,6 +75,7 @@ class _Worker:
         self.pidfd = -1
         self.ready: asyncio.Future[Ready] | None = None
         self.exited = asyncio.Event()
+        self.restarting = False
 
 
 class PoolSystem(System):
@@ -328,27 +329,82 @@ class PoolSystem(System):
             w.ready.set_exception(
                 WorkerLost(f"worker {w.index} (pid {proc.pid}) {reason} while starting")
             )
-            if not self._started:
-                return
-        if self._stopping or gen != w.gen:
+        if not self._started or gen != w.gen or w.restarting:
+            return  # a failed start: start() or the restart loop handles it
+        if self._stopping:
+            # Dying while the pool stops: fail its calls and stop waiting for its drain.
+            self.remote.peer_down(w.index, proc.pid, reason)
+            drained = self._drained.get(w.index)
+            if drained is not None:
+                drained.set()
             return
         logger.error(
             "{}: worker {} (pid {}) {}; restarting it", self.name, w.index, proc.pid, reason
         )
         self.remote.peer_down(w.index, proc.pid, reason)
+        w.restarting = True
         task = asyncio.ensure_future(self._restart(w, proc.pid, reason))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _restart(self, w: _Worker, pid: int, reason: str) -> None:
+        """Bring worker ``w`` back: others forget it, then new processes until one serves.
+
+        A worker that keeps failing to start is retried with exponential backoff (up
+        to 30 s); calls to it wait meanwhile, each within its own deadline.
+        """
         assert self._restart_lock is not None
-        async with self._restart_lock:
-            if self._stopping:
-                return
-            key = (w.index, w.gen)
-            others = self._live_except(w.index)
-            self._resets[key] = set()
-            ev = self._reset_events[key] = asyncio.Event()
+        try:
+            async with self._restart_lock:
+                if self._stopping:
+                    return
+                await self._forget(w, pid, reason)
+                delay = 0.0
+                while not self._stopping:
+                    if delay:
+                        await asyncio.sleep(delay)
+                        if self._stopping:
+                            return
+                    self._restarts += 1
+                    self._spawn(w)
+                    assert w.ready is not None
+                    try:
+                        async with asyncio.timeout(START_TIMEOUT):
+                            ready = await w.ready
+                        if ready.error is not None:
+                            raise error_from_wire(ready.error)
+                        if ready.problems:
+                            raise ConfigError("; ".join(ready.problems))
+                    except (TimeoutError, RioError) as e:
+                        delay = min(30.0, max(0.5, delay * 2))
+                        logger.error(
+                            "{}: worker {} did not restart ({}: {}); retrying in {:.1f}s",
+                            self.name,
+                            w.index,
+                            type(e).__name__,
+                            e,
+                            delay,
+                        )
+                        await self._kill(w)
+                        continue
+                    if self._stopping:
+                        return
+                    self.remote.peer_up(w.index)
+                    self._broadcast(Up(w.index, w.gen, ready.pid), skip=w.index)
+                    logger.info(
+                        "{}: worker {} serves again (pid {})", self.name, w.index, ready.pid
+                    )
+                    return
+        finally:
+            w.restarting = False
+
+    async def _forget(self, w: _Worker, pid: int, reason: str) -> None:
+        """Have every other worker fail its calls to ``w`` and reset its rings with it."""
+        key = (w.index, w.gen)
+        others = self._live_except(w.index)
+        self._resets[key] = set()
+        ev = self._reset_events[key] = asyncio.Event()
+        try:
             if others:
                 self._broadcast(Down(w.index, w.gen, pid, reason), skip=w.index)
                 try:
@@ -361,19 +417,14 @@ class PoolSystem(System):
                         sorted(others - self._resets[key]),
                         w.index,
                     )
+        finally:
             del self._resets[key], self._reset_events[key]
-            self._restarts += 1
-            self._spawn(w)
-            assert w.ready is not None
-            try:
-                async with asyncio.timeout(START_TIMEOUT):
-                    ready = await w.ready
-            except (TimeoutError, WorkerLost) as e:
-                logger.error("{}: worker {} did not restart: {}", self.name, w.index, e)
-                return
-            self.remote.peer_up(w.index)
-            self._broadcast(Up(w.index, w.gen, ready.pid), skip=w.index)
-            logger.info("{}: worker {} serves again (pid {})", self.name, w.index, ready.pid)
+
+    async def _kill(self, w: _Worker) -> None:
+        if w.proc is not None and w.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signal.SIGKILL)
+            await self._loop.run_in_executor(None, w.proc.wait)
 
     # -- stop --------------------------------------------------------------------------
 
@@ -382,6 +433,9 @@ class PoolSystem(System):
         if not self._started or self._stopping:
             return
         self._stopping = True
+        for task in list(self._tasks):  # a restart in progress stops here
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         live = [w for w in self._workers if not self.remote.is_down(w.index)]
         self._drained = {w.index: asyncio.Event() for w in live}
         for w in live:
@@ -392,7 +446,10 @@ class PoolSystem(System):
                     await self._drained[w.index].wait()
         except TimeoutError:
             logger.warning("{}: workers did not drain in time; stopping them", self.name)
-        self._broadcast(Exit())
+        exit_msg = encode(Exit())
+        for w in self._workers:  # every live process, restarted or not
+            if w.proc is not None and w.proc.poll() is None:
+                self.hub.send(w.index, exit_msg)
         try:
             async with asyncio.timeout(5.0):
                 for w in self._workers:

@@ -30,7 +30,7 @@ def _unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> Bad
     for name, value in zip(handler.param_names, values, strict=False):
         try:
             encode(value)
-        except (TypeError, msgspec.EncodeError) as inner:
+        except Exception as inner:
             return BadArguments(
                 f"{handler.owner}.{handler.name}(): argument {name!r} cannot cross "
                 f"processes: {inner}. Pass msgspec Structs, builtins, or lists and dicts "
@@ -76,7 +76,7 @@ class RemoteCalls:
             data = encode(
                 Call(req, key[0], key[1], handler.name, deadline - now, list(chain), values)  # type: ignore[arg-type]
             )
-        except (TypeError, msgspec.EncodeError) as e:
+        except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
             raise _unencodable(handler, values, e) from None
         loop = self.hub.loop
         fut: asyncio.Future[Any] = loop.create_future()
@@ -84,6 +84,8 @@ class RemoteCalls:
         self._deadlines.add(loop, deadline, req)
         held = self._down.get(dst)
         if held is not None:
+            if len(held) >= 1024:  # drop those whose deadline passed meanwhile
+                held[:] = [h for h in held if h[0] in self._pending]
             held.append((req, data))
         else:
             self.hub.send(dst, data)

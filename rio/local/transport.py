@@ -23,6 +23,8 @@ import os
 import time
 from collections.abc import Callable
 
+from loguru import logger
+
 from rio.local.ring import Ring, RingReader, RingWriter, ring_size
 
 __all__ = ["Fabric", "Hub"]
@@ -220,7 +222,12 @@ class Hub:
                 self._ring(src)
             got = True
             for m in msgs:
-                on_message(src, m)
+                try:
+                    on_message(src, m)
+                except Exception:  # one bad message must never stop this process reading
+                    logger.opt(exception=True).error(
+                        "process {}: handling a message from process {} failed", self.me, src
+                    )
         if self._blocked:
             self._flush_blocked()
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds.

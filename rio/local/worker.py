@@ -164,8 +164,10 @@ class WorkerSystem(System):
                     )
                 now = self._loop.time()
                 fut = self.runtime.deliver(key, handler, args, kwargs, chain, now + msg.budget, now)
-        except Exception as e:
+        except BaseException as e:  # a handler raising CancelledError at once lands here too
             self._send_error(src, msg.req, e)
+            if not isinstance(e, Exception | asyncio.CancelledError):
+                raise
             return
         if fut.done():
             self._reply(src, msg, fut)
@@ -184,7 +186,7 @@ class WorkerSystem(System):
             return
         try:
             data = encode(Reply(msg.req, True, fut.result()))
-        except (TypeError, msgspec.EncodeError) as e:
+        except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
             err = RemoteError(
                 "msgspec.EncodeError",
                 f"{msg.type_name}/{msg.object_id}.{msg.method}() returned a value that "
