@@ -1,0 +1,115 @@
+"""Failures that must not take a worker pool down (regressions from review)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+import rio
+from rio.local.pool import PoolSystem
+
+pytestmark = pytest.mark.slow
+
+
+class PfBig(rio.Actor):
+    async def huge(self) -> int:
+        return 2**70  # msgspec cannot encode an int over 64 bits
+
+    async def take(self, n: int) -> int:
+        return 1
+
+    async def ok(self) -> str:
+        return "ok"
+
+
+class PfRoom(rio.Actor, reentrant=True):
+    async def enter(self, guest: str) -> int:
+        return await PfGuest.ref(guest).greet(self.id)
+
+    async def peek(self) -> int:
+        return 42
+
+
+class PfGuest(rio.Actor):
+    async def greet(self, room: str) -> int:
+        return await PfRoom.ref(room).peek()
+
+
+class PfQuitter(rio.Actor):
+    async def start_quitting(self) -> int:
+        self.spawn(self._quit_later())
+        return os.getpid()
+
+    async def _quit_later(self) -> None:
+        await asyncio.sleep(0)
+        self.deactivate()  # outside any turn: must still take effect
+
+    async def on_deactivate(self) -> None:
+        await PfProbe.ref("log").note(f"quit {self.id}")
+
+
+class PfProbe(rio.Actor, idle_ttl=None):
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    async def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    async def seen(self) -> list[str]:
+        return self.notes
+
+
+def _pool(workers: int = 2) -> rio.App:
+    return rio.App("pool-failures", storage="memory://", workers=workers, drain_timeout=5)
+
+
+async def test_an_unencodable_answer_is_an_error_and_the_worker_serves_on() -> None:
+    async with _pool():
+        with pytest.raises(rio.RemoteError, match="cannot cross processes"):
+            await PfBig.ref("b").huge()
+        with pytest.raises(rio.BadArguments, match="argument 'n' cannot cross processes"):
+            PfBig.ref("b").take(2**70)
+        assert await PfBig.ref("b").ok() == "ok"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+async def test_a_reentrant_type_takes_callbacks_across_workers(workers: int) -> None:
+    async with _pool(workers) as system:
+        room, guest = "r", "g0"
+        if isinstance(system, PoolSystem):  # put the guest on the other worker
+            guest = next(
+                f"g{i}"
+                for i in range(100)
+                if system.owner(("PfGuest", f"g{i}")) != system.owner(("PfRoom", room))
+            )
+        assert await PfRoom.ref(room).enter(guest) == 42
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+async def test_deactivate_from_a_background_task_takes_effect(workers: int) -> None:
+    async with _pool(workers):
+        await PfQuitter.ref("q").start_quitting()
+        deadline = time.monotonic() + 5
+        while "quit q" not in await PfProbe.ref("log").seen():
+            assert time.monotonic() < deadline, "the actor never deactivated"
+            await asyncio.sleep(0.01)
+
+
+async def test_stop_while_a_worker_restarts_is_prompt() -> None:
+    app = _pool()
+    system = await app.start()
+    assert isinstance(system, PoolSystem)
+    os.kill(system.worker_pid(1), signal.SIGKILL)
+    await asyncio.sleep(0.01)  # let the pool see the death and begin the restart
+    started = time.monotonic()
+    await app.stop()
+    assert time.monotonic() - started < 3.0
+    assert system.stats().pids  # nothing left running:
+    for pid in system.stats().pids:
+        if pid:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
