@@ -19,10 +19,9 @@ import asyncio
 import contextvars
 import threading
 import traceback
-import types
 from _thread import get_ident
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Coroutine
 from contextvars import copy_context
 from functools import partial
 from sys import getrefcount
@@ -36,41 +35,38 @@ from rio.core.background import Background
 from rio.core.context import CALLER_DEADLINE, CURRENT_TURN
 from rio.core.deadlines import Deadlines
 from rio.core.errors import (
-    ActivationFailed,
     CallTimeout,
     Deadlock,
-    RegistrationError,
     RemoteError,
     RioError,
-    StateConflict,
     SystemStopping,
     UnknownActorType,
     qualified_name,
 )
+from rio.core.lifecycle import Lifecycle
 from rio.core.ref import Ref, new_ref
-from rio.core.registry import ActorType, Handler, actor_type, lookup_type
-from rio.core.system import System, key_of
+from rio.core.registry import Handler, actor_type, lookup_type
+from rio.core.system import System
+from rio.core.turns import (
+    _UNSHARED,
+    ACTIVATING,
+    ACTIVE,
+    DEACTIVATING,
+    MAX_EAGER_DEPTH,
+    NEW,
+    Key,
+    TurnTask,
+    chain_future,
+    current_task_table,
+    key_str,
+    run_resumed,
+    waiting,
+)
 from rio.storage.base import StateStorage
 
 __all__ = ["Runtime", "RuntimeStats"]
 
 R = TypeVar("R")
-
-NEW, ACTIVATING, ACTIVE, DEACTIVATING, DEAD = range(5)
-#: Nested eager calls deeper than this are queued instead, bounding stack depth.
-MAX_EAGER_DEPTH = 48
-
-Key = tuple[str, str]
-# A queued message: handler (None for a deactivation request), args, kwargs, chain,
-# deadline, caller future.
-Message = tuple[
-    Handler | None,
-    tuple[Any, ...],
-    dict[str, Any],
-    tuple[Key, ...],
-    float,
-    "asyncio.Future[Any]",
-]
 
 
 class RuntimeStats(msgspec.Struct, frozen=True):
@@ -81,119 +77,7 @@ class RuntimeStats(msgspec.Struct, frozen=True):
     queued: int
 
 
-def _key_str(key: Key) -> str:
-    return f"{key[0]}/{key[1]}"
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], first: Any) -> Generator[Any, Any, Any]:
-    """Continue a coroutine whose first step already ran (it yielded ``first``)."""
-    yielded = first
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as e:
-            try:
-                yielded = coro.throw(e)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
-
-
-async def _run_resumed(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
-    return await _resume(coro, first)
-
-
-#: getrefcount() of a stand-in only _first_step's local refers to (plus the call's arg).
-_UNSHARED = 2
-
-
-def _waiting(token: tuple[asyncio.Future[Any], Key, str, float]) -> bool:
-    return not token[0].done()
-
-
-class TurnTask:
-    """What ``asyncio.current_task()`` returns during a turn's eager first step.
-
-    It forwards ``cancel``/``uncancel``/``cancelling`` to the task the turn continues
-    in once it suspends, and remembers cancellations asked for before that. This is
-    what ``asyncio.timeout()`` and ``asyncio.TaskGroup`` use of their current task.
-    """
-
-    __slots__ = ("_cancels", "_loop", "_real")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._real: asyncio.Task[Any] | None = None
-        self._cancels: list[Any] = []
-
-    def attach(self, task: asyncio.Task[Any]) -> None:
-        """The turn continues in ``task`` from now on."""
-        self._real = task
-        for msg in self._cancels:
-            task.cancel(msg)
-        self._cancels.clear()
-
-    def cancel(self, msg: Any = None) -> bool:
-        """Cancel the turn's task (or remember to, once it exists)."""
-        if self._real is not None:
-            return self._real.cancel(msg)
-        self._cancels.append(msg)
-        return True
-
-    def uncancel(self) -> int:
-        """Undo one cancellation request; returns how many remain."""
-        if self._real is not None:
-            return self._real.uncancel()
-        if self._cancels:
-            self._cancels.pop()
-        return len(self._cancels)
-
-    def cancelling(self) -> int:
-        """How many cancellation requests are pending."""
-        if self._real is not None:
-            return self._real.cancelling()
-        return len(self._cancels)
-
-    def done(self) -> bool:
-        """A running turn is never done."""
-        return self._real.done() if self._real is not None else False
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        """The turn's event loop."""
-        return self._loop
-
-    def get_name(self) -> str:
-        """A name for debugging."""
-        return "rio-turn"
-
-
-def _current_task_table(loop: asyncio.AbstractEventLoop) -> dict[Any, Any] | None:
-    """The table behind ``asyncio.current_task()``, if writing to it works here."""
-    table = getattr(asyncio.tasks, "_current_tasks", None)
-    if not isinstance(table, dict):
-        return None
-    probe = object()
-    before = table.get(loop)
-    table[loop] = probe
-    try:
-        works = asyncio.current_task(loop) is probe
-    finally:
-        if before is None:
-            table.pop(loop, None)
-        else:
-            table[loop] = before
-    return table if works else None
-
-
-class Runtime(System):
+class Runtime(Lifecycle, System):
     """Hosts activations in this process and runs their turns.
 
     Args:
@@ -248,7 +132,7 @@ class Runtime(System):
         # stands in where writing asyncio's has no effect, so the code path is one.
         self._current_tasks: dict[Any, Any] = {}
         self._stand_in: TurnTask | None = None
-        self._deadlines = Deadlines(self._expire, _waiting)
+        self._deadlines = Deadlines(self._expire, waiting)
         self.background = Background(self)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -259,7 +143,7 @@ class Runtime(System):
             return
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
-        self._current_tasks = _current_task_table(self._loop) or {}
+        self._current_tasks = current_task_table(self._loop) or {}
         await self.storage.open()
         self._started = True
         ctx = contextvars.copy_context()
@@ -300,7 +184,7 @@ class Runtime(System):
             except TimeoutError:
                 break
         if self._acts:
-            stuck = ", ".join(_key_str(k) for k in list(self._acts)[:10])
+            stuck = ", ".join(key_str(k) for k in list(self._acts)[:10])
             logger.warning(
                 "{}: drain timeout ({}s) passed with {} activation(s) busy ({}); cancelling",
                 self.name,
@@ -374,7 +258,7 @@ class Runtime(System):
         if turn is None:
             if self._stopping:
                 raise SystemStopping(
-                    f"{self.name} is stopping: call to {_key_str(key)}.{handler.name}() refused"
+                    f"{self.name} is stopping: call to {key_str(key)}.{handler.name}() refused"
                 )
             deadline = now + (timeout or self.default_timeout)
             if outer is not None and outer < deadline:
@@ -436,7 +320,7 @@ class Runtime(System):
                 )
         chain = chain[:-1]
         if now >= deadline:
-            raise CallTimeout(f"{_key_str(key)}.{handler.name}(): deadline already passed")
+            raise CallTimeout(f"{key_str(key)}.{handler.name}(): deadline already passed")
         fut = loop.create_future()
         self._deadlines.add(loop, deadline, (fut, key, handler.name, deadline - now))
         queue = act._rio_queue
@@ -473,10 +357,10 @@ class Runtime(System):
 
     def _deadlock(self, chain: tuple[Key, ...], key: Key, handler: Handler) -> Deadlock:
         start = chain.index(key)
-        cycle = [_key_str(k) for k in chain[start:]] + [_key_str(key)]
+        cycle = [key_str(k) for k in chain[start:]] + [key_str(key)]
         return Deadlock(
             f"call cycle among non-reentrant actors: {' -> '.join(cycle)} "
-            f"(calling {handler.name}()); {_key_str(key)} is still in a turn waiting on "
+            f"(calling {handler.name}()); {key_str(key)} is still in a turn waiting on "
             "this chain. Mark the type (reentrant=True) or the handler (@rio.reentrant) "
             "reentrant, or break the cycle",
             cycle,
@@ -487,7 +371,7 @@ class Runtime(System):
         if not fut.done():
             fut.set_exception(
                 CallTimeout(
-                    f"{_key_str(key)}.{method}() did not answer within {budget:.3g}s; "
+                    f"{key_str(key)}.{method}() did not answer within {budget:.3g}s; "
                     "the handler may still be running. Raise the deadline with "
                     "ref.with_timeout(seconds) or rio.timeout(seconds)"
                 )
@@ -607,7 +491,7 @@ class Runtime(System):
         self._sync_turn = prev
         loop = self._loop_()
         ctx.run(CURRENT_TURN.set, turn)
-        task = loop.create_task(_run_resumed(coro, first), context=ctx)
+        task = loop.create_task(run_resumed(coro, first), context=ctx)
         stand_in.attach(task)
         deadline = turn[2]
         self._turn_tasks.add(task)
@@ -704,281 +588,9 @@ class Runtime(System):
                 inner = self._run_eager(
                     act, handler, args, kwargs, (*chain, key), deadline, activate=status == NEW
                 )
-                _chain_future(inner, fut)
+                chain_future(inner, fut)
         finally:
             act._rio_draining = False
-
-    # -- activation and deactivation ------------------------------------------------
-
-    def _new_activation(self, key: Key, type_name: str) -> Actor[Any]:
-        if self._hosted is not None and type_name not in self._hosted:
-            raise UnknownActorType(
-                f"{self.name} does not host actor type {type_name!r} "
-                f"(hosted: {', '.join(sorted(self._hosted)) or 'none'}); "
-                "add it to App(actors=[...])"
-            )
-        info = lookup_type(type_name)
-        act: Actor[Any] = info.cls.__new__(info.cls)
-        act.id = key[1]
-        act._rio_key = key
-        act._rio_system = self
-        act._rio_busy = 0
-        act._rio_queue = None
-        act._rio_status = NEW
-        act._rio_deact = False
-        act._rio_draining = False
-        act._rio_bg = None
-        act._rio_version = 0
-        act._rio_last = 0.0
-        self._acts[key] = act
-        ttl = self._ttl(info)
-        if ttl is not None and ttl / 4 < self._sweep_period:
-            self._sweep_wake.set()
-        return act
-
-    async def _activate_then(
-        self, act: Actor[Any], handler: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        turn = self._sync_turn or CURRENT_TURN.get()
-        assert turn is not None
-        await self._activate(act, turn[1], turn[2])
-        return await handler.fn(act, *args, **kwargs)
-
-    async def _activate(self, act: Actor[Any], chain: tuple[Key, ...], deadline: float) -> None:
-        act._rio_status = ACTIVATING
-        info: ActorType = act._rio_type
-        where = _key_str(act._rio_key)
-        step = "__init__"
-        try:
-            if info.cls.__init__ is not object.__init__:
-                act.__init__()  # type: ignore[misc]
-            step = "loading state"
-            if info.state_type is not None:
-                stored = await self.storage.load(info.name, act.id, info.state_type)
-                if stored is None:
-                    act.state = info.state_type()
-                    act._rio_version = 0
-                else:
-                    act.state = stored.value
-                    act._rio_version = stored.version
-            step = "on_activate"
-            if info.has_on_activate:
-                await act.on_activate()
-        except Exception as e:
-            err = ActivationFailed(
-                f"activating {where} failed in {step}: {type(e).__name__}: {e}"
-                + ("" if step != "loading state" else f" (storage {self.storage.url})")
-            )
-            err.__cause__ = e
-            self._discard(act, err)
-            raise err from e
-        act._rio_status = ACTIVE
-
-    def _discard(self, act: Actor[Any], err: BaseException) -> None:
-        """Drop an activation at once, failing whatever waits on it."""
-        act._rio_status = DEAD
-        key = act._rio_key
-        if self._acts.get(key) is act:
-            del self._acts[key]
-        self.background.cancel_all(act)
-        queue, act._rio_queue = act._rio_queue, None
-        for msg in queue or ():
-            if not msg[5].done():
-                if msg[0] is None:
-                    msg[5].set_result(None)
-                else:
-                    msg[5].set_exception(err)
-        for w in self._deact_waiters.pop(key, ()):
-            if not w.done():
-                w.set_result(None)
-
-    def _request_deactivation(self, act: Actor[Any], *, front: bool) -> asyncio.Future[None]:
-        loop = self._loop_()
-        fut: asyncio.Future[None] = loop.create_future()
-        if act._rio_status == DEAD:
-            fut.set_result(None)
-            return fut
-        self._deact_waiters.setdefault(act._rio_key, []).append(fut)
-        queue = act._rio_queue
-        if queue is None:
-            queue = act._rio_queue = deque()
-        msg: Message = (None, (), {}, (), 0.0, loop.create_future())
-        if front:
-            queue.appendleft(msg)
-        else:
-            queue.append(msg)
-        if not act._rio_busy and not act._rio_draining:
-            self._start_drain(act)
-        return fut
-
-    async def deactivate(
-        self, actor: type[Actor[Any]] | str | Ref[Any], object_id: Any = None
-    ) -> bool:
-        """Deactivate one actor after its current turn (an operator's call).
-
-        Returns False when it was not active. Example::
-
-            await system.deactivate(Counter, "a")
-        """
-        return await self.deactivate_key(key_of(actor, object_id))
-
-    async def deactivate_key(self, key: Key) -> bool:
-        """:meth:`deactivate` by ``(type name, id)``."""
-        act = self._acts.get(key)
-        if act is None:
-            return False
-        await self._request_deactivation(act, front=True)
-        return True
-
-    async def _deactivate_now(self, act: Actor[Any], was_active: bool) -> None:
-        info: ActorType = act._rio_type
-        key = act._rio_key
-        act._rio_busy += 1
-        try:
-            if was_active and info.has_on_deactivate:
-                token = CURRENT_TURN.set((act, (key,), self._loop_().time() + self.default_timeout))
-                try:
-                    await act.on_deactivate()
-                except Exception as e:
-                    logger.opt(exception=e).error(
-                        "{}: on_deactivate of {} raised {}", self.name, _key_str(key), e
-                    )
-                finally:
-                    CURRENT_TURN.reset(token)
-            await self.background.stop_all(act)
-            if was_active and info.save_on_deactivate and info.state_type is not None:
-                try:
-                    await self.save_state(act)
-                except Exception as e:
-                    logger.opt(exception=e).error(
-                        "{}: saving {} on deactivation failed: {}", self.name, _key_str(key), e
-                    )
-        finally:
-            act._rio_busy -= 1
-            act._rio_status = DEAD
-            if self._acts.get(key) is act:
-                del self._acts[key]
-            for w in self._deact_waiters.pop(key, ()):
-                if not w.done():
-                    w.set_result(None)
-            self._rehome(act)
-
-    def _rehome(self, act: Actor[Any]) -> None:
-        """Hand messages that arrived during deactivation to a fresh activation."""
-        queue, act._rio_queue = act._rio_queue, None
-        pending = [m for m in queue or () if m[0] is not None and not m[5].done()]
-        if not pending:
-            return
-        fresh = self._acts.get(act._rio_key) or self._new_activation(
-            act._rio_key, act._rio_type.name
-        )
-        fresh._rio_queue = deque(pending)
-        if not fresh._rio_busy and not fresh._rio_draining:
-            self._start_drain(fresh)
-
-    async def _sweep_idle(self) -> None:
-        loop = self._loop_()
-        while True:
-            ttls = [self._ttl(a._rio_type) for a in self._acts.values()]
-            finite = [t for t in ttls if t is not None]
-            period = min(max(min(finite, default=60.0) / 4, 0.01), 30.0)
-            self._sweep_period = period
-            self._sweep_wake.clear()
-            try:
-                async with asyncio.timeout(period):
-                    await self._sweep_wake.wait()
-            except TimeoutError:
-                pass
-            now = loop.time()
-            for act in list(self._acts.values()):
-                ttl = self._ttl(act._rio_type)
-                if (
-                    ttl is not None
-                    and act._rio_status == ACTIVE
-                    and not act._rio_busy
-                    and not act._rio_queue
-                    and not act._rio_draining
-                    and now - act._rio_last >= ttl
-                ):
-                    act._rio_deact = True
-                    self._start_drain(act)
-
-    def _ttl(self, info: ActorType) -> float | None:
-        return self._idle_ttl.get(info.name, info.idle_ttl)
-
-    # -- state -----------------------------------------------------------------------
-
-    async def save_state(self, act: Actor[Any]) -> None:
-        """Write an activation's state with its version (see :meth:`Actor.save`)."""
-        info: ActorType = act._rio_type
-        if info.state_type is None:
-            raise RegistrationError(f"{info.name} declares no state type; nothing to save")
-        key = act._rio_key
-        while (pending := self._saving.get(key)) is not None:
-            await asyncio.shield(pending)
-        done: asyncio.Future[None] = self._loop_().create_future()
-        self._saving[key] = done
-        try:
-            act._rio_version = await self.storage.save(
-                info.name, act.id, act.state, info.state_type, act._rio_version
-            )
-        except StateConflict:
-            self.deactivate_soon(act)
-            raise
-        finally:
-            del self._saving[key]
-            done.set_result(None)
-
-    async def clear_state(self, act: Actor[Any]) -> None:
-        """Delete an activation's stored state and reset it to the default."""
-        info: ActorType = act._rio_type
-        if info.state_type is None:
-            raise RegistrationError(f"{info.name} declares no state type; nothing to clear")
-        try:
-            await self.storage.delete(info.name, act.id, act._rio_version)
-        except StateConflict:
-            self.deactivate_soon(act)
-            raise
-        act.state = info.state_type()
-        act._rio_version = 0
-
-    # -- background work (delegated) -------------------------------------------------
-
-    def spawn_for(self, act: Actor[Any], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """See :meth:`Actor.spawn`."""
-        return self.background.spawn(act, coro)
-
-    async def run_blocking_for(self, act: Actor[Any], fn: Callable[..., R], *args: Any) -> R:
-        """See :meth:`Actor.run_blocking`."""
-        return await self.background.run_blocking(act, fn, *args)
-
-    def start_thread_for(
-        self, act: Actor[Any], fn: Callable[..., Any], args: tuple[Any, ...], name: str | None
-    ) -> threading.Event:
-        """See :meth:`Actor.start_thread`."""
-        return self.background.start_thread(act, fn, args, name)
-
-    def deactivate_soon(self, act: Actor[Any]) -> None:
-        """Deactivate ``act`` after its current turn, or at once when it is idle."""
-        if get_ident() != self._thread_id:
-            self._loop_().call_soon_threadsafe(self.deactivate_soon, act)
-            return
-        act._rio_deact = True
-        if act._rio_status == ACTIVE and not act._rio_busy and not act._rio_draining:
-            self._start_drain(act)
-
-    def background_failed(self, act: Actor[Any], what: str, exc: BaseException) -> None:
-        """Log a failed background job and deactivate its activation."""
-        logger.opt(exception=exc).error(
-            "{}: {} of {} failed: {}: {}; deactivating it",
-            self.name,
-            what,
-            _key_str(act._rio_key),
-            type(exc).__name__,
-            exc,
-        )
-        if act._rio_status in (ACTIVATING, ACTIVE):
-            self.deactivate_soon(act)
 
     # -- introspection -----------------------------------------------------------------
 
@@ -1002,19 +614,3 @@ class Runtime(System):
         if loop is None:
             raise SystemStopping(f"{self.name} has not been started")
         return loop
-
-
-def _chain_future(inner: asyncio.Future[Any], outer: asyncio.Future[Any]) -> None:
-    def copy(f: asyncio.Future[Any]) -> None:
-        if outer.done():
-            if not f.cancelled():
-                f.exception()
-            return
-        if f.cancelled():
-            outer.cancel()
-        elif (e := f.exception()) is not None:
-            outer.set_exception(e)
-        else:
-            outer.set_result(f.result())
-
-    inner.add_done_callback(copy)
