@@ -59,6 +59,17 @@ def current_system() -> System:
     return system
 
 
+def fresh_deadline(now: float, timeout: float | None, default: float) -> float:
+    """The deadline of a call made outside any turn.
+
+    Its own (``timeout`` or ``default`` from ``now``), or an enclosing :func:`timeout`'s
+    when that is sooner.
+    """
+    deadline = now + (timeout or default)
+    outer = CALLER_DEADLINE.get()
+    return outer if outer is not None and outer < deadline else deadline
+
+
 @contextmanager
 def timeout(seconds: float) -> Iterator[None]:
     """Give every call made inside the block one shared deadline, ``seconds`` from now.

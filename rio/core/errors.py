@@ -118,6 +118,15 @@ class CallTimeout(RioError, TimeoutError):
     The handler may still run to completion; only the caller stopped waiting.
     """
 
+    @classmethod
+    def unanswered(cls, target: str, method: str, budget: float, where: str = "") -> CallTimeout:
+        """The error for a call to ``target.method()`` whose ``budget`` seconds ran out."""
+        return cls(
+            f"{target}.{method}() did not answer within {budget:.3g}s{where}; the handler "
+            "may still be running. Raise the deadline with ref.with_timeout(seconds) or "
+            "rio.timeout(seconds)"
+        )
+
 
 class Deadlock(RioError):
     """A call would close a cycle among non-reentrant actors (A→B→A, or A→A).

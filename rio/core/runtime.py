@@ -32,7 +32,7 @@ from loguru import logger
 
 from rio.core.actor import Actor
 from rio.core.background import Background
-from rio.core.context import CALLER_DEADLINE, CURRENT_TURN
+from rio.core.context import CALLER_DEADLINE, CURRENT_TURN, fresh_deadline
 from rio.core.deadlines import Deadlines
 from rio.core.errors import (
     CallTimeout,
@@ -254,20 +254,17 @@ class Runtime(Lifecycle, System):
         assert loop is not None
         now = loop.time()
         turn = self._sync_turn or CURRENT_TURN.get()
-        outer = CALLER_DEADLINE.get()
         if turn is None:
             if self._stopping:
                 raise SystemStopping(
                     f"{self.name} is stopping: call to {key_str(key)}.{handler.name}() refused"
                 )
-            deadline = now + (timeout or self.default_timeout)
-            if outer is not None and outer < deadline:
-                deadline = outer
-            return (key,), deadline, now
+            return (key,), fresh_deadline(now, timeout, self.default_timeout), now
         chain = turn[1]
         deadline = turn[2]
         if timeout is not None and now + timeout < deadline:
             deadline = now + timeout
+        outer = CALLER_DEADLINE.get()
         if outer is not None and outer < deadline:
             deadline = outer
         if key in chain and not (handler.reentrant or self._reentrant_type(key)):
@@ -342,11 +339,7 @@ class Runtime(Lifecycle, System):
         loop = self._loop
         if loop is None or loop.is_closed():
             raise SystemStopping(f"{self.name} is not running")
-
-        async def call() -> Any:
-            return await self.call(key, handler, args, kwargs, timeout)
-
-        return asyncio.run_coroutine_threadsafe(call(), loop)
+        return self.call_from_thread(loop, key, handler, args, kwargs, timeout)
 
     def _reentrant_type(self, key: Key) -> bool:
         # From the registry, not an activation: the actor may live in another process.
@@ -369,13 +362,7 @@ class Runtime(Lifecycle, System):
     def _expire(self, token: tuple[asyncio.Future[Any], Key, str, float]) -> None:
         fut, key, method, budget = token
         if not fut.done():
-            fut.set_exception(
-                CallTimeout(
-                    f"{key_str(key)}.{method}() did not answer within {budget:.3g}s; "
-                    "the handler may still be running. Raise the deadline with "
-                    "ref.with_timeout(seconds) or rio.timeout(seconds)"
-                )
-            )
+            fut.set_exception(CallTimeout.unanswered(key_str(key), method, budget))
 
     # -- turns ---------------------------------------------------------------------
 

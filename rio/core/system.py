@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import asyncio
+import concurrent.futures
 from typing import TYPE_CHECKING, Any
 
 from rio.core.registry import Handler, actor_type, lookup_type
@@ -50,6 +52,22 @@ class System(abc.ABC):
         timeout: float | None,
     ) -> Any:
         """Send one call; return an awaitable of its answer (refs call this)."""
+
+    def call_from_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        key: tuple[str, str],
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> concurrent.futures.Future[Any]:
+        """:meth:`call` from a thread other than ``loop``'s: hop onto the loop first."""
+
+        async def call() -> Any:
+            return await self.call(key, handler, args, kwargs, timeout)
+
+        return asyncio.run_coroutine_threadsafe(call(), loop)
 
     @abc.abstractmethod
     async def deactivate(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from loguru import logger
 
-from rio.core.context import CALLER_DEADLINE
+from rio.core.context import fresh_deadline
 from rio.core.errors import ConfigError, RioError, SystemStopping, WorkerLost, error_from_wire
 from rio.core.registry import Handler
 from rio.core.system import System, key_of
@@ -225,9 +225,7 @@ class PoolSystem(System):
     ) -> Any:
         """Send a call to the worker that owns ``key``."""
         if threading.get_ident() != self._thread_id:
-            return asyncio.run_coroutine_threadsafe(
-                self._call_async(key, handler, args, kwargs, timeout), self._loop
-            )
+            return self.call_from_thread(self._loop, key, handler, args, kwargs, timeout)
         if self._stopping or not self._started:
             raise SystemStopping(
                 f"{self.name} is {'stopping' if self._stopping else 'not started'}: call to "
@@ -235,15 +233,9 @@ class PoolSystem(System):
             )
         args, kwargs = handler.check(args, kwargs)
         now = self._loop.time()
-        deadline = now + (timeout or self.default_timeout)
-        outer = CALLER_DEADLINE.get()
-        if outer is not None and outer < deadline:
-            deadline = outer
+        deadline = fresh_deadline(now, timeout, self.default_timeout)
         dst = owner_of(key, self.n)
         return self.remote.call(dst, key, handler, args, kwargs, (key,), deadline, now)
-
-    async def _call_async(self, *a: Any) -> Any:
-        return await self.call(*a)
 
     async def deactivate(self, actor: Any, object_id: Any = None) -> bool:
         """Deactivate one actor (in whichever worker hosts it) after its current turn."""

@@ -124,10 +124,8 @@ class RemoteCalls:
         fut, handler, dst, budget, key = entry
         if not fut.done():
             fut.set_exception(
-                CallTimeout(
-                    f"{key[0]}/{key[1]}.{handler.name}() did not answer within {budget:.3g}s "
-                    f"(worker {dst}); the handler may still be running. Raise the deadline "
-                    "with ref.with_timeout(seconds) or rio.timeout(seconds)"
+                CallTimeout.unanswered(
+                    f"{key[0]}/{key[1]}", handler.name, budget, f" (worker {dst})"
                 )
             )
 

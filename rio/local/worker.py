@@ -89,9 +89,7 @@ class WorkerSystem(System):
     ) -> Any:
         """Run locally when this worker owns ``key``, else send it to the owner."""
         if threading.get_ident() != self._thread_id:  # a thread: hop to the loop first
-            return asyncio.run_coroutine_threadsafe(
-                self._call_async(key, handler, args, kwargs, timeout), self._loop
-            )
+            return self.call_from_thread(self._loop, key, handler, args, kwargs, timeout)
         owner = owner_of(key, self.n)
         rt = self.runtime
         if owner == self.me:
@@ -99,9 +97,6 @@ class WorkerSystem(System):
         args, kwargs = handler.check(args, kwargs)
         chain, deadline, now = rt.call_context(key, handler, timeout)
         return self.remote.call(owner, key, handler, args, kwargs, chain, deadline, now)
-
-    async def _call_async(self, *a: Any) -> Any:
-        return await self.call(*a)
 
     async def deactivate(self, actor: Any, object_id: Any = None) -> bool:
         """Deactivate an actor hosted here (operators call the driver's pool)."""
