@@ -1,0 +1,1 @@
+"""Cluster store engines (see :mod:`rio.cluster.store`)."""
