@@ -1,0 +1,421 @@
+"""Cluster store on SQLite, for a cluster whose nodes share one box (and one file).
+
+URL: ``sqlite:///relative/cluster.db`` or ``sqlite:////abs/cluster.db``, parsed by the
+state engine's own URL reader, so the options are the same: ``prefix`` (table prefix,
+default ``rio_``), ``synchronous`` and ``busy_timeout_ms``. The file's folder is
+created. State and cluster tables may share one file and one prefix.
+
+Tables:
+
+* ``<prefix>members`` — one row per member: ``member_id TEXT PRIMARY KEY``, ``node``,
+  ``address``, ``incarnation``, ``status``, ``types`` (JSON list), ``activations``,
+  ``by_type`` (JSON object), ``heartbeat`` and ``started`` (unix seconds, REAL).
+* ``<prefix>suspicions`` — ``(target, observer)`` primary key and ``at`` (REAL): the
+  latest time each observer suspected each target.
+* ``<prefix>placements`` — ``(type_name, object_id)`` primary key and ``owner`` (a
+  member id, indexed so a dead member's placements are found without a scan).
+* ``<prefix>cluster_schema`` — one row, the number of cluster migrations applied (the
+  state engine's ``<prefix>schema`` keeps its own count in another layout).
+
+Every process opens its own connection on the file in WAL mode. Read-modify-write
+operations (claim, declare_dead, suspect, update, prune, release) run in
+``BEGIN IMMEDIATE`` transactions: the write lock is taken first, so two processes
+never interleave them, and a busy file is waited on (``busy_timeout``); a
+"database is locked" that still gets through is retried until the busy timeout is
+spent, then reported as :class:`rio.StorageUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from rio.cluster.store import LIVE, ClusterStore, Key, Member, Status, register_cluster_store
+from rio.cluster.stores._rows import (
+    LIVE_SQL,
+    MEMBER_COLUMNS,
+    TERMINAL_SQL,
+    check_update,
+    decode_member,
+    encode_json,
+    member_values,
+)
+from rio.core.errors import ConfigError, StorageError, StorageUnavailable
+from rio.storage import _sqlite_from_url, mask_url
+
+__all__ = ["SQLiteClusterStore"]
+
+T = TypeVar("T")
+
+#: Migrations of the cluster tables, applied in order; each is a list of statements.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """
+        CREATE TABLE IF NOT EXISTS {p}members (
+            member_id   TEXT PRIMARY KEY NOT NULL,
+            node        TEXT NOT NULL,
+            address     TEXT NOT NULL,
+            incarnation INTEGER NOT NULL,
+            status      TEXT NOT NULL,
+            types       TEXT NOT NULL,
+            activations INTEGER NOT NULL,
+            by_type     TEXT NOT NULL,
+            heartbeat   REAL NOT NULL,
+            started     REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS {p}suspicions (
+            target   TEXT NOT NULL,
+            observer TEXT NOT NULL,
+            at       REAL NOT NULL,
+            PRIMARY KEY (target, observer)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS {p}placements (
+            type_name TEXT NOT NULL,
+            object_id TEXT NOT NULL,
+            owner     TEXT NOT NULL,
+            PRIMARY KEY (type_name, object_id)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS {p}placements_owner ON {p}placements (owner)",
+    ),
+]
+
+_LOCKED = ("locked", "busy")
+
+
+class SQLiteClusterStore(ClusterStore):
+    """Membership and placement in one SQLite file shared by the processes of one box.
+
+    Example::
+
+        store = cluster_store_from_url("sqlite:///.rio/cluster.db")
+        async with store:
+            await store.register(member)
+    """
+
+    def __init__(self, url: str) -> None:
+        # The state engine's reader validates the path and the options; the engine
+        # it builds is never opened, only read for its settings.
+        parsed = _sqlite_from_url(url)
+        self.path = parsed.path
+        self.url = mask_url(url)
+        self._busy_timeout_ms = parsed._busy_timeout_ms
+        self._synchronous = parsed._synchronous
+        p = parsed._prefix
+        self._p = p
+        self._db: aiosqlite.Connection | None = None
+        # One connection per store: its statements and transactions take turns.
+        self._lock = asyncio.Lock()
+        cols = ", ".join(MEMBER_COLUMNS)
+        self._sql_register = (
+            f"INSERT INTO {p}members ({cols}) VALUES ({', '.join('?' * len(MEMBER_COLUMNS))}) "
+            "ON CONFLICT (member_id) DO NOTHING"
+        )
+        self._sql_member = f"SELECT {cols} FROM {p}members WHERE member_id=?"
+        self._sql_members = f"SELECT {cols} FROM {p}members ORDER BY member_id"
+        self._sql_update = (
+            f"UPDATE {p}members SET status=coalesce(?, status), "
+            "heartbeat=coalesce(?, heartbeat), activations=coalesce(?, activations), "
+            f"by_type=coalesce(?, by_type) WHERE member_id=? AND status NOT IN {TERMINAL_SQL}"
+        )
+        self._sql_status = f"SELECT status FROM {p}members WHERE member_id=?"
+        self._sql_suspect = (
+            f"INSERT INTO {p}suspicions (target, observer, at) VALUES (?, ?, ?) "
+            "ON CONFLICT (target, observer) DO UPDATE SET at=excluded.at"
+        )
+        self._sql_suspicions = f"SELECT count(*) FROM {p}suspicions WHERE target=? AND at >= ?"
+        self._sql_kill = (
+            f"UPDATE {p}members SET status='dead' WHERE member_id=? AND status IN {LIVE_SQL}"
+        )
+        self._sql_purge = f"DELETE FROM {p}placements WHERE owner=?"
+        gone = f"SELECT member_id FROM {p}members WHERE status IN {TERMINAL_SQL} AND heartbeat < ?"
+        self._sql_prune_suspicions = (
+            f"DELETE FROM {p}suspicions WHERE target IN ({gone}) OR observer IN ({gone})"
+        )
+        self._sql_prune = f"DELETE FROM {p}members WHERE status IN {TERMINAL_SQL} AND heartbeat < ?"
+        where = "WHERE type_name=? AND object_id=?"
+        self._sql_lookup = f"SELECT owner FROM {p}placements {where}"
+        self._sql_place = (
+            f"INSERT INTO {p}placements (type_name, object_id, owner) VALUES (?, ?, ?)"
+        )
+        self._sql_move = f"UPDATE {p}placements SET owner=? {where} AND owner=?"
+        self._sql_release = f"DELETE FROM {p}placements {where} AND owner=?"
+        self._sql_counts = f"SELECT owner, count(*) FROM {p}placements GROUP BY owner"
+
+    # -- connection -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the file (creating its folder), switch it to WAL and migrate the tables."""
+        async with self._lock:
+            if self._db is not None:
+                return
+            if self.path != ":memory:":
+                folder = os.path.dirname(os.path.abspath(self.path))
+                try:
+                    os.makedirs(folder, exist_ok=True)
+                except OSError as e:
+                    raise StorageUnavailable(
+                        f"cannot create the folder {folder!r} for {self.url}: {e}"
+                    ) from e
+            try:
+                db = await aiosqlite.connect(
+                    self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
+                )
+            except (sqlite3.Error, OSError) as e:
+                raise StorageUnavailable(f"cannot open {self.url}: {e}") from e
+            try:
+                await db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+                if self.path != ":memory:":
+                    # Switching a new file to WAL does not wait on busy_timeout.
+                    await self._retry_locked(db, "enabling WAL", self._wal)
+                await db.execute(f"PRAGMA synchronous={self._synchronous}")
+                await self._transaction(db, "migrating the cluster tables", self._migrate)
+            except BaseException as e:
+                await db.close()
+                if isinstance(e, sqlite3.Error):
+                    raise StorageUnavailable(f"cannot prepare {self.url}: {e}") from e
+                raise
+            self._db = db
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        async with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                await db.close()
+
+    @staticmethod
+    async def _wal(db: aiosqlite.Connection) -> None:
+        await db.execute("PRAGMA journal_mode=WAL")
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        p = self._p
+        await db.execute(f"CREATE TABLE IF NOT EXISTS {p}cluster_schema (version INTEGER NOT NULL)")
+        row = await _one(db, f"SELECT version FROM {p}cluster_schema")
+        applied = int(row[0]) if row else 0
+        if row is None:
+            await db.execute(f"INSERT INTO {p}cluster_schema (version) VALUES (0)")
+        if applied > len(MIGRATIONS):
+            raise StorageError(
+                f"{self.url} has cluster schema version {applied}, newer than this rio "
+                f"knows ({len(MIGRATIONS)}): upgrade rio on every process sharing it"
+            )
+        for statements in MIGRATIONS[applied:]:
+            for sql in statements:
+                await db.execute(sql.format(p=p))
+        await db.execute(f"UPDATE {p}cluster_schema SET version=?", (len(MIGRATIONS),))
+
+    # -- running statements ---------------------------------------------------------------
+
+    async def _run(
+        self, action: str, body: Callable[[aiosqlite.Connection], Awaitable[T]], *, write: bool
+    ) -> T:
+        """Run ``body`` on the connection, in a ``BEGIN IMMEDIATE`` transaction if ``write``."""
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise StorageError(f"{self.url} is not open: call open() first")
+            if write:
+                return await self._transaction(db, action, body)
+            return await self._retry_locked(db, action, body)
+
+    async def _transaction(
+        self,
+        db: aiosqlite.Connection,
+        action: str,
+        body: Callable[[aiosqlite.Connection], Awaitable[T]],
+    ) -> T:
+        async def attempt(db: aiosqlite.Connection) -> T:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await body(db)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+            return result
+
+        return await self._retry_locked(db, action, attempt)
+
+    async def _retry_locked(
+        self,
+        db: aiosqlite.Connection,
+        action: str,
+        body: Callable[[aiosqlite.Connection], Awaitable[T]],
+    ) -> T:
+        """Run ``body``, again while the file is locked, until the busy timeout is spent."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._busy_timeout_ms / 1000
+        delay = 0.001
+        while True:
+            try:
+                return await body(db)
+            except sqlite3.OperationalError as e:
+                if not any(word in str(e) for word in _LOCKED):
+                    raise StorageError(f"{self.url}: {action} failed: {e}") from e
+                if loop.time() + delay > give_up:
+                    raise StorageUnavailable(
+                        f"{self.url}: {action} failed, the file stayed locked by another "
+                        f"process for over {self._busy_timeout_ms} ms ({e})"
+                    ) from e
+            except sqlite3.Error as e:
+                raise StorageError(f"{self.url}: {action} failed: {e}") from e
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    # -- membership -----------------------------------------------------------------------
+
+    async def register(self, member: Member) -> None:
+        """Insert ``member``'s row; ConfigError if its ``member_id`` is taken."""
+
+        async def body(db: aiosqlite.Connection) -> int:
+            return await _changes(db, self._sql_register, member_values(member))
+
+        if not await self._run(f"registering {member.member_id}", body, write=True):
+            raise ConfigError(
+                f"member {member.member_id!r} is already registered in {self.url}: "
+                "a restarted node registers under a new incarnation"
+            )
+
+    async def update(
+        self,
+        member_id: str,
+        *,
+        status: Status | None = None,
+        heartbeat: float | None = None,
+        activations: int | None = None,
+        by_type: dict[str, int] | None = None,
+    ) -> Member | None:
+        """Change the given fields unless the row is terminal; return the row as stored."""
+        check_update(status)
+        doc = None if by_type is None else encode_json(by_type)
+        args = (status, heartbeat, activations, doc, member_id)
+
+        async def body(db: aiosqlite.Connection) -> Member | None:
+            await db.execute(self._sql_update, args)
+            row = await _one(db, self._sql_member, (member_id,))
+            return None if row is None else decode_member(row)
+
+        return await self._run(f"updating {member_id}", body, write=True)
+
+    async def members(self) -> list[Member]:
+        """Every row, terminal ones included."""
+
+        async def body(db: aiosqlite.Connection) -> list[Member]:
+            async with db.execute(self._sql_members) as cur:
+                return [decode_member(row) for row in await cur.fetchall()]
+
+        return await self._run("reading the members", body, write=False)
+
+    async def suspect(self, target: str, observer: str, now: float, window: float) -> int:
+        """Record the suspicion; count distinct observers since ``now - window``."""
+
+        async def body(db: aiosqlite.Connection) -> int:
+            await db.execute(self._sql_suspect, (target, observer, now))
+            row = await _one(db, self._sql_suspicions, (target, now - window))
+            return int(row[0]) if row else 0
+
+        return await self._run(f"recording a suspicion of {target}", body, write=True)
+
+    async def declare_dead(self, member_id: str) -> bool:
+        """Move a live row to ``dead`` and delete its placements, in one transaction."""
+
+        async def body(db: aiosqlite.Connection) -> bool:
+            if not await _changes(db, self._sql_kill, (member_id,)):
+                return False
+            await db.execute(self._sql_purge, (member_id,))
+            return True
+
+        return await self._run(f"declaring {member_id} dead", body, write=True)
+
+    async def prune(self, before: float) -> int:
+        """Delete terminal rows with a heartbeat older than ``before``, and their suspicions."""
+
+        async def body(db: aiosqlite.Connection) -> int:
+            await db.execute(self._sql_prune_suspicions, (before, before))
+            return await _changes(db, self._sql_prune, (before,))
+
+        return await self._run("pruning members", body, write=True)
+
+    # -- placement ------------------------------------------------------------------------
+
+    async def lookup(self, key: Key) -> str | None:
+        """The member ``key`` is placed on, or None."""
+
+        async def body(db: aiosqlite.Connection) -> str | None:
+            row = await _one(db, self._sql_lookup, key)
+            return None if row is None else str(row[0])
+
+        return await self._run(f"looking up {key[0]}/{key[1]}", body, write=False)
+
+    async def claim(self, key: Key, member_id: str) -> str:
+        """Place ``key`` on ``member_id`` unless a live member holds it; return the owner."""
+
+        async def body(db: aiosqlite.Connection) -> str:
+            mine = await _one(db, self._sql_status, (member_id,))
+            row = await _one(db, self._sql_lookup, key)
+            owner = None if row is None else str(row[0])
+            if mine is None or mine[0] not in LIVE:
+                return owner or ""
+            if owner is None:
+                await db.execute(self._sql_place, (*key, member_id))
+                return member_id
+            if owner == member_id:
+                return owner
+            theirs = await _one(db, self._sql_status, (owner,))
+            if theirs is not None and theirs[0] in LIVE:
+                return owner
+            await db.execute(self._sql_move, (member_id, *key, owner))
+            return member_id
+
+        return await self._run(f"claiming {key[0]}/{key[1]}", body, write=True)
+
+    async def release(self, keys: Iterable[Key], member_id: str) -> int:
+        """Delete the placements of ``keys`` that ``member_id`` owns; return how many."""
+        rows = [(*key, member_id) for key in keys]
+        if not rows:
+            return 0
+
+        async def body(db: aiosqlite.Connection) -> int:
+            released = 0
+            for args in rows:
+                released += await _changes(db, self._sql_release, args)
+            return released
+
+        return await self._run(f"releasing placements of {member_id}", body, write=True)
+
+    async def placement_counts(self) -> dict[str, int]:
+        """Placements per owning member id."""
+
+        async def body(db: aiosqlite.Connection) -> dict[str, int]:
+            async with db.execute(self._sql_counts) as cur:
+                return {str(owner): int(n) for owner, n in await cur.fetchall()}
+
+        return await self._run("counting placements", body, write=False)
+
+
+async def _one(db: aiosqlite.Connection, sql: str, args: Iterable[Any] = ()) -> Any:
+    async with db.execute(sql, tuple(args)) as cur:
+        return await cur.fetchone()
+
+
+async def _changes(db: aiosqlite.Connection, sql: str, args: Iterable[Any]) -> int:
+    async with db.execute(sql, tuple(args)) as cur:
+        return int(cur.rowcount)
+
+
+def _from_url(url: str) -> SQLiteClusterStore:
+    return SQLiteClusterStore(url)
+
+
+register_cluster_store("sqlite", _from_url)
