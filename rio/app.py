@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
+from rio.cluster.settings import ClusterSettings
 from rio.core.actor import Actor
 from rio.core.context import reset_system, set_default_system, system_token
 from rio.core.errors import ConfigError
@@ -59,10 +60,13 @@ class App:
         data_dir: folder for the embedded default (default ``$RIO_DATA_DIR`` or ``.rio``).
         default_timeout: seconds a call may take unless the caller says otherwise.
         drain_timeout: seconds a stop waits for turns, hooks and saves to finish.
-        actor_options: per-type overrides by type name, e.g. ``{"Counter": {"idle_ttl": 60}}``.
+        actor_options: per-type overrides by type name, e.g. ``{"Counter": {"idle_ttl": 60}}``
+            or ``{"Counter": {"placement": "random"}}`` (a cluster's placement strategy).
         workers: worker processes hosting the actors. None (default): one per core
             (``$RIO_WORKERS`` overrides); 0 keeps every actor in this process, with
             no processes and no serialization at all.
+        cluster: make this process a node of a cluster (:class:`rio.ClusterSettings`:
+            the membership URL, secret, listen address...); None runs alone.
 
     Example::
 
@@ -87,6 +91,7 @@ class App:
         drain_timeout: float = 30.0,
         actor_options: dict[str, dict[str, Any]] | None = None,
         workers: int | None = None,
+        cluster: ClusterSettings | None = None,
     ) -> None:
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise ConfigError(f"app name {name!r}: use letters, digits, '-', '_' or '.'")
@@ -101,13 +106,23 @@ class App:
         self.default_timeout = float(default_timeout)
         self.drain_timeout = float(drain_timeout)
         self.idle_ttl: dict[str, float | None] = {}
+        self.placement: dict[str, str] = {}
         for type_name, opts in (actor_options or {}).items():
-            unknown = set(opts) - {"idle_ttl"}
+            unknown = set(opts) - {"idle_ttl", "placement"}
             if unknown:
                 raise ConfigError(
                     f"actor_options[{type_name!r}]: unknown option(s) "
-                    f"{', '.join(sorted(unknown))}; known: idle_ttl"
+                    f"{', '.join(sorted(unknown))}; known: idle_ttl, placement"
                 )
+            if "placement" in opts:
+                from rio.cluster.settings import STRATEGIES
+
+                if opts["placement"] not in STRATEGIES:
+                    raise ConfigError(
+                        f"actor_options[{type_name!r}].placement: unknown strategy "
+                        f"{opts['placement']!r}; known: {', '.join(STRATEGIES)}"
+                    )
+                self.placement[type_name] = opts["placement"]
             if "idle_ttl" in opts:
                 ttl = opts["idle_ttl"]
                 if ttl is not None and (not isinstance(ttl, int | float) or ttl <= 0):
@@ -117,6 +132,7 @@ class App:
                     )
                 self.idle_ttl[type_name] = None if ttl is None else float(ttl)
         self.workers = _workers_setting(workers)
+        self.cluster = cluster
         self._main: MainFn | None = None
         self._system: System | None = None
         self._token: Any = None
@@ -230,7 +246,11 @@ class App:
         if self.workers:
             from rio.local.pool import PoolSystem
 
-            system = PoolSystem(self, self.workers)
+            system = PoolSystem(self, self.workers, cluster=self.cluster)
+        elif self.cluster is not None:
+            from rio.cluster.node import ClusterNode
+
+            system = ClusterNode(self, self.cluster)
         else:
             system = self.make_runtime()
         await system.start()
@@ -275,8 +295,13 @@ class App:
         *,
         storage: str | StateStorage | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        cluster: ClusterSettings | None = None,
+        workers: int | None = None,
     ) -> App:
-        """Override the storage and data folder before the app starts; returns the app.
+        """Override settings before the app starts; returns the app.
+
+        ``cluster`` makes this process a cluster node (see :class:`ClusterSettings`);
+        ``workers`` sets the number of worker processes.
 
         Example (a script that takes ``--storage`` on its command line)::
 
@@ -294,6 +319,10 @@ class App:
             self.storage_spec = storage
         if data_dir is not None:
             self.data_dir = Path(data_dir)
+        if cluster is not None:
+            self.cluster = cluster.resolved()
+        if workers is not None:
+            self.workers = _workers_setting(workers)
         return self
 
     def run(self, main: MainFn | None = None) -> None:

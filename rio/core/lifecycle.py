@@ -14,7 +14,7 @@ import asyncio
 from _thread import get_ident
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from loguru import logger
 
@@ -38,9 +38,19 @@ if TYPE_CHECKING:
     from rio.core.system import System
     from rio.storage.base import StateStorage
 
-__all__ = ["Lifecycle"]
+__all__ = ["Lifecycle", "PlacementHook"]
 
 R = TypeVar("R")
+
+
+class PlacementHook(Protocol):
+    """How a cluster node keeps its directory in step with the activations it hosts."""
+
+    async def claim(self, key: Key) -> None:
+        """Claim ``key`` for this node before it activates; raise Redirect if placed elsewhere."""
+
+    def released(self, key: Key) -> None:
+        """``key``'s activation is gone: release its placement (may be batched)."""
 
 
 class Lifecycle:
@@ -53,6 +63,7 @@ class Lifecycle:
         drain_timeout: float
         background: Background
         system: System
+        placement: PlacementHook | None
         _acts: dict[Key, Actor[Any]]
         _loop: asyncio.AbstractEventLoop | None
         _thread_id: int
@@ -108,6 +119,13 @@ class Lifecycle:
         act._rio_status = ACTIVATING
         info: ActorType = act._rio_type
         where = key_str(act._rio_key)
+        placement = self.placement
+        if placement is not None:  # a cluster node: claim the object in the directory first
+            try:
+                await placement.claim(act._rio_key)
+            except BaseException as e:  # Redirect (placed elsewhere), a store error...
+                self._discard(act, e)
+                raise
         step = "__init__"
         try:
             if info.cls.__init__ is not object.__init__:
@@ -140,6 +158,8 @@ class Lifecycle:
         key = act._rio_key
         if self._acts.get(key) is act:
             del self._acts[key]
+            if self.placement is not None:
+                self.placement.released(key)
         self.background.cancel_all(act)
         queue, act._rio_queue = act._rio_queue, None
         for msg in queue or ():
@@ -218,6 +238,8 @@ class Lifecycle:
             act._rio_status = DEAD
             if self._acts.get(key) is act:
                 del self._acts[key]
+                if self.placement is not None:
+                    self.placement.released(key)
             for w in self._deact_waiters.pop(key, ()):
                 if not w.done():
                     w.set_result(None)

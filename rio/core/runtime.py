@@ -43,7 +43,7 @@ from rio.core.errors import (
     UnknownActorType,
     qualified_name,
 )
-from rio.core.lifecycle import Lifecycle
+from rio.core.lifecycle import Lifecycle, PlacementHook
 from rio.core.ref import Ref, new_ref
 from rio.core.registry import Handler, actor_type, lookup_type
 from rio.core.system import System
@@ -134,6 +134,8 @@ class Runtime(Lifecycle, System):
         self._stand_in: TurnTask | None = None
         self._deadlines = Deadlines(self._expire, waiting)
         self.background = Background(self)
+        #: Set by a cluster node: claims objects before activation, releases after.
+        self.placement: PlacementHook | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from rio.cluster.settings import ClusterSettings
 from rio.core.registry import all_types
 
 __all__ = ["AppSettings", "WorkerConfig", "actor_modules", "import_modules", "owner_of"]
@@ -24,6 +25,7 @@ class AppSettings(msgspec.Struct, frozen=True):
     default_timeout: float
     drain_timeout: float
     idle_ttl: dict[str, float | None]
+    placement: dict[str, str] = {}
 
 
 class WorkerConfig(msgspec.Struct, frozen=True):
@@ -42,6 +44,9 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     app: AppSettings
     spin: float
     recheck: float
+    #: Set when the pool is a cluster node: its settings and member id.
+    cluster: ClusterSettings | None = None
+    member_id: str = ""
 
 
 def owner_of(key: tuple[str, str], nworkers: int) -> int:

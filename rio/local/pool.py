@@ -50,6 +50,8 @@ from rio.local.worker import DEACTIVATE
 
 if TYPE_CHECKING:
     from rio.app import App
+    from rio.cluster.node import PoolNode
+    from rio.cluster.settings import ClusterSettings
 
 __all__ = ["PoolStats", "PoolSystem"]
 
@@ -92,6 +94,7 @@ class PoolSystem(System):
         capacity: int = DEFAULT_CAPACITY,
         spin: float = 0.0002,
         recheck: float = 0.02,
+        cluster: ClusterSettings | None = None,
     ) -> None:
         if workers < 1:
             raise ConfigError(f"a worker pool needs at least one worker, got {workers}")
@@ -115,7 +118,10 @@ class PoolSystem(System):
             default_timeout=app.default_timeout,
             drain_timeout=app.drain_timeout,
             idle_ttl=app.idle_ttl,
+            placement=app.placement,
         )
+        self.cluster = cluster.resolved() if cluster is not None else None
+        self.node: PoolNode | None = None
         self._workers = [_Worker(i) for i in range(1, workers + 1)]
         self._started = False
         self._stopping = False
@@ -152,6 +158,11 @@ class PoolSystem(System):
         self.remote = RemoteCalls(self.hub, self.name)
         self.hub.start()
         try:
+            if self.cluster is not None:
+                from rio.cluster.node import PoolNode
+
+                self.node = PoolNode(self, self.cluster)
+                await self.node.join()
             for w in self._workers:
                 self._spawn(w)
             async with asyncio.timeout(START_TIMEOUT):
@@ -174,8 +185,12 @@ class PoolSystem(System):
                     else:
                         w.ready.cancel()
             await self._kill_all()
+            if self.node is not None:
+                await self.node.abort()
             self._close_fds()
             raise
+        if self.node is not None:
+            await self.node.activate()
         self._started = True
         logger.debug("{}: {} workers serving", self.name, self.n)
 
@@ -195,6 +210,8 @@ class PoolSystem(System):
             app=self._settings,
             spin=self.spin,
             recheck=self.recheck,
+            cluster=self.cluster,
+            member_id=self.node.member_id if self.node is not None else "",
         )
         env = dict(os.environ)
         env["RIO_WORKER_CONFIG"] = msgspec.json.encode(cfg).decode()
@@ -234,12 +251,35 @@ class PoolSystem(System):
         args, kwargs = handler.check(args, kwargs)
         now = self._loop.time()
         deadline = fresh_deadline(now, timeout, self.default_timeout)
+        if self.node is not None:
+            return self.node.link.router.call(key, handler, args, kwargs, (key,), deadline, now)
         dst = owner_of(key, self.n)
         return self.remote.call(dst, key, handler, args, kwargs, (key,), deadline, now)
+
+    def local_route(
+        self,
+        key: tuple[str, str],
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[tuple[str, str], ...],
+        deadline: float,
+        now: float,
+    ) -> asyncio.Future[Any]:
+        """Run a call in the worker of this box that owns ``key``."""
+        return self.remote.call(
+            owner_of(key, self.n), key, handler, args, kwargs, chain, deadline, now
+        )
 
     async def deactivate(self, actor: Any, object_id: Any = None) -> bool:
         """Deactivate one actor (in whichever worker hosts it) after its current turn."""
         key = key_of(actor, object_id)
+        if self.node is not None:
+            return await self.node.deactivate(key)
+        return await self.deactivate_here(key)
+
+    async def deactivate_here(self, key: tuple[str, str]) -> bool:
+        """Deactivate ``key`` if a worker of this box hosts it."""
         handler = Handler(owner=key[0], name=DEACTIVATE, fn=_deactivate_stub, reentrant=True)
         handler.prepare()
         now = self._loop.time()
@@ -425,6 +465,8 @@ class PoolSystem(System):
         if not self._started or self._stopping:
             return
         self._stopping = True
+        if self.node is not None:
+            await self.node.drain()
         for task in list(self._tasks):  # a restart in progress stops here
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -438,6 +480,8 @@ class PoolSystem(System):
                     await self._drained[w.index].wait()
         except TimeoutError:
             logger.warning("{}: workers did not drain in time; stopping them", self.name)
+        if self.node is not None:
+            await self.node.leave()
         exit_msg = encode(Exit())
         for w in self._workers:  # every live process, restarted or not
             if w.proc is not None and w.proc.poll() is None:
@@ -451,6 +495,8 @@ class PoolSystem(System):
             logger.warning("{}: workers did not exit in time; killing them", self.name)
         await self._kill_all()
         self.remote.fail_all(lambda: SystemStopping(f"{self.name} stopped"))
+        if self.node is not None:
+            await self.node.close()
         self._close_fds()
 
     async def _kill_all(self) -> None:

@@ -22,10 +22,10 @@ from rio.core.registry import Handler
 from rio.local.protocol import Call, Reply, decode_result, encode, positional_args
 from rio.local.transport import Hub
 
-__all__ = ["RemoteCalls"]
+__all__ = ["RemoteCalls", "unencodable"]
 
 
-def _unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> BadArguments:
+def unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> BadArguments:
     """Name the argument that cannot cross processes."""
     for name, value in zip(handler.param_names, values, strict=False):
         try:
@@ -70,14 +70,33 @@ class RemoteCalls:
         """Send a checked call to process ``dst``; returns the future of its answer."""
         if not handler.wire_ok:
             handler.args_decoder  # noqa: B018 - raises BadArguments naming the handler
-        req = next(self._ids)
         values = positional_args(handler, args, kwargs)
+        return self.send(dst, key, handler, values, chain, deadline, now)
+
+    def send(
+        self,
+        dst: int,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...] | msgspec.Raw,
+        chain: tuple[Key, ...] | list[tuple[str, str]],
+        deadline: float,
+        now: float,
+    ) -> asyncio.Future[Any]:
+        """Send a call whose arguments are in wire order (or already encoded, as Raw).
+
+        The answer is decoded with ``handler``'s return annotation (a handler whose
+        return annotation is ``msgspec.Raw`` gets the encoded answer as it came).
+        """
+        req = next(self._ids)
         try:
             data = encode(
-                Call(req, key[0], key[1], handler.name, deadline - now, list(chain), values)  # type: ignore[arg-type]
+                Call(req, key[0], key[1], handler.name, deadline - now, list(chain), args)  # type: ignore[arg-type]
             )
         except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
-            raise _unencodable(handler, values, e) from None
+            if isinstance(args, msgspec.Raw):
+                raise
+            raise unencodable(handler, args, e) from None
         loop = self.hub.loop
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[req] = (fut, handler, dst, deadline - now, key)

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from loguru import logger
@@ -26,6 +26,7 @@ from rio.core.errors import RemoteError, SystemStopping, UnknownActorType, error
 from rio.core.registry import ActorType, Handler, lookup_type
 from rio.core.runtime import Runtime
 from rio.core.system import System, key_of
+from rio.core.turns import ACTIVE
 from rio.local.config import WorkerConfig, import_modules, owner_of
 from rio.local.protocol import (
     Call,
@@ -45,9 +46,14 @@ from rio.local.remote import RemoteCalls
 from rio.local.transport import Fabric, Hub
 from rio.storage import storage_from_url
 
+if TYPE_CHECKING:
+    from rio.cluster.node import ClusterLink
+
 __all__ = ["WorkerSystem", "main"]
 
 DEACTIVATE = "$deactivate"
+#: The driver asks a worker for its activation counts (cluster heartbeats).
+STATS = "$stats"
 _encode_raw = msgspec.msgpack.Encoder().encode
 
 
@@ -76,6 +82,8 @@ class WorkerSystem(System):
         self._handlers: dict[tuple[str, str], Handler] = {}
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
+        #: Set when the pool is a cluster node.
+        self.link: ClusterLink | None = None
 
     # -- System ----------------------------------------------------------------------
 
@@ -92,10 +100,34 @@ class WorkerSystem(System):
             return self.call_from_thread(self._loop, key, handler, args, kwargs, timeout)
         owner = owner_of(key, self.n)
         rt = self.runtime
-        if owner == self.me:
-            return rt.call(key, handler, args, kwargs, timeout)
+        link = self.link
+        if link is None:
+            if owner == self.me:
+                return rt.call(key, handler, args, kwargs, timeout)
+        elif owner == self.me:
+            act = rt._acts.get(key)
+            if act is not None and act._rio_status == ACTIVE:
+                return rt.call(key, handler, args, kwargs, timeout)
         args, kwargs = handler.check(args, kwargs)
         chain, deadline, now = rt.call_context(key, handler, timeout)
+        if link is not None:
+            return link.router.call(key, handler, args, kwargs, chain, deadline, now)
+        return self.remote.call(owner, key, handler, args, kwargs, chain, deadline, now)
+
+    def local_route(
+        self,
+        key: tuple[str, str],
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[tuple[str, str], ...],
+        deadline: float,
+        now: float,
+    ) -> asyncio.Future[Any]:
+        """Run a call on this box: here when this worker owns ``key``, else at its owner."""
+        owner = owner_of(key, self.n)
+        if owner == self.me:
+            return self.runtime.deliver(key, handler, args, kwargs, chain, deadline, now)
         return self.remote.call(owner, key, handler, args, kwargs, chain, deadline, now)
 
     async def deactivate(self, actor: Any, object_id: Any = None) -> bool:
@@ -146,6 +178,10 @@ class WorkerSystem(System):
         try:
             if msg.method == DEACTIVATE:
                 fut: asyncio.Future[Any] = asyncio.ensure_future(self.runtime.deactivate_key(key))
+            elif msg.method == STATS:
+                st = self.runtime.stats()
+                fut = self._loop.create_future()
+                fut.set_result([st.activations, st.by_type])
             else:
                 handler = self._handlers.get((msg.type_name, msg.method))
                 if handler is None:
@@ -153,7 +189,7 @@ class WorkerSystem(System):
                     self._handlers[(msg.type_name, msg.method)] = handler
                 args, kwargs = handler.split_wire_args(decode_args(handler, msg.args))
                 chain = tuple(msg.chain) or (key,)  # msgspec decoded its pairs as tuples
-                if len(chain) == 1 and self.runtime._stopping:
+                if len(chain) == 1 and self.runtime._stopping and self.link is None:
                     raise SystemStopping(
                         f"{self.name} is stopping: call to {key[0]}/{key[1]}.{msg.method}() refused"
                     )
@@ -195,7 +231,12 @@ class WorkerSystem(System):
         self.hub.send(src, encode(Reply(req, False, error_to_wire(exc))))  # type: ignore[arg-type]
 
     async def _drain(self) -> None:
+        link = self.link
+        if link is not None:
+            link.placement.draining = True
         await self.runtime.drain()
+        if link is not None:
+            await link.placement.flush()
         self.hub.send(0, encode(Drained(self.me)))
 
 
@@ -239,6 +280,21 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
     system.hub.start()
     try:
         await runtime.start()
+        if cfg.cluster is not None:
+            from rio.cluster.node import ClusterLink
+
+            table = dict(app.placement)
+            default = cfg.cluster.placement
+            link = ClusterLink(
+                cfg.cluster,
+                cfg.member_id,
+                lambda t: table.get(t, default),
+                system.local_route,
+                f"{cfg.member_id}/worker-{cfg.index}",
+            )
+            await link.start()
+            runtime.placement = link.placement
+            system.link = link
     except Exception as e:  # tell the driver why, then wait to be stopped
         system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid(), error=error_to_wire(e))))
         await system.exit.wait()
@@ -247,6 +303,8 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
     system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid(), problems or [])))
     await system.exit.wait()
     await runtime.drain()
+    if system.link is not None:
+        await system.link.stop()
     await runtime.close()
     system.hub.close()
 

@@ -1,0 +1,333 @@
+"""Who is in the cluster: a view every process keeps, and the agent every node runs.
+
+:class:`MembershipView` rereads the membership table every ``refresh`` seconds (or asks
+a seed node, for a client given no store) and tells listeners when members appear or
+leave. A view that cannot reach the store keeps its last answer: losing the store for
+a while stops no node from serving what it hosts.
+
+:class:`MembershipAgent` is a node's part in Orleans' failure detection: it registers the
+node under a fresh incarnation, heartbeats its row, and probes the ``probe_targets``
+members after it on a ring ordered by member id (so each member is watched by a few
+others and the cost grows with N, not N²). After ``missed_probes`` failed probes in a
+row it records a suspicion; when ``votes`` distinct members suspected a member within
+``suspicion_window``, the one that completes the vote declares it dead, which purges
+its placements. A node that reads its own row as dead exits: a dead incarnation never
+comes back, and a restarted node joins as a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from loguru import logger
+
+from rio.cluster.settings import ClusterSettings
+from rio.cluster.store import ClusterStore, Member
+from rio.core.errors import RioError, StorageError
+
+__all__ = ["MembershipAgent", "MembershipView", "ring_successors"]
+
+Fetch = Callable[[], Awaitable[list[Member]]]
+
+
+class MembershipView:
+    """The members a process knows of, refreshed in the background.
+
+    Args:
+        fetch: returns every member row (the store's :meth:`ClusterStore.members`, or
+            a seed node's answer).
+        refresh: seconds between rereads.
+        name: for log lines.
+    """
+
+    def __init__(self, fetch: Fetch, refresh: float, name: str) -> None:
+        self._fetch = fetch
+        self.refresh_period = refresh
+        self.name = name
+        self.members: dict[str, Member] = {}
+        #: Members that answer calls, by id.
+        self.live: dict[str, Member] = {}
+        #: Members that take new activations (``active``), per hosted type.
+        self._accepting: dict[str, list[Member]] = {}
+        self._all_accepting: list[Member] = []
+        self._on_gone: list[Callable[[str], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._failed_since: float | None = None
+        self.loaded = False
+
+    def on_gone(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(member_id)`` when a member turns dead or leaves."""
+        self._on_gone.append(callback)
+
+    async def start(self) -> None:
+        """Read the table once (raising if that fails), then keep refreshing."""
+        await self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop refreshing."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def refresh(self) -> None:
+        """Reread the table now."""
+        rows = await self._fetch()
+        self.apply(rows)
+
+    def apply(self, rows: list[Member]) -> None:
+        """Take ``rows`` as the current table."""
+        old_live = self.live
+        self.members = {m.member_id: m for m in rows}
+        self.live = {m.member_id: m for m in rows if m.live}
+        accepting = sorted((m for m in rows if m.status == "active"), key=lambda m: m.member_id)
+        self._all_accepting = accepting
+        by_type: dict[str, list[Member]] = {}
+        for m in accepting:
+            for t in m.types:
+                by_type.setdefault(t, []).append(m)
+        self._accepting = by_type
+        self.loaded = True
+        for gone in old_live.keys() - self.live.keys():
+            for cb in self._on_gone:
+                try:
+                    cb(gone)
+                except Exception as e:  # a listener's bug must not stop the view
+                    logger.opt(exception=e).error("{}: membership listener failed", self.name)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        """Wait for the next refresh."""
+        await self._changed.wait()
+
+    def accepting(self, type_name: str) -> list[Member]:
+        """Members that take new activations of ``type_name`` (sorted by id)."""
+        return self._accepting.get(type_name, [])
+
+    def all_accepting(self) -> list[Member]:
+        """Members that take new activations of any type (sorted by id)."""
+        return self._all_accepting
+
+    def is_live(self, member_id: str) -> bool:
+        """Whether ``member_id`` still answers calls, as of the last refresh."""
+        return member_id in self.live
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_period)
+            try:
+                await self.refresh()
+                if self._failed_since is not None:
+                    logger.info("{}: membership store reachable again", self.name)
+                    self._failed_since = None
+            except (RioError, OSError) as e:
+                if self._failed_since is None:
+                    self._failed_since = time.monotonic()
+                    logger.warning(
+                        "{}: cannot reread the membership table ({}); serving with the "
+                        "last known members",
+                        self.name,
+                        e,
+                    )
+
+
+def ring_successors(members: list[Member], me: str, count: int) -> list[Member]:
+    """The ``count`` live members after ``me`` on a ring ordered by hashed member id."""
+
+    def point(m: Member) -> bytes:
+        return hashlib.blake2b(m.member_id.encode(), digest_size=8).digest()
+
+    ring = sorted((m for m in members if m.live or m.member_id == me), key=point)
+    ids = [m.member_id for m in ring]
+    if me not in ids:
+        return [m for m in ring if m.member_id != me][:count]
+    start = ids.index(me)
+    out = []
+    for i in range(1, len(ring)):
+        m = ring[(start + i) % len(ring)]
+        if m.member_id != me:
+            out.append(m)
+        if len(out) == count:
+            break
+    return out
+
+
+#: ``probe(member) -> True`` when the member answered as itself within the timeout.
+Probe = Callable[[Member, float], Awaitable[bool]]
+
+
+class MembershipAgent:
+    """A node's membership duties: join, heartbeat, probe, suspect, declare dead, leave.
+
+    Args:
+        store: the cluster store (open).
+        settings: the node's cluster settings.
+        member: this node's row, to register.
+        view: the view to keep fresh (its listeners see deaths this agent declares).
+        probe: asks a member to answer as itself.
+        stats: returns ``(activations, per type)`` for heartbeats.
+        on_dead: called when this node reads its own row as dead (the default exits).
+    """
+
+    def __init__(
+        self,
+        store: ClusterStore,
+        settings: ClusterSettings,
+        member: Member,
+        view: MembershipView,
+        probe: Probe,
+        stats: Callable[[], tuple[int, dict[str, int]]],
+        on_dead: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.member = member
+        self.me = member.member_id
+        self.view = view
+        self._probe = probe
+        self._stats = stats
+        self._on_dead = on_dead or _exit_dead
+        self._misses: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.status = member.status
+        self._store_down_since: float | None = None
+
+    async def join(self) -> None:
+        """Register as ``joining`` and supersede older incarnations of this node name."""
+        await self.store.register(self.member)
+        for m in await self.store.members():
+            # Our own predecessor (a restart) is dead, whatever its row says.
+            older = m.node == self.member.node and m.incarnation < self.member.incarnation
+            if older and m.live and await self.store.declare_dead(m.member_id):
+                logger.info("{}: declared my previous incarnation {} dead", self.me, m.member_id)
+        await self.view.refresh()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._heartbeat()),
+            loop.create_task(self._probe_loop()),
+        ]
+
+    async def activate(self) -> None:
+        """Mark this node ``active``: it takes new activations from now on."""
+        await self._set_status("active")
+
+    async def drain(self) -> None:
+        """Mark this node ``draining``: others stop placing objects here."""
+        await self._set_status("draining")
+
+    async def leave(self) -> None:
+        """Stop duties and mark this node ``left`` (after it released its placements)."""
+        await self.stop()
+        with contextlib.suppress(RioError, OSError):
+            await self.store.update(self.me, status="left")
+        self.status = "left"
+
+    async def stop(self) -> None:
+        """Stop heartbeats and probes (the row stays as it is)."""
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _set_status(self, status: Any) -> None:
+        row = await self.store.update(self.me, status=status)
+        self.status = status
+        if row is not None and row.status == "dead":
+            self._dead()
+        with contextlib.suppress(RioError, OSError):
+            await self.view.refresh()
+
+    def _dead(self) -> None:
+        logger.critical(
+            "{}: the cluster declared this node dead (it missed its probes); a dead "
+            "incarnation never comes back, so it stops now (restart it to rejoin)",
+            self.me,
+        )
+        self._on_dead()
+
+    async def _heartbeat(self) -> None:
+        period = self.settings.heartbeat_period
+        last_prune = 0.0
+        while True:
+            activations, by_type = self._stats()
+            try:
+                row = await self.store.update(
+                    self.me, heartbeat=time.time(), activations=activations, by_type=by_type
+                )
+                if self._store_down_since is not None:
+                    logger.info("{}: membership store reachable again", self.me)
+                    self._store_down_since = None
+                if row is None or row.status == "dead":
+                    self._dead()
+                    return
+                now = time.time()
+                if now - last_prune > 60:
+                    last_prune = now
+                    await self.store.prune(now - self.settings.prune_after)
+            except (StorageError, OSError) as e:
+                if self._store_down_since is None:
+                    self._store_down_since = time.monotonic()
+                    logger.warning(
+                        "{}: cannot heartbeat into the membership store ({}); still "
+                        "serving what this node hosts",
+                        self.me,
+                        e,
+                    )
+            await asyncio.sleep(period)
+
+    async def _probe_loop(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.probe_period)
+            targets = ring_successors(list(self.view.live.values()), self.me, s.probe_targets)
+            if not targets:
+                continue
+            results = await asyncio.gather(
+                *(self._probe(m, s.probe_timeout) for m in targets), return_exceptions=True
+            )
+            for m, ok in zip(targets, results, strict=True):
+                if ok is True:
+                    self._misses.pop(m.member_id, None)
+                    continue
+                misses = self._misses.get(m.member_id, 0) + 1
+                self._misses[m.member_id] = misses
+                if misses >= s.missed_probes:
+                    await self._suspect(m)
+            for gone in self._misses.keys() - self.view.live.keys():
+                del self._misses[gone]
+
+    async def _suspect(self, m: Member) -> None:
+        s = self.settings
+        try:
+            votes = await self.store.suspect(m.member_id, self.me, time.time(), s.suspicion_window)
+            voters = max(1, len(self.view.live) - 1)  # every live member but the suspect
+            if votes >= min(s.votes, voters):
+                if await self.store.declare_dead(m.member_id):
+                    logger.warning(
+                        "{}: declared {} ({}) dead after {} suspicion(s)",
+                        self.me,
+                        m.member_id,
+                        m.address,
+                        votes,
+                    )
+                await self.view.refresh()
+        except (StorageError, OSError) as e:
+            logger.warning("{}: cannot record a suspicion of {}: {}", self.me, m.member_id, e)
+
+
+def _exit_dead() -> None:
+    os._exit(70)
+
+
+def new_incarnation() -> int:
+    """A number larger than any earlier incarnation of a node on this clock."""
+    return time.time_ns() // 1000

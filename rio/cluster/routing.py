@@ -1,0 +1,406 @@
+"""How a call finds the node hosting its object, in every process of a cluster.
+
+Each process that calls (a node, one of its workers, an external client) keeps a
+:class:`Router`: a placement cache ``(type, id) → member``, the membership view, and
+one connection per member it talks to. A call to an object it has not seen picks a
+member by the type's strategy and sends the call there; the member claims the object
+in the directory before activating it, or answers :class:`~rio.core.errors.Redirect`
+naming the member that holds it. The router corrects its cache and sends again (at
+most ``redirects`` times). A call whose member becomes unreachable waits (within its
+deadline) until the membership declares that member dead, then goes to the object's
+new home; such a call may have run once already on the dead node, so a call in flight
+when its node dies is delivered at least once, every other call at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from rio.cluster.membership import MembershipView
+from rio.cluster.settings import split_address
+from rio.cluster.store import Key, Member
+from rio.cluster.transport import Connection, TransportOptions, connect
+from rio.core.errors import (
+    CallTimeout,
+    NodeUnreachable,
+    NoNodesAvailable,
+    RemoteError,
+    RioError,
+)
+from rio.core.registry import Handler
+from rio.local.protocol import decode_result, encode, positional_args
+from rio.local.remote import unencodable
+
+__all__ = [
+    "CallReq",
+    "DeactivateReq",
+    "MembersReq",
+    "PlacementCache",
+    "ProbeReq",
+    "Redirect",
+    "Request",
+    "Router",
+    "StatsReq",
+    "choose",
+]
+
+
+class Redirect(RioError):
+    """The object is placed on another member (or this one takes no new activations).
+
+    Raised by a node that was sent a call for an object it does not host; the cluster
+    router catches it, corrects its placement cache and sends the call again, so user
+    code sees it only when the redirects run out. ``owner`` is the member id now holding
+    the object, or ``""`` when it should be placed afresh (the node is draining).
+    """
+
+    def __init__(self, message: str, owner: str = "") -> None:
+        super().__init__(message, owner)
+        self.owner = owner
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class CallReq(msgspec.Struct, array_like=True, tag=1):
+    """Node-bound: run ``type_name/object_id.method(*args)``; the reply is the result."""
+
+    type_name: str
+    object_id: str
+    method: str
+    budget: float
+    chain: list[tuple[str, str]]
+    args: msgspec.Raw
+
+
+class ProbeReq(msgspec.Struct, array_like=True, tag=2):
+    """Are you ``member_id``? The reply is the answering node's member id."""
+
+    member_id: str
+
+
+class MembersReq(msgspec.Struct, array_like=True, tag=3):
+    """The membership table as the node sees it (for clients given seed addresses)."""
+
+
+class StatsReq(msgspec.Struct, array_like=True, tag=4):
+    """The node's activations: ``{"activations": n, "by_type": {...}}``."""
+
+
+class DeactivateReq(msgspec.Struct, array_like=True, tag=5):
+    """Deactivate one object if this node hosts it; the reply is whether it did."""
+
+    type_name: str
+    object_id: str
+
+
+Request = CallReq | ProbeReq | MembersReq | StatsReq | DeactivateReq
+request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)
+members_decoder = msgspec.msgpack.Decoder(list[Member])
+
+
+class PlacementCache:
+    """Where objects were last seen: ``(type, id) → member id``, least recently used out."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._map: OrderedDict[Key, str] = OrderedDict()
+        self._size = size
+
+    def get(self, key: Key) -> str | None:
+        """The cached member of ``key``."""
+        return self._map.get(key)
+
+    def put(self, key: Key, member_id: str) -> None:
+        """Remember that ``key`` lives on ``member_id``."""
+        m = self._map
+        m[key] = member_id
+        if len(m) > self._size:
+            m.popitem(last=False)
+
+    def drop(self, key: Key, member_id: str | None = None) -> None:
+        """Forget ``key`` (only if cached on ``member_id``, when given)."""
+        if member_id is None or self._map.get(key) == member_id:
+            self._map.pop(key, None)
+
+    def forget_member(self, member_id: str) -> None:
+        """Forget every object cached on ``member_id``."""
+        for k in [k for k, v in self._map.items() if v == member_id]:
+            del self._map[k]
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+
+def _score(key: Key, member_id: str) -> bytes:
+    return hashlib.blake2b(f"{key[0]}\x00{key[1]}\x00{member_id}".encode(), digest_size=8).digest()
+
+
+def choose(
+    strategy: str,
+    key: Key,
+    candidates: list[Member],
+    local: str | None,
+    rng: random.Random,
+) -> Member:
+    """Pick the member to host ``key`` among ``candidates`` (non-empty).
+
+    ``local`` is the calling node's member id (None for a client): ``prefer-local``
+    picks it when it is a candidate, else falls back to consistent hashing.
+    """
+    if strategy == "prefer-local" and local is not None:
+        for m in candidates:
+            if m.member_id == local:
+                return m
+    if strategy == "random":
+        return rng.choice(candidates)
+    if strategy == "least-loaded":
+        if len(candidates) == 1:
+            return candidates[0]
+        a, b = rng.sample(candidates, 2)
+        return a if a.activations <= b.activations else b
+    return max(candidates, key=lambda m: _score(key, m.member_id))
+
+
+#: ``local(key, handler, args, kwargs, chain, deadline, now)`` runs a call on this node.
+LocalCall = Callable[
+    [Key, Handler, tuple[Any, ...], dict[str, Any], tuple[Key, ...], float, float],
+    "asyncio.Future[Any]",
+]
+
+
+class Router:
+    """Sends calls to the members hosting their objects; see the module docstring.
+
+    Args:
+        view: the membership view (started by the owner).
+        secret: the cluster secret.
+        local_member: this node's member id (None in a client).
+        local: runs a call on this node (None in a client).
+        strategy_of: the placement strategy of a type.
+        redirects: redirects a call follows before it fails.
+        options: transport settings of the connections it opens.
+        name: for messages.
+    """
+
+    def __init__(
+        self,
+        view: MembershipView,
+        secret: str,
+        *,
+        local_member: str | None,
+        local: LocalCall | None,
+        strategy_of: Callable[[str], str],
+        redirects: int = 3,
+        options: TransportOptions | None = None,
+        name: str = "rio",
+    ) -> None:
+        self.view = view
+        self.secret = secret
+        self.me = local_member
+        self._local = local
+        self._strategy_of = strategy_of
+        self.redirects = redirects
+        self.options = options or TransportOptions()
+        self.name = name
+        self.cache = PlacementCache()
+        self._conns: dict[str, Connection] = {}
+        self._connecting: dict[str, asyncio.Future[Connection]] = {}
+        self._rng = random.Random()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Members that said they take no new activations, until the view catches up.
+        self._refusing: set[str] = set()
+        view.on_gone(self._member_gone)
+
+    # -- calls ------------------------------------------------------------------------
+
+    def call(
+        self,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+        now: float,
+    ) -> asyncio.Future[Any]:
+        """Send a checked call; returns the future of its answer."""
+        body: msgspec.Raw | None = None
+        if self._local is None or self.cache.get(key) not in (None, self.me):
+            body = self.encode_args(handler, args, kwargs)
+        return asyncio.get_running_loop().create_task(
+            self._route(key, handler, args, kwargs, chain, deadline, body)
+        )
+
+    def encode_args(
+        self, handler: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> msgspec.Raw:
+        """The call's arguments as they cross the network (raises BadArguments)."""
+        if not handler.wire_ok:
+            handler.args_decoder  # noqa: B018 - raises BadArguments naming the handler
+        values = positional_args(handler, args, kwargs)
+        try:
+            return msgspec.Raw(encode(values))
+        except Exception as e:
+            raise unencodable(handler, values, e) from None
+
+    async def _route(
+        self,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+        body: msgspec.Raw | None,
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        redirects = 0
+        last: BaseException | None = None
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                raise CallTimeout(
+                    f"{key[0]}/{key[1]}.{handler.name}(): no node answered before the "
+                    f"deadline ({last or 'waiting for a home'})"
+                )
+            member = self.place(key)
+            try:
+                if member == self.me and self._local is not None:
+                    return await self._local(key, handler, args, kwargs, chain, deadline, now)
+                if body is None:
+                    body = self.encode_args(handler, args, kwargs)
+                conn = await self.connection(member)
+                req = CallReq(key[0], key[1], handler.name, deadline - now, list(chain), body)
+                raw = await conn.request(req, timeout=deadline - now)
+            except Redirect as r:
+                redirects += 1
+                last = r
+                self.cache.drop(key, member)
+                if r.owner and self.view.is_live(r.owner) and r.owner != member:
+                    self.cache.put(key, r.owner)
+                elif not r.owner:
+                    self._refusing.add(member)
+                if redirects > self.redirects:
+                    raise NoNodesAvailable(
+                        f"{key[0]}/{key[1]}.{handler.name}(): redirected {redirects} times "
+                        f"without finding the object's home (last: {r})"
+                    ) from r
+                if r.owner and not self.view.is_live(r.owner):
+                    await self._wait_view(deadline)
+                continue
+            except NodeUnreachable as e:
+                last = e
+                await self._wait_gone(member, deadline)
+                continue
+            try:
+                return decode_result(handler, raw)
+            except msgspec.DecodeError as e:
+                raise RemoteError(
+                    "msgspec.DecodeError",
+                    f"{key[0]}/{key[1]}.{handler.name}() answered a value that does not "
+                    f"match its return annotation: {e}",
+                ) from None
+
+    def place(self, key: Key) -> str:
+        """The member to send ``key``'s call to: cached, or chosen by the type's strategy.
+
+        Raises:
+            NoNodesAvailable: no live member hosts the type.
+        """
+        member = self.cache.get(key)
+        if member is not None and self.view.is_live(member):
+            return member
+        candidates = self.view.accepting(key[0])
+        if self._refusing:
+            candidates = [m for m in candidates if m.member_id not in self._refusing]
+        if not candidates:
+            live = ", ".join(sorted(self.view.live)) or "none"
+            raise NoNodesAvailable(
+                f"no cluster member takes new activations of {key[0]!r} (live members: "
+                f"{live}); start a node that hosts it"
+            )
+        chosen = choose(self._strategy_of(key[0]), key, candidates, self.me, self._rng)
+        self.cache.put(key, chosen.member_id)
+        return chosen.member_id
+
+    async def _wait_gone(self, member: str, deadline: float) -> None:
+        """Wait until ``member`` is declared gone (or the deadline), then re-place."""
+        loop = asyncio.get_running_loop()
+        while self.view.is_live(member) and loop.time() < deadline:
+            await self._wait_view(deadline)
+
+    async def _wait_view(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            async with asyncio.timeout(min(remaining, self.view.refresh_period * 2)):
+                await self.view.changed()
+        except TimeoutError:
+            pass
+
+    # -- connections ------------------------------------------------------------------
+
+    async def connection(self, member_id: str) -> Connection:
+        """The open connection to ``member_id`` (dialed on first use).
+
+        Raises:
+            NodeUnreachable: the member is unknown or cannot be reached.
+        """
+        conn = self._conns.get(member_id)
+        if conn is not None and not conn.is_closed:
+            return conn
+        pending = self._connecting.get(member_id)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_task(self._dial(member_id))
+            self._connecting[member_id] = pending
+            pending.add_done_callback(lambda _: self._connecting.pop(member_id, None))
+        return await asyncio.shield(pending)
+
+    async def _dial(self, member_id: str) -> Connection:
+        m = self.view.members.get(member_id)
+        if m is None or not m.live:
+            raise NodeUnreachable(f"member {member_id} is not in the cluster (dead or left)")
+        host, port = split_address(m.address, "member address")
+        conn = await connect(
+            host, port, secret=self.secret, name=f"{m.node} ({m.address})", options=self.options
+        )
+        self._conns[member_id] = conn
+        return conn
+
+    def _member_gone(self, member_id: str) -> None:
+        self.cache.forget_member(member_id)
+        self._refusing.discard(member_id)
+        conn = self._conns.pop(member_id, None)
+        if conn is not None:
+            task = asyncio.get_running_loop().create_task(conn.close())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def view_refreshed(self) -> None:
+        """Forget refusals the view now reflects (called after each refresh)."""
+        self._refusing = {
+            m
+            for m in self._refusing
+            if m in self.view.live and any(x.member_id == m for x in self.view.all_accepting())
+        }
+
+    async def close(self) -> None:
+        """Close every connection."""
+        conns, self._conns = list(self._conns.values()), {}
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def request(self, member_id: str, req: Any, limit: float) -> msgspec.Raw:
+        """Send one control request (probe, stats...) to ``member_id``; wait ``limit`` s."""
+        conn = await self.connection(member_id)
+        return await conn.request(req, timeout=limit)
