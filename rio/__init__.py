@@ -24,6 +24,8 @@ Example::
 
 from rio._version import __version__
 from rio.app import App, run
+from rio.cluster.client import ClusterClient, connect
+from rio.cluster.settings import ClusterSettings
 from rio.core.actor import Actor, reentrant
 from rio.core.context import current_system, timeout
 from rio.core.errors import (
@@ -57,6 +59,8 @@ __all__ = [
     "App",
     "BadArguments",
     "CallTimeout",
+    "ClusterClient",
+    "ClusterSettings",
     "ConfigError",
     "Deadlock",
     "NoNodesAvailable",
@@ -77,6 +81,7 @@ __all__ = [
     "UnknownMethod",
     "WorkerLost",
     "__version__",
+    "connect",
     "current_system",
     "reentrant",
     "run",

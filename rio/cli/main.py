@@ -53,8 +53,58 @@ def run(
     data_dir: Annotated[
         Path | None, typer.Option(help="Folder for the embedded SQLite default.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes (0: every actor in this process; default: cores)."),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Join the cluster whose membership lives at this URL "
+            "(redis://, postgresql://, mysql://, sqlite:///).",
+            rich_help_panel="Cluster",
+        ),
+    ] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RIO_CLUSTER_SECRET",
+            help="The cluster secret (default: $RIO_CLUSTER_SECRET).",
+            rich_help_panel="Cluster",
+            show_envvar=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address the node listens on.", rich_help_panel="Cluster")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="Port it listens on (0: any free one).", rich_help_panel="Cluster")
+    ] = 0,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port other nodes dial (NAT, containers).", rich_help_panel="Cluster"
+        ),
+    ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            help="The node's name, stable across restarts (default: its address).",
+            rich_help_panel="Cluster",
+        ),
+    ] = None,
+    placement: Annotated[
+        str,
+        typer.Option(
+            help="Default placement: prefer-local, random, consistent-hash, least-loaded.",
+            rich_help_panel="Cluster",
+        ),
+    ] = "prefer-local",
 ) -> None:
     """Start an app: run its @app.main, or serve until SIGINT/SIGTERM, then drain.
+
+    With --cluster it is a node of a cluster: it listens on --host:--port, joins the
+    membership at the URL, and serves its share of the objects.
 
     Exit codes: 0 done (or stopped by a signal and drained), 1 @app.main raised,
     2 the target or an option is wrong (nothing started), 130 interrupted.
@@ -77,6 +127,25 @@ def run(
         rio_app.configure(storage=storage, data_dir=data_dir)
     except RioError as e:
         _echo_err(f"rio run: --storage: {e}\n")
+        raise typer.Exit(2) from None
+    try:
+        rio_app.configure(workers=workers)
+        if cluster is not None:
+            from rio.cluster.settings import ClusterSettings
+
+            rio_app.configure(
+                cluster=ClusterSettings(
+                    url=cluster,
+                    secret=secret or "",
+                    host=host,
+                    port=port,
+                    advertise=advertise,
+                    node=node,
+                    placement=placement,
+                )
+            )
+    except RioError as e:
+        _echo_err(f"rio run: {e}\n")
         raise typer.Exit(2) from None
     try:
         rio_app.run()
