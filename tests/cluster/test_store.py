@@ -484,6 +484,10 @@ async def test_an_unreachable_store_is_storage_unavailable(
     ("url", "cls"),
     [
         ("sqlite:///x.db", "SQLiteClusterStore"),
+        ("postgresql://u:pw@h/db", "PostgresClusterStore"),
+        ("postgres://h/db", "PostgresClusterStore"),
+        ("mysql://h/db", "MySQLClusterStore"),
+        ("mariadb://u:pw@h/db", "MySQLClusterStore"),
     ],
 )
 def test_every_scheme_builds_its_store(url: str, cls: str) -> None:
@@ -494,7 +498,7 @@ def test_every_scheme_builds_its_store(url: str, cls: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite:///x.db?bogus=1", "sqlite://host/x.db"],
+    ["sqlite:///x.db?bogus=1", "sqlite://host/x.db", "postgresql://h/db?bogus=1", "mysql://h"],
 )
 def test_bad_urls_are_config_errors(url: str) -> None:
     with pytest.raises(ConfigError):

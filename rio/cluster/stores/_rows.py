@@ -23,6 +23,7 @@ __all__ = [
     "decode_member",
     "encode_json",
     "member_values",
+    "text",
 ]
 
 #: A member row's columns, in the order :func:`member_values` and
@@ -91,7 +92,8 @@ def member_values(member: Member) -> tuple[Any, ...]:
     )
 
 
-def _text(value: str | bytes) -> str:
+def text(value: str | bytes) -> str:
+    """``value`` as ``str`` (UTF-8 ``bytes`` are decoded)."""
     return value.decode() if isinstance(value, bytes | bytearray) else str(value)
 
 
@@ -102,11 +104,11 @@ def decode_member(row: Sequence[Any]) -> Member:
     """
     member_id, node, address, incarnation, status, types, activations, by_type, hb, st = row
     return Member(
-        member_id=_text(member_id),
-        node=_text(node),
-        address=_text(address),
+        member_id=text(member_id),
+        node=text(node),
+        address=text(address),
         incarnation=int(incarnation),
-        status=_text(status),  # type: ignore[arg-type]  # written from a Status
+        status=text(status),  # type: ignore[arg-type]  # written from a Status
         types=_types.decode(types),
         activations=int(activations),
         by_type=_by_type.decode(by_type),
