@@ -21,7 +21,7 @@ from rio.cluster.store import ClusterStore, cluster_store_from_url
 __all__ = ["CLUSTER_ENGINES", "_sweep_run_leftovers"]
 
 #: Every engine a cluster store runs on (memory has no cluster store).
-CLUSTER_ENGINES = ["sqlite", "postgres", "mysql"]
+CLUSTER_ENGINES = ["sqlite", "postgres", "mysql", "redis"]
 
 OpenStore = Callable[..., Awaitable[ClusterStore]]
 

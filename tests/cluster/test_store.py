@@ -7,17 +7,18 @@ instances (separate connections) racing through ``asyncio.gather``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from storage.conftest import Backend
+from storage.conftest import Backend, MySQLBackend, PostgresBackend, RedisBackend
 
 from rio.cluster.store import ClusterStore, Member, cluster_store_from_url
 from rio.core.errors import ConfigError, StorageError, StorageUnavailable
 
 OpenStore = Callable[..., Awaitable[ClusterStore]]
+Kill = Callable[[], Awaitable[int]]
 
 
 def member(member_id: str, **fields: object) -> Member:
@@ -488,6 +489,8 @@ async def test_an_unreachable_store_is_storage_unavailable(
         ("postgres://h/db", "PostgresClusterStore"),
         ("mysql://h/db", "MySQLClusterStore"),
         ("mariadb://u:pw@h/db", "MySQLClusterStore"),
+        ("redis://h:6379/0", "RedisClusterStore"),
+        ("rediss://:pw@h:6379/0", "RedisClusterStore"),
     ],
 )
 def test_every_scheme_builds_its_store(url: str, cls: str) -> None:
@@ -498,8 +501,69 @@ def test_every_scheme_builds_its_store(url: str, cls: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite:///x.db?bogus=1", "sqlite://host/x.db", "postgresql://h/db?bogus=1", "mysql://h"],
+    [
+        "sqlite:///x.db?bogus=1",
+        "sqlite://host/x.db",
+        "postgresql://h/db?bogus=1",
+        "mysql://h",
+        "redis://h/x",
+    ],
 )
 def test_bad_urls_are_config_errors(url: str) -> None:
     with pytest.raises(ConfigError):
         cluster_store_from_url(url)
+
+
+@pytest.fixture
+async def killable(backend: Backend, prefix: str) -> AsyncIterator[tuple[str, Kill]]:
+    """A URL for this test and a function that drops every server connection to it."""
+    if isinstance(backend, PostgresBackend | RedisBackend):
+        server = backend
+
+        async def kill() -> int:
+            return await server.kill(prefix)
+
+        yield backend.url(prefix), kill
+    elif isinstance(backend, MySQLBackend):
+        # Its own database, so that killing every connection in it spares everyone else.
+        database = f"{prefix}kill"
+        await backend.query(f"CREATE DATABASE `{database}`")
+        mysql = backend
+
+        async def kill() -> int:
+            return await mysql.kill_in_database(database)
+
+        try:
+            yield backend.url(prefix).replace("/test?", f"/{database}?", 1), kill
+        finally:
+            await backend.query(f"DROP DATABASE IF EXISTS `{database}`")
+    else:
+        pytest.skip(f"{backend.name} has no server connections to drop")
+
+
+async def test_replayable_calls_survive_the_server_dropping_connections(
+    killable: tuple[str, Kill],
+) -> None:
+    url, kill = killable
+    s = cluster_store_from_url(url)
+    await s.open()
+    try:
+        await registered(s, "a#1", "b#1")
+        assert await s.claim(("T", "x"), "a#1") == "a#1"
+        assert await kill() > 0
+        assert [m.member_id for m in await s.members()] == ["a#1", "b#1"]
+        await kill()
+        assert await s.claim(("T", "x"), "b#1") == "a#1"
+        assert await s.claim(("T", "y"), "b#1") == "b#1"
+        await kill()
+        row = await s.update("a#1", heartbeat=500.0)
+        assert row is not None
+        assert row.heartbeat == 500.0
+        await kill()
+        assert await s.suspect("a#1", "b#1", 1.0, 1.0) == 1
+        await kill()
+        assert await s.lookup(("T", "y")) == "b#1"
+        await kill()
+        assert await s.placement_counts() == {"a#1": 1, "b#1": 1}
+    finally:
+        await s.close()

@@ -162,7 +162,7 @@ class _Conn(Protocol):
         """Run an INSERT; return False when the key existed (nothing inserted)."""
 
 
-Body = Callable[[_Conn], Awaitable[T]]
+_Body = Callable[[_Conn], Awaitable[T]]
 
 
 class SQLClusterStore(ClusterStore):
@@ -241,7 +241,7 @@ class SQLClusterStore(ClusterStore):
         """Turn ``?`` placeholders into the driver's."""
         raise NotImplementedError
 
-    async def _session(self, action: str, body: Body[T], *, retry: bool, write: bool) -> T:
+    async def _session(self, action: str, body: _Body[T], *, retry: bool, write: bool) -> T:
         """Run ``body`` on a pooled connection, in a transaction if ``write``.
 
         Driver errors leave as :class:`StorageError` (``action`` names the step);
@@ -340,8 +340,9 @@ class SQLClusterStore(ClusterStore):
         self._check_member(observer)
 
         async def body(conn: _Conn) -> int:
-            await conn.count(self._q_suspect, (target, observer, now, now))
-            rows = await conn.rows(self._q_suspicions, (target, now - window))
+            at = float(now)
+            await conn.count(self._q_suspect, (target, observer, at, at))
+            rows = await conn.rows(self._q_suspicions, (target, at - window))
             return int(rows[0][0])
 
         return await self._session(
@@ -364,8 +365,9 @@ class SQLClusterStore(ClusterStore):
         """Delete terminal rows with a heartbeat older than ``before``, and their suspicions."""
 
         async def body(conn: _Conn) -> int:
-            await conn.count(self._q_prune_suspicions, (before, before))
-            return await conn.count(self._q_prune, (before,))
+            cutoff = float(before)
+            await conn.count(self._q_prune_suspicions, (cutoff, cutoff))
+            return await conn.count(self._q_prune, (cutoff,))
 
         return await self._session("pruning members", body, retry=False, write=True)
 
@@ -492,7 +494,7 @@ class PostgresClusterStore(SQLClusterStore):
     def _json(self, doc: str) -> Any:
         return doc.encode()  # the engine's jsonb codec takes the JSON as bytes
 
-    async def _session(self, action: str, body: Body[T], *, retry: bool, write: bool) -> T:
+    async def _session(self, action: str, body: _Body[T], *, retry: bool, write: bool) -> T:
         pool = self._pg.pool
 
         async def call() -> T:
@@ -569,7 +571,7 @@ class MySQLClusterStore(SQLClusterStore):
     def _sql(self, template: str) -> str:
         return template.replace("?", "%s")
 
-    async def _session(self, action: str, body: Body[T], *, retry: bool, write: bool) -> T:
+    async def _session(self, action: str, body: _Body[T], *, retry: bool, write: bool) -> T:
         pool = self._my.pool
 
         async def once() -> T:
