@@ -79,6 +79,8 @@ class Connection(asyncio.BufferedProtocol):
         self._on_ready = on_ready
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
+        # The peer closed the connection during our handshake (a wrong secret...).
+        self._refused = False
         # Small until the peer is authenticated: a stranger costs little memory.
         self._rx = RecvBuffer(_HANDSHAKE_BUFFER, options.max_frame_size)
         self._handshake = Handshake(secret, server_side=server_side)
@@ -485,6 +487,7 @@ class Connection(asyncio.BufferedProtocol):
                 return reason
             return f"the connection broke: {exc}" if exc is not None else "it closed the connection"
         if not self._server_side:
+            self._refused = True
             reason = (
                 "it closed the connection during the handshake: the cluster secrets "
                 "differ, or the rio versions or TLS settings do, or it is not a rio node "
@@ -524,9 +527,10 @@ class Connection(asyncio.BufferedProtocol):
             if self._server_side:
                 self._ready.cancel()
             else:
-                self._ready.set_exception(
-                    NodeUnreachable(f"cannot connect to node {peer}: {reason}")
-                )
+                refused = NodeUnreachable(f"cannot connect to node {peer}: {reason}")
+                # The peer is up but turned us away: retrying will not help.
+                refused.handshake_refused = self._refused  # type: ignore[attr-defined]
+                self._ready.set_exception(refused)
         t = self._transport
         if t is not None:
             if abort or not was_ready:

@@ -261,7 +261,7 @@ class Router:
         body: msgspec.Raw | None,
     ) -> Any:
         loop = asyncio.get_running_loop()
-        redirects = 0
+        redirects = waits = 0
         last: BaseException | None = None
         while True:
             now = loop.time()
@@ -280,22 +280,28 @@ class Router:
                 req = CallReq(key[0], key[1], handler.name, deadline - now, list(chain), body)
                 raw = await conn.request(req, timeout=deadline - now)
             except Redirect as r:
-                redirects += 1
                 last = r
                 self.cache.drop(key, member)
-                if r.owner and self.view.is_live(r.owner) and r.owner != member:
-                    self.cache.put(key, r.owner)
-                elif not r.owner:
+                if not r.owner:  # that member takes no new activations (it drains)
                     self._refusing.add(member)
+                    continue
+                if r.owner in self._refusing or not self.view.is_live(r.owner):
+                    # Its old home drains (or died): wait for it to let go, then claim.
+                    await self._backoff(waits, deadline)
+                    waits += 1
+                    continue
+                if r.owner != member:
+                    self.cache.put(key, r.owner)
+                redirects += 1
                 if redirects > self.redirects:
                     raise NoNodesAvailable(
                         f"{key[0]}/{key[1]}.{handler.name}(): redirected {redirects} times "
                         f"without finding the object's home (last: {r})"
                     ) from r
-                if r.owner and not self.view.is_live(r.owner):
-                    await self._wait_view(deadline)
                 continue
             except NodeUnreachable as e:
+                if getattr(e, "handshake_refused", False):
+                    raise  # the node is up and turned us away: a wrong secret, TLS...
                 last = e
                 await self._wait_gone(member, deadline)
                 continue
@@ -329,6 +335,12 @@ class Router:
         chosen = choose(self._strategy_of(key[0]), key, candidates, self.me, self._rng)
         self.cache.put(key, chosen.member_id)
         return chosen.member_id
+
+    async def _backoff(self, waits: int, deadline: float) -> None:
+        """Sleep a little longer each time (5 ms doubling up to 200 ms), within the deadline."""
+        loop = asyncio.get_running_loop()
+        delay = min(0.005 * (2**waits), 0.2, max(0.0, deadline - loop.time()))
+        await asyncio.sleep(delay)
 
     async def _wait_gone(self, member: str, deadline: float) -> None:
         """Wait until ``member`` is declared gone (or the deadline), then re-place."""
@@ -384,14 +396,6 @@ class Router:
             task = asyncio.get_running_loop().create_task(conn.close())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    def view_refreshed(self) -> None:
-        """Forget refusals the view now reflects (called after each refresh)."""
-        self._refusing = {
-            m
-            for m in self._refusing
-            if m in self.view.live and any(x.member_id == m for x in self.view.all_accepting())
-        }
 
     async def close(self) -> None:
         """Close every connection."""

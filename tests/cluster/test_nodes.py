@@ -1,0 +1,264 @@
+"""Cluster nodes in one test process: routing, placement, redirects, draining, failure.
+
+Each node here is an ``App(cluster=..., workers=0)`` in this event loop, with its own
+listener and store connections, so what crosses between nodes really crosses TCP and
+the store. (tests/cluster/test_processes.py runs nodes as separate ``rio run``
+processes, with kill -9.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import rio
+from rio.cluster.node import ClusterNode
+from rio.cluster.routing import choose
+from rio.cluster.store import Member
+
+SECRET = "test-secret"
+FAST = {
+    "probe_period": 0.1,
+    "probe_timeout": 0.5,
+    "refresh": 0.1,
+    "heartbeat_period": 0.2,
+    "suspicion_window": 5.0,
+}
+
+
+class CnState(msgspec.Struct):
+    value: int = 0
+
+
+class CnCounter(rio.Actor[CnState]):
+    async def incr(self, by: int) -> int:
+        self.state.value += by
+        await self.save()
+        return self.state.value
+
+    async def get(self) -> int:
+        return self.state.value
+
+
+class CnRelay(rio.Actor[None]):
+    async def bump(self, target: str) -> int:
+        return await CnCounter.ref(target).incr(1)
+
+
+class CnOther(rio.Actor[None]):
+    async def ping(self) -> str:
+        return "pong"
+
+
+Nodes = Callable[..., Awaitable[list[ClusterNode]]]
+
+
+@pytest.fixture
+def urls(tmp_path: Path) -> tuple[str, str]:
+    """(cluster store URL, state storage URL), both SQLite files in the test's folder."""
+    return f"sqlite:///{tmp_path}/cluster.db", f"sqlite:///{tmp_path}/state.db"
+
+
+@pytest.fixture
+async def nodes(urls: tuple[str, str]) -> AsyncIterator[Nodes]:
+    """``await nodes(n, **settings)``: n started nodes, stopped at teardown."""
+    apps: list[rio.App] = []
+    cluster_url, state_url = urls
+
+    async def start(
+        n: int, actors: list[type[rio.Actor]] | None = None, **kw: object
+    ) -> list[ClusterNode]:  # type: ignore[type-arg]
+        out = []
+        for _ in range(n):
+            settings = rio.ClusterSettings(url=cluster_url, secret=SECRET, **{**FAST, **kw})  # type: ignore[arg-type]
+            app = rio.App(
+                "cn",
+                actors=actors or [CnCounter, CnRelay],
+                storage=state_url,
+                workers=0,
+                cluster=settings,
+            )
+            apps.append(app)
+            system = await app.start()
+            assert isinstance(system, ClusterNode)
+            out.append(system)
+        return out
+
+    yield start
+    for app in reversed(apps):
+        await app.stop()
+
+
+def hosting(nodes: list[ClusterNode], key: tuple[str, str]) -> list[int]:
+    """Indexes of the nodes where ``key`` is active."""
+    return [i for i, n in enumerate(nodes) if key in n.runtime._acts]
+
+
+async def test_client_calls_spread_over_nodes_and_each_object_lives_once(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    ns = await nodes(3)
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        assert len(client.stats().members) == 3
+        for i in range(30):
+            assert await client.ref(CnCounter, f"k{i}").incr(1) == 1
+        for i in range(30):
+            assert await client.ref(CnCounter, f"k{i}").incr(2) == 3
+    where = [hosting(ns, ("CnCounter", f"k{i}")) for i in range(30)]
+    assert all(len(w) == 1 for w in where)
+    assert len({w[0] for w in where}) == 3  # consistent hashing spreads them
+
+
+async def test_object_to_object_calls_cross_nodes(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    # Place the counter on b (prefer-local: b's own call claims it there).
+    assert await b.ref(CnCounter, "shared").incr(1) == 1
+    assert hosting([a, b], ("CnCounter", "shared")) == [1]
+    # A relay on a calls it: the call crosses to b.
+    assert await a.ref(CnRelay, "r").bump("shared") == 2
+    assert hosting([a, b], ("CnRelay", "r")) == [0]
+    assert hosting([a, b], ("CnCounter", "shared")) == [1]
+
+
+async def test_racing_first_calls_make_one_activation(nodes: Nodes) -> None:
+    ns = await nodes(3)
+    # Every node's own call prefers itself: all three claim, one wins, two redirect.
+    results = await asyncio.gather(*(n.ref(CnCounter, "race").incr(1) for n in ns))
+    assert sorted(results) == [1, 2, 3]
+    assert len(hosting(ns, ("CnCounter", "race"))) == 1
+
+
+async def test_a_draining_node_hands_its_objects_over(nodes: Nodes, urls: tuple[str, str]) -> None:
+    a, b = await nodes(2)
+    for i in range(10):
+        await a.ref(CnCounter, f"d{i}").incr(1)
+    assert all(hosting([a, b], ("CnCounter", f"d{i}")) == [0] for i in range(10))
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        stop = asyncio.ensure_future(a.stop())
+        values = await asyncio.gather(*(client.ref(CnCounter, f"d{i}").incr(1) for i in range(10)))
+        await stop
+        assert values == [2] * 10  # nothing lost, nothing failed
+        assert [await client.ref(CnCounter, f"d{i}").get() for i in range(10)] == [2] * 10
+    assert all(hosting([a, b], ("CnCounter", f"d{i}")) == [1] for i in range(10))
+
+
+async def test_a_silent_node_is_declared_dead_and_its_objects_move(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    ns = await nodes(3)
+    victim = ns[0]
+    await victim.ref(CnCounter, "moving").incr(5)
+    assert hosting(ns, ("CnCounter", "moving")) == [0]
+    # The victim stops answering (its listener and membership duties end, as in a
+    # crash) but its runtime is left alone, as a hung process would be.
+    assert victim.core._agent is not None and victim.core.server is not None
+    dead_noticed = asyncio.Event()
+    # A real node that reads its own row as dead exits the process; this one must not.
+    victim.core._agent._on_dead = dead_noticed.set
+    await victim.core._agent.stop()
+    await victim.core.server.close()
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        # The call waits until the others declare the victim dead, then goes elsewhere.
+        assert await client.ref(CnCounter, "moving").incr(1) == 6
+        rows = {m.member_id: m.status for m in client.members()}
+    assert rows[victim.core.member_id] == "dead"
+    assert len(hosting(ns[1:], ("CnCounter", "moving"))) == 1
+    await victim.stop()
+    assert dead_noticed.is_set()  # it learned, on its next write, that it was declared dead
+
+
+async def test_no_node_hosting_the_type_is_a_clear_error(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    await nodes(1, actors=[CnCounter])
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        with pytest.raises(rio.NoNodesAvailable, match="CnOther"):
+            await client.ref(CnOther, "x").ping()
+        assert await client.ref(CnCounter, "y").incr(1) == 1
+
+
+async def test_client_with_no_members_fails_fast(urls: tuple[str, str]) -> None:
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        with pytest.raises(rio.NoNodesAvailable, match="no cluster member"):
+            await client.ref(CnCounter, "a").incr(1)
+
+
+async def test_client_with_seeds_only(nodes: Nodes) -> None:
+    (a,) = await nodes(1)
+    seed = a.core.member.address if a.core.member else ""
+    async with rio.connect(seeds=[seed], secret=SECRET) as client:
+        assert await client.ref(CnCounter, "seeded").incr(3) == 3
+
+
+async def test_a_wrong_secret_fails_at_once(nodes: Nodes, urls: tuple[str, str]) -> None:
+    await nodes(1)
+    async with rio.connect(urls[0], secret="not-the-secret") as client:
+        with pytest.raises(rio.NodeUnreachable, match="handshake"):
+            await client.ref(CnCounter, "a").with_timeout(20).incr(1)
+
+
+async def test_bad_arguments_and_unknown_methods_are_named(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    await nodes(1)
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        with pytest.raises(rio.BadArguments, match="by"):
+            await client.ref(CnCounter, "a").incr("one")  # type: ignore[arg-type]
+        assert await client.ref(CnCounter, "a").incr(1) == 1
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(rio.ConfigError, match="secret"):
+        rio.ClusterSettings(url="sqlite:///x.db").resolved()
+    with pytest.raises(rio.ConfigError, match="strategy"):
+        rio.ClusterSettings(url="sqlite:///x.db", secret="s", placement="nearest").resolved()
+    with pytest.raises(rio.ConfigError, match="placement"):
+        rio.App("x", actor_options={"CnCounter": {"placement": "nearest"}})
+    with pytest.raises(rio.ConfigError, match="scheme"):
+        rio.connect("ftp://x", secret="s")
+    with pytest.raises(rio.ConfigError, match="seed"):
+        rio.connect(seeds=["no-port"], secret="s")
+
+
+def _member(mid: str, activations: int = 0) -> Member:
+    return Member(
+        member_id=mid,
+        node=mid,
+        address="127.0.0.1:1",
+        incarnation=1,
+        status="active",
+        types=["T"],
+        activations=activations,
+    )
+
+
+def test_placement_strategies() -> None:
+    ms = [_member("a", 10), _member("b", 0), _member("c", 5)]
+    rng = random.Random(1)
+    assert choose("prefer-local", ("T", "1"), ms, "c", rng).member_id == "c"
+    # A client (no local member) or a node not hosting the type: consistent hashing.
+    assert choose("prefer-local", ("T", "1"), ms, None, rng) == choose(
+        "consistent-hash", ("T", "1"), ms, None, rng
+    )
+    spread = {choose("consistent-hash", ("T", str(i)), ms, None, rng).member_id for i in range(50)}
+    assert spread == {"a", "b", "c"}
+    # Consistent: dropping a member moves only the objects it had.
+    moved = sum(
+        choose("consistent-hash", ("T", str(i)), ms, None, rng).member_id
+        != choose("consistent-hash", ("T", str(i)), ms[:2], None, rng).member_id
+        for i in range(300)
+        if choose("consistent-hash", ("T", str(i)), ms, None, rng).member_id != "c"
+    )
+    assert moved == 0
+    assert {choose("random", ("T", "1"), ms, None, rng).member_id for _ in range(50)} == {
+        "a",
+        "b",
+        "c",
+    }
+    loads = [choose("least-loaded", ("T", "1"), ms, None, rng).member_id for _ in range(50)]
+    assert "a" not in loads  # the busiest never wins a pair
