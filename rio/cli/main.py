@@ -165,6 +165,35 @@ def run(
 
 
 @app.command()
+def status(
+    cluster: Annotated[
+        str, typer.Option(help="The cluster's membership URL (as given to its nodes).")
+    ],
+    all_members: Annotated[
+        bool, typer.Option("--all", help="Also list dead and departed members.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show a cluster's members, their state, and activations per node and type."""
+    import asyncio
+
+    import msgspec
+
+    from rio.cli.status import cluster_status, format_status
+    from rio.core.errors import RioError
+
+    try:
+        result = asyncio.run(cluster_status(cluster))
+    except RioError as e:
+        _echo_err(f"rio status: {e}\n")
+        raise typer.Exit(2) from None
+    if json_out:
+        typer.echo(msgspec.json.encode(result).decode())
+    else:
+        typer.echo(format_status(result, all_members=all_members), nl=False)
+
+
+@app.command()
 def bench(
     path: Annotated[
         list[str] | None,

@@ -587,7 +587,7 @@ class PoolNode(NodeCore):
                 if not pool.remote.is_down(w)
             ]
             for r in await asyncio.gather(*futs, return_exceptions=True):
-                if isinstance(r, list):
+                if isinstance(r, tuple):
                     total += r[0]
                     for t, c in r[1].items():
                         by_type[t] = by_type.get(t, 0) + c

@@ -156,7 +156,8 @@ async def test_a_silent_node_is_declared_dead_and_its_objects_move(
     assert hosting(ns, ("CnCounter", "moving")) == [0]
     # The victim stops answering (its listener and membership duties end, as in a
     # crash) but its runtime is left alone, as a hung process would be.
-    assert victim.core._agent is not None and victim.core.server is not None
+    assert victim.core._agent is not None
+    assert victim.core.server is not None
     dead_noticed = asyncio.Event()
     # A real node that reads its own row as dead exits the process; this one must not.
     victim.core._agent._on_dead = dead_noticed.set
