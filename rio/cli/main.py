@@ -172,7 +172,9 @@ def status(
     all_members: Annotated[
         bool, typer.Option("--all", help="Also list dead and departed members.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
 ) -> None:
     """Show a cluster's members, their state, and activations per node and type."""
     import asyncio
