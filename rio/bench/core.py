@@ -81,6 +81,7 @@ PATH_ORDER = ("inproc", "workers", "cluster", "baseline")
 def registered() -> list[Workload]:
     """Every registered workload: by path (:data:`PATH_ORDER`), then as registered."""
     from rio.bench import (  # noqa: F401  (importing registers them)
+        cluster_workloads,
         local_baselines,
         pool_workloads,
         storage_workloads,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
@@ -66,16 +68,30 @@ async def _seq(ref: Any, n: int) -> Measurement:
     return Measurement(n, perf() - start, lat)
 
 
-def register_call_suite(path: str, workers: int, sizes: dict[str, tuple[int, int]]) -> None:
+#: Makes the system a call suite runs against: ``async with make() as system``.
+SystemFactory = Callable[[], AbstractAsyncContextManager[rio.System]]
+
+
+def register_call_suite(
+    path: str,
+    workers: int | SystemFactory,
+    sizes: dict[str, tuple[int, int]],
+    where: str | None = None,
+) -> None:
     """Register ``seq``, ``pipelined``, ``fanout`` and ``activate`` on ``path``.
 
     The same bodies serve every path; only where the actors live differs
-    (``workers=0``: the caller's own process). ``sizes`` maps each name to its
-    full and quick operation counts.
+    (``workers=0``: the caller's own process; a factory: any system, such as a
+    cluster client). ``sizes`` maps each name to its full and quick operation counts.
     """
+    if callable(workers):
+        app: SystemFactory = workers
+    else:
 
-    def app() -> rio.App:
-        return rio.App(f"bench-{path}", storage="memory://", actors=[BenchCounter], workers=workers)
+        def app() -> AbstractAsyncContextManager[rio.System]:
+            return rio.App(
+                f"bench-{path}", storage="memory://", actors=[BenchCounter], workers=workers
+            )
 
     async def batches(refs: list[Any], rounds: int) -> Measurement:
         # Each round sends one call to every ref without awaiting, then awaits them all.
@@ -121,7 +137,8 @@ def register_call_suite(path: str, workers: int, sizes: dict[str, tuple[int, int
                 lat.append(perf() - t0)
             return Measurement(n, perf() - start, lat)
 
-    where = "in the caller's own process" if workers == 0 else f"in {workers} worker processes"
+    if where is None:
+        where = "in the caller's own process" if workers == 0 else f"in {workers} worker processes"
     seq.__doc__ = f"Sequential awaited calls to one actor {where}."
     pipelined.__doc__ = (
         f"Plain calls to one actor {where}, 1,000 sent without awaiting, then awaited."

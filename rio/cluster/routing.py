@@ -19,6 +19,7 @@ import hashlib
 import random
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -230,13 +231,60 @@ class Router:
         deadline: float,
         now: float,
     ) -> asyncio.Future[Any]:
-        """Send a checked call; returns the future of its answer."""
-        body: msgspec.Raw | None = None
-        if self._local is None or self.cache.get(key) not in (None, self.me):
-            body = self.encode_args(handler, args, kwargs)
-        return asyncio.get_running_loop().create_task(
-            self._route(key, handler, args, kwargs, chain, deadline, body)
+        """Send a checked call; returns the future of its answer.
+
+        A call to an object cached on a member with an open connection goes out at
+        once, with no task: its answer is decoded in a callback. Everything else
+        (first calls, redirects, failover) runs in :meth:`_route`.
+        """
+        loop = asyncio.get_running_loop()
+        member = self.cache.get(key)
+        if member is None or member == self.me:
+            body = None if self._local is not None else self.encode_args(handler, args, kwargs)
+            return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
+        body = self.encode_args(handler, args, kwargs)
+        conn = self._conns.get(member)
+        if conn is None or conn.is_closed or not self.view.is_live(member):
+            return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
+        req = CallReq(key[0], key[1], handler.name, deadline - now, list(chain), body)
+        sent = conn.request(req, timeout=deadline - now)
+        out: asyncio.Future[Any] = loop.create_future()
+        sent.add_done_callback(
+            partial(self._answered, out, key, handler, args, kwargs, chain, deadline, body)
         )
+        return out
+
+    def _answered(
+        self,
+        out: asyncio.Future[Any],
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+        body: msgspec.Raw,
+        sent: asyncio.Future[msgspec.Raw],
+    ) -> None:
+        if out.done():
+            return
+        if sent.cancelled():
+            out.cancel()
+            return
+        exc = sent.exception()
+        if exc is None:
+            try:
+                out.set_result(handler.result_decoder.decode(sent.result()))
+            except msgspec.DecodeError as e:
+                out.set_exception(_bad_answer(key, handler, e))
+        elif isinstance(exc, Redirect | NodeUnreachable):
+            # The slow road: redirects and failover, then the answer into ``out``.
+            task = asyncio.get_running_loop().create_task(
+                self._route(key, handler, args, kwargs, chain, deadline, body, exc)
+            )
+            task.add_done_callback(partial(_copy_outcome, out))
+        else:
+            out.set_exception(exc)
 
     def encode_args(
         self, handler: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -259,10 +307,12 @@ class Router:
         chain: tuple[Key, ...],
         deadline: float,
         body: msgspec.Raw | None,
+        first: BaseException | None = None,
     ) -> Any:
         loop = asyncio.get_running_loop()
         redirects = waits = 0
         last: BaseException | None = None
+        refreshed = False
         while True:
             now = loop.time()
             if now >= deadline:
@@ -270,8 +320,18 @@ class Router:
                     f"{key[0]}/{key[1]}.{handler.name}(): no node answered before the "
                     f"deadline ({last or 'waiting for a home'})"
                 )
-            member = self.place(key)
             try:
+                member = self.place(key)
+            except NoNodesAvailable:
+                if refreshed:
+                    raise
+                refreshed = True  # a node may have joined since the last refresh
+                await self.view.refresh()
+                continue
+            try:
+                if first is not None:  # the fast path's attempt failed: handle it here
+                    exc, first = first, None
+                    raise exc
                 if member == self.me and self._local is not None:
                     return await self._local(key, handler, args, kwargs, chain, deadline, now)
                 if body is None:
@@ -308,11 +368,7 @@ class Router:
             try:
                 return decode_result(handler, raw)
             except msgspec.DecodeError as e:
-                raise RemoteError(
-                    "msgspec.DecodeError",
-                    f"{key[0]}/{key[1]}.{handler.name}() answered a value that does not "
-                    f"match its return annotation: {e}",
-                ) from None
+                raise _bad_answer(key, handler, e) from None
 
     def place(self, key: Key) -> str:
         """The member to send ``key``'s call to: cached, or chosen by the type's strategy.
@@ -408,3 +464,22 @@ class Router:
         """Send one control request (probe, stats...) to ``member_id``; wait ``limit`` s."""
         conn = await self.connection(member_id)
         return await conn.request(req, timeout=limit)
+
+
+def _bad_answer(key: Key, handler: Handler, e: Exception) -> RemoteError:
+    return RemoteError(
+        "msgspec.DecodeError",
+        f"{key[0]}/{key[1]}.{handler.name}() answered a value that does not match its "
+        f"return annotation: {e}",
+    )
+
+
+def _copy_outcome(out: asyncio.Future[Any], task: asyncio.Future[Any]) -> None:
+    if out.done():
+        return
+    if task.cancelled():
+        out.cancel()
+    elif (exc := task.exception()) is not None:
+        out.set_exception(exc)
+    else:
+        out.set_result(task.result())
