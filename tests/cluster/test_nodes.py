@@ -75,7 +75,8 @@ async def nodes(urls: tuple[str, str]) -> AsyncIterator[Nodes]:
     ) -> list[ClusterNode]:  # type: ignore[type-arg]
         out = []
         for _ in range(n):
-            settings = rio.ClusterSettings(url=cluster_url, secret=SECRET, **{**FAST, **kw})  # type: ignore[arg-type]
+            opts = {"url": cluster_url, **FAST, **kw}
+            settings = rio.ClusterSettings(secret=SECRET, **opts)  # type: ignore[arg-type]
             app = rio.App(
                 "cn",
                 actors=actors or [CnCounter, CnRelay],
@@ -263,3 +264,88 @@ def test_placement_strategies() -> None:
     }
     loads = [choose("least-loaded", ("T", "1"), ms, None, rng).member_id for _ in range(50)]
     assert "a" not in loads  # the busiest never wins a pair
+
+
+class Proxy:
+    """A TCP proxy in front of a server, which a test can cut and restore."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_w}
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except OSError:
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+        await self.server.wait_closed()
+
+    async def restore(self) -> None:
+        await self.start()
+
+
+async def test_losing_the_membership_store_does_not_stop_serving(nodes: Nodes) -> None:
+    from storage.conftest import REDIS_URL, _reachable
+
+    if not _reachable(REDIS_URL):
+        pytest.skip("Redis is not reachable")
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(REDIS_URL)
+    proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 6379))
+    await proxy.start()
+    prefix = f"outage{random.randrange(1 << 30)}:"
+    url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&connect_timeout=1"
+    try:
+        a, b = await nodes(2, url=url)
+        for i in range(6):
+            await a.ref(CnCounter, f"o{i}").incr(1)
+            await b.ref(CnRelay, f"r{i}").bump(f"o{i}")
+        await proxy.cut()
+        # Objects already active keep answering, across nodes too, while the store is gone.
+        for _ in range(3):
+            for i in range(6):
+                await b.ref(CnRelay, f"r{i}").bump(f"o{i}")
+        assert await a.ref(CnCounter, "o0").get() == 5
+        # A new object cannot be placed meanwhile: a clear storage error, not a hang.
+        with pytest.raises(rio.StorageUnavailable):
+            await a.ref(CnCounter, "new").with_timeout(10).incr(1)
+        await proxy.restore()
+        assert await a.ref(CnCounter, "new").with_timeout(20).incr(1) == 1
+    finally:
+        await proxy.cut()
+        import redis.asyncio as aioredis
+
+        r = aioredis.from_url(REDIS_URL)
+        keys = [k async for k in r.scan_iter(f"{prefix}*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
