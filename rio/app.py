@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from loguru import logger
 
 from rio.cluster.settings import ClusterSettings
@@ -153,6 +154,12 @@ class App:
 
             [actors.Account]
             idle_ttl = 120        # or "never"
+            placement = "random"  # in a cluster
+
+            [cluster]             # optional: run as a cluster node
+            url = "redis://db:6379/0"
+            port = 7000
+            probe_period = 1.0    # any rio.ClusterSettings field
         """
         p = Path(path)
         try:
@@ -161,11 +168,18 @@ class App:
             raise ConfigError(f"config file {str(p)!r} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from e
-        unknown_top = set(raw) - {"app", "actors"}
+        unknown_top = set(raw) - {"app", "actors", "cluster"}
         if unknown_top:
             raise ConfigError(
-                f"{p}: unknown section(s) {', '.join(sorted(unknown_top))}; known: app, actors"
+                f"{p}: unknown section(s) {', '.join(sorted(unknown_top))}; "
+                "known: app, actors, cluster"
             )
+        cluster = None
+        if "cluster" in raw:
+            try:
+                cluster = msgspec.convert(raw["cluster"], ClusterSettings)
+            except msgspec.ValidationError as e:
+                raise ConfigError(f"{p} [cluster]: {e}") from None
         app_cfg = dict(raw.get("app", {}))
         unknown = set(app_cfg) - _APP_KEYS
         if unknown:
@@ -190,7 +204,7 @@ class App:
         if "data_dir" in app_cfg:
             app_cfg["data_dir"] = str((p.parent / app_cfg["data_dir"]).resolve())
         try:
-            return cls(actors=actors, actor_options=options, **app_cfg)
+            return cls(actors=actors, actor_options=options, cluster=cluster, **app_cfg)
         except TypeError as e:
             raise ConfigError(f"{p} [app]: {e}") from e
 

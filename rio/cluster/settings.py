@@ -10,7 +10,14 @@ import msgspec
 
 from rio.core.errors import ConfigError
 
-__all__ = ["STRATEGIES", "ClusterSettings", "Strategy"]
+__all__ = [
+    "STRATEGIES",
+    "ClusterSettings",
+    "Strategy",
+    "advertised",
+    "join_address",
+    "split_address",
+]
 
 #: Placement strategies: ``prefer-local`` (the calling node hosts it when it can),
 #: ``random``, ``consistent-hash`` (rendezvous hashing over the live nodes hosting the
@@ -19,7 +26,7 @@ Strategy = Literal["prefer-local", "random", "consistent-hash", "least-loaded"]
 STRATEGIES: tuple[str, ...] = ("prefer-local", "random", "consistent-hash", "least-loaded")
 
 
-class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True):
+class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How one node takes part in a cluster. Every period is in seconds.
 
     The defaults detect a killed node within about 3 s: peers notice the dropped
@@ -70,6 +77,13 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True):
     refresh: float = 1.0
     prune_after: float = 3600.0
     redirects: int = 3
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={'***' if name == 'secret' and value else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"ClusterSettings({fields})"
 
     def resolved(self) -> ClusterSettings:
         """These settings checked, with the secret taken from the environment if unset.

@@ -227,6 +227,22 @@ def test_settings_are_checked() -> None:
         rio.connect(seeds=["no-port"], secret="s")
 
 
+def test_cluster_settings_from_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "rio.toml"
+    cfg.write_text(
+        '[app]\nname = "t"\n[actors.CnCounter]\nplacement = "random"\n'
+        '[cluster]\nurl = "redis://db/0"\nsecret = "hush"\nport = 7000\nprobe_period = 0.5\n'
+    )
+    app = rio.App.from_toml(cfg)
+    assert app.cluster is not None
+    assert (app.cluster.port, app.cluster.probe_period) == (7000, 0.5)
+    assert app.placement == {"CnCounter": "random"}
+    assert "hush" not in repr(app.cluster)
+    cfg.write_text('[app]\nname = "t"\n[cluster]\nurl = "redis://db/0"\nprobe_perod = 1\n')
+    with pytest.raises(rio.ConfigError, match="probe_perod"):
+        rio.App.from_toml(cfg)
+
+
 def _member(mid: str, activations: int = 0) -> Member:
     return Member(
         member_id=mid,
