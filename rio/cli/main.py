@@ -100,6 +100,19 @@ def run(
             rich_help_panel="Cluster",
         ),
     ] = "prefer-local",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="PEM certificate: the node listens with TLS.", rich_help_panel="Cluster"),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="Its private key (PEM).", rich_help_panel="Cluster")
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM certificates to trust when dialing nodes.", rich_help_panel="Cluster"
+        ),
+    ] = None,
 ) -> None:
     """Start an app: run its @app.main, or serve until SIGINT/SIGTERM, then drain.
 
@@ -142,6 +155,9 @@ def run(
                     advertise=advertise,
                     node=node,
                     placement=placement,
+                    tls_cert=None if tls_cert is None else str(tls_cert),
+                    tls_key=None if tls_key is None else str(tls_key),
+                    tls_ca=None if tls_ca is None else str(tls_ca),
                 )
             )
     except RioError as e:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Sequence
+from ssl import SSLContext
 from typing import Any
 
 import msgspec
@@ -24,7 +25,7 @@ import msgspec
 from rio.cluster.membership import MembershipView
 from rio.cluster.node import deactivate_anywhere
 from rio.cluster.routing import MembersReq, Router, members_decoder
-from rio.cluster.settings import split_address
+from rio.cluster.settings import client_context, split_address
 from rio.cluster.store import ClusterStore, Member, cluster_store_from_url
 from rio.cluster.transport import connect as dial
 from rio.core.context import fresh_deadline, reset_system, set_default_system, system_token
@@ -55,6 +56,7 @@ class ClusterClient(System):
         default_timeout: float = 30.0,
         refresh: float = 1.0,
         placement: dict[str, str] | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         import os
 
@@ -80,7 +82,9 @@ class ClusterClient(System):
             local=None,
             strategy_of=lambda t: table.get(t, "consistent-hash"),
             name=name,
+            ssl=ssl,
         )
+        self.ssl = ssl
         self._started = False
         self._stopping = False
         self._token: Any = None
@@ -97,7 +101,7 @@ class ClusterClient(System):
         for seed in self.seeds:
             host, port = split_address(seed, "seed")
             try:
-                conn = await dial(host, port, secret=self.secret)
+                conn = await dial(host, port, secret=self.secret, ssl=self.ssl)
             except RioError as e:
                 errors.append(str(e))
                 continue
@@ -196,6 +200,7 @@ def connect(
     secret: str | None = None,
     timeout: float = 30.0,
     placement: dict[str, str] | None = None,
+    ssl: SSLContext | str | None = None,
 ) -> ClusterClient:
     """A client of the cluster whose membership lives at ``url`` (or reachable via ``seeds``).
 
@@ -210,10 +215,14 @@ def connect(
         timeout: default seconds per call.
         placement: per-type placement strategy for objects this client calls first
             (default ``consistent-hash``: spreads objects over the nodes).
+        ssl: for nodes that speak TLS: an ``ssl.SSLContext``, or the path of a PEM
+            file of the certificates to trust.
 
     Raises:
         ConfigError: no URL and no seeds, no secret, or a malformed address.
     """
+    if isinstance(ssl, str):
+        ssl = client_context(ssl)
     return ClusterClient(
-        url, seeds=seeds, secret=secret, default_timeout=timeout, placement=placement
+        url, seeds=seeds, secret=secret, default_timeout=timeout, placement=placement, ssl=ssl
     )

@@ -191,6 +191,7 @@ class ClusterLink:
             strategy_of=strategy_of,
             redirects=settings.redirects,
             name=name,
+            ssl=settings.client_ssl(),
         )
         self.placement = Placement(self.store, member_id, name)
 
@@ -315,7 +316,9 @@ class NodeCore:
     async def join(self) -> None:
         """Listen, register as ``joining``, start the view and the agent."""
         s = self.settings
-        self.server = await serve(self._handle, secret=s.secret, host=s.host, port=s.port)
+        self.server = await serve(
+            self._handle, secret=s.secret, host=s.host, port=s.port, ssl=s.server_ssl()
+        )
         address = s.advertise or advertised(s.host, self.server.port)
         node = s.node or address
         incarnation = new_incarnation()

@@ -20,6 +20,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
+from ssl import SSLContext
 from typing import Any
 
 import msgspec
@@ -201,8 +202,10 @@ class Router:
         redirects: int = 3,
         options: TransportOptions | None = None,
         name: str = "rio",
+        ssl: SSLContext | None = None,
     ) -> None:
         self.view = view
+        self.ssl = ssl
         self.secret = secret
         self.me = local_member
         self._local = local
@@ -439,7 +442,12 @@ class Router:
             raise NodeUnreachable(f"member {member_id} is not in the cluster (dead or left)")
         host, port = split_address(m.address, "member address")
         conn = await connect(
-            host, port, secret=self.secret, name=f"{m.node} ({m.address})", options=self.options
+            host,
+            port,
+            secret=self.secret,
+            name=f"{m.node} ({m.address})",
+            options=self.options,
+            ssl=self.ssl,
         )
         self._conns[member_id] = conn
         return conn

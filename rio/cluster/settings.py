@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from typing import Literal
 
 import msgspec
@@ -15,6 +16,7 @@ __all__ = [
     "ClusterSettings",
     "Strategy",
     "advertised",
+    "client_context",
     "join_address",
     "split_address",
 ]
@@ -58,6 +60,11 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         refresh: how often every process rereads the membership table (1.0).
         prune_after: seconds after which dead and left rows are deleted (3600).
         redirects: redirects a call follows before it fails (3).
+        tls_cert: a PEM certificate chain: with ``tls_key``, the node's listener speaks
+            TLS (and so must every peer: set ``tls_ca`` on every node and client).
+        tls_key: the certificate's private key (PEM).
+        tls_ca: PEM certificates this node trusts when it dials other nodes over TLS
+            (their SAN must name the host in their advertised address).
     """
 
     url: str
@@ -77,6 +84,9 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     refresh: float = 1.0
     prune_after: float = 3600.0
     redirects: int = 3
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -116,7 +126,54 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
                 raise ConfigError(f"cluster setting {name} must be >= 1, got {getattr(self, name)}")
         if self.advertise is not None:
             split_address(self.advertise, "advertise")
-        return msgspec.structs.replace(self, secret=secret)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("cluster TLS needs both tls_cert and tls_key (or neither)")
+        resolved = msgspec.structs.replace(self, secret=secret)
+        resolved.server_ssl()  # a missing or unreadable file fails here, not at start
+        resolved.client_ssl()
+        return resolved
+
+    def server_ssl(self) -> ssl.SSLContext | None:
+        """The listener's TLS context, or None for plain TCP.
+
+        Raises:
+            ConfigError: a certificate or key file cannot be loaded.
+
+        """
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(
+                f"cluster TLS: cannot load {self.tls_cert} / {self.tls_key}: {e}"
+            ) from None
+        return ctx
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        """The TLS context for dialing other nodes, or None for plain TCP.
+
+        Raises:
+            ConfigError: the CA file cannot be loaded.
+
+        """
+        if self.tls_ca is None:
+            return None
+        return client_context(self.tls_ca)
+
+
+def client_context(cafile: str) -> ssl.SSLContext:
+    """A TLS context trusting the certificates in ``cafile`` (for dialing nodes).
+
+    Raises:
+        ConfigError: the file cannot be loaded.
+
+    """
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cluster TLS: cannot load the CA file {cafile}: {e}") from None
 
 
 def split_address(address: str, what: str = "address") -> tuple[str, int]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -212,6 +214,42 @@ async def test_bad_arguments_and_unknown_methods_are_named(
         with pytest.raises(rio.BadArguments, match="by"):
             await client.ref(CnCounter, "a").incr("one")  # type: ignore[arg-type]
         assert await client.ref(CnCounter, "a").incr(1) == 1
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_nodes_and_clients_over_tls(
+    nodes: Nodes, urls: tuple[str, str], tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    tls = {"tls_cert": str(cert), "tls_key": str(key), "tls_ca": str(cert)}
+    a, b = await nodes(2, **tls)
+    assert await a.ref(CnCounter, "t").incr(1) == 1
+    assert await b.ref(CnRelay, "t").bump("t") == 2  # node to node, over TLS
+    async with rio.connect(urls[0], secret=SECRET, ssl=str(cert)) as client:
+        assert await client.ref(CnCounter, "t").incr(1) == 3
+    async with rio.connect(urls[0], secret=SECRET) as plain:
+        with pytest.raises(rio.NodeUnreachable):
+            await plain.ref(CnCounter, "t").with_timeout(3).incr(1)
+    with pytest.raises(rio.ConfigError, match="tls_key"):
+        rio.ClusterSettings(url="x", secret="s", tls_cert=str(cert)).resolved()
+    with pytest.raises(rio.ConfigError, match="cannot load"):
+        rio.ClusterSettings(url="x", secret="s", tls_ca=str(tmp_path / "none.pem")).resolved()
 
 
 def test_settings_are_checked() -> None:
