@@ -22,7 +22,7 @@ from loguru import logger
 
 import rio
 from rio.bench.core import Measurement, workload
-from rio.bench.workloads import BenchCounter, register_call_suite
+from rio.bench.workloads import BenchCounter, register_call_suite, seq_calls
 
 __all__ = ["BenchHopper", "node_main"]
 
@@ -37,17 +37,8 @@ class BenchHopper(rio.Actor[None], name="rio.bench.Hopper", idle_ttl=None):
         """``n`` awaited calls to ``BenchCounter(target)``; returns [seconds, *samples]."""
         ref = BenchCounter.ref(target)
         await ref.incr(0)
-        samples: list[float] = []
-        perf = time.perf_counter
-        start = perf()
-        for i in range(n):
-            if i & 7:
-                await ref.incr(1)
-            else:
-                t0 = perf()
-                await ref.incr(1)
-                samples.append(perf() - t0)
-        return [perf() - start, *samples]
+        m = await seq_calls(ref, n)
+        return [m.seconds, *m.latencies]
 
 
 def node_main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from rio.bench.core import Measurement, workload
-from rio.bench.workloads import BenchSaver, BenchState, _app, _seq, perf
+from rio.bench.workloads import BenchSaver, BenchState, _app, perf, seq_calls
 from rio.core.errors import StateConflict, StorageError, StorageUnavailable
 from rio.storage import mask_url
 
@@ -54,7 +54,7 @@ _json = msgspec.json.Encoder().encode
 
 
 class _Saver(Protocol):
-    """What :func:`_seq` and :func:`_concurrent` call: a ref, or a driver stand-in."""
+    """What :func:`seq_calls` and :func:`_concurrent` call: a ref, or a driver stand-in."""
 
     def incr(self, by: int) -> Awaitable[int]: ...
 
@@ -546,7 +546,7 @@ def _persist(target: _Target, who: str) -> Callable[[int], Awaitable[Measurement
         async with target.storage_url(who) as url, _app(url) as system:
             ref = system.ref(BenchSaver, "p")
             await ref.incr(0)
-            return await _seq(ref, n)
+            return await seq_calls(ref, n)
 
     return run
 
@@ -565,7 +565,7 @@ def _driver(target: _Target, who: str) -> Callable[[int], Awaitable[Measurement]
     async def run(n: int) -> Measurement:
         async with target.drivers(who, 1) as (writer,):
             await writer.incr(0)
-            return await _seq(writer, n)
+            return await seq_calls(writer, n)
 
     return run
 

@@ -54,7 +54,8 @@ def _app(storage: str = "memory://") -> rio.App:
     return rio.App("bench", storage=storage, actors=[BenchCounter, BenchSaver], workers=0)
 
 
-async def _seq(ref: Any, n: int) -> Measurement:
+async def seq_calls(ref: Any, n: int) -> Measurement:
+    """``n`` awaited ``ref.incr(1)`` calls, timing every 8th."""
     lat: list[float] = []
     append = lat.append
     start = perf()
@@ -109,7 +110,7 @@ def register_call_suite(
         async with app() as system:
             ref = system.ref(BenchCounter, "seq")
             await ref.incr(0)
-            return await _seq(ref, n)
+            return await seq_calls(ref, n)
 
     async def pipelined(n: int) -> Measurement:
         async with app() as system:
@@ -173,7 +174,7 @@ async def baseline_method_call(n: int) -> Measurement:
             self.value += by
             return self.value
 
-    return await _seq(Obj(), n)
+    return await seq_calls(Obj(), n)
 
 
 @workload("baseline", "queue-seq", n=100_000, quick_n=20_000)
@@ -196,6 +197,6 @@ async def baseline_queue_seq(n: int) -> Measurement:
             return await responses.get()
 
     try:
-        return await _seq(Client(), n)
+        return await seq_calls(Client(), n)
     finally:
         task.cancel()

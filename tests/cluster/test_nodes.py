@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import msgspec
 import pytest
+from cluster.tls import self_signed
 
 import rio
 from rio.cluster.node import ClusterNode
@@ -216,27 +215,10 @@ async def test_bad_arguments_and_unknown_methods_are_named(
         assert await client.ref(CnCounter, "a").incr(1) == 1
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "1", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 async def test_nodes_and_clients_over_tls(
     nodes: Nodes, urls: tuple[str, str], tmp_path: Path
 ) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     tls = {"tls_cert": str(cert), "tls_key": str(key), "tls_ca": str(cert)}
     a, b = await nodes(2, **tls)
     assert await a.ref(CnCounter, "t").incr(1) == 1

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 import uvloop
+from cluster.tls import self_signed
 
 import rio
 from rio.cluster import _auth
@@ -792,25 +791,8 @@ def test_a_sender_waits_while_the_peer_does_not_read(run: Run) -> None:
 # ------------------------------------------------------------------ TLS
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("TLS test needs the openssl command to make a certificate")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "1", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_tls_with_a_self_signed_certificate(run: Run, tmp_path: Path, logs: list[str]) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))
