@@ -49,7 +49,9 @@ from rio.core.errors import (
 )
 from rio.core.ref import Ref
 from rio.core.runtime import RuntimeStats
+from rio.core.streams import Lagged, Subscription
 from rio.core.system import System
+from rio.core.timers import Timer
 
 __all__ = [
     "ActivationFailed",
@@ -59,6 +61,7 @@ __all__ = [
     "CallTimeout",
     "ConfigError",
     "Deadlock",
+    "Lagged",
     "NoNodesAvailable",
     "NoSystemRunning",
     "NodeUnreachable",
@@ -71,8 +74,10 @@ __all__ = [
     "StateDecodeError",
     "StorageError",
     "StorageUnavailable",
+    "Subscription",
     "System",
     "SystemStopping",
+    "Timer",
     "UnknownActorType",
     "UnknownMethod",
     "WorkerLost",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from rio.core.background import Background
     from rio.core.system import System
+    from rio.core.timers import Timers
     from rio.storage.base import StateStorage
 
 __all__ = ["Lifecycle"]
@@ -52,6 +53,7 @@ class Lifecycle:
         default_timeout: float
         drain_timeout: float
         background: Background
+        timers: Timers
         system: System
         _acts: dict[Key, Actor[Any]]
         _loop: asyncio.AbstractEventLoop | None
@@ -88,6 +90,7 @@ class Lifecycle:
         act._rio_deact = False
         act._rio_draining = False
         act._rio_bg = None
+        act._rio_timers = None
         act._rio_version = 0
         act._rio_last = 0.0
         self._acts[key] = act
@@ -140,6 +143,7 @@ class Lifecycle:
         key = act._rio_key
         if self._acts.get(key) is act:
             del self._acts[key]
+        self.timers.cancel_all(act)
         self.background.cancel_all(act)
         queue, act._rio_queue = act._rio_queue, None
         for msg in queue or ():
@@ -194,6 +198,7 @@ class Lifecycle:
         info: ActorType = act._rio_type
         key = act._rio_key
         act._rio_busy += 1
+        self.timers.cancel_all(act)
         try:
             if was_active and info.has_on_deactivate:
                 token = CURRENT_TURN.set((act, (key,), self._loop_().time() + self.default_timeout))
