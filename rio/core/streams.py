@@ -99,6 +99,10 @@ class StreamLink(abc.ABC):
         """The process keeping the source of ``key``; None when it is this one."""
 
     @abc.abstractmethod
+    def reachable(self, owner: int) -> bool:
+        """Whether process ``owner`` serves now (else :meth:`Streams.owner_back` renews)."""
+
+    @abc.abstractmethod
     def subscribe(self, owner: int, link_id: int, key: StreamKey) -> None:
         """Ask ``owner`` to send ``key``'s events here, tagged ``link_id``."""
 
@@ -409,7 +413,10 @@ class Streams:
                 log.link_id = next(self._ids)
                 log.ready = loop.create_future()
                 self._replicas[log.link_id] = log
-                link.subscribe(owner, log.link_id, key)
+                if link.reachable(owner):
+                    link.subscribe(owner, log.link_id, key)
+                else:
+                    log.lost = True  # subscribed when the owner serves again
         else:
             log.grow(buffer)
         log.nsubs += 1

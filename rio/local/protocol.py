@@ -17,15 +17,21 @@ from rio.core.errors import BadArguments
 from rio.core.registry import Handler
 
 __all__ = [
+    "STREAM_MESSAGES",
     "Call",
     "Down",
     "Drain",
     "Drained",
+    "Events",
     "Exit",
     "Message",
+    "Publish",
     "Ready",
     "Reply",
     "ResetDone",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
     "Up",
     "decode",
     "decode_args",
@@ -105,7 +111,70 @@ class Exit(msgspec.Struct, array_like=True, tag=9):
     """Driver to worker: close storage and exit."""
 
 
-Message = Call | Reply | Ready | Down | ResetDone | Up | Drain | Drained | Exit
+class Subscribe(msgspec.Struct, array_like=True, tag=10):
+    """To the process keeping a stream: send its events here, tagged ``link``."""
+
+    link: int
+    type_name: str
+    object_id: str
+
+
+class Unsubscribe(msgspec.Struct, array_like=True, tag=11):
+    """To the process keeping a stream: stop sending the events tagged ``link``."""
+
+    link: int
+    type_name: str
+    object_id: str
+
+
+class Subscribed(msgspec.Struct, array_like=True, tag=12):
+    """From the process keeping a stream: :class:`Subscribe` ``link`` is registered."""
+
+    link: int
+
+
+class Events(msgspec.Struct, array_like=True, tag=13):
+    """Events for the subscribing process's replica ``link``, oldest first.
+
+    ``events`` is a msgpack array of values of one type, named by ``event_type``
+    (``module:qualname``; empty for builtins). ``missed`` events were dropped before
+    these because that process fell behind.
+    """
+
+    link: int
+    missed: int
+    event_type: str
+    events: msgspec.Raw
+
+
+class Publish(msgspec.Struct, array_like=True, tag=14):
+    """To a topic's home: publish ``events`` (as in :class:`Events`) on it, in order."""
+
+    type_name: str
+    object_id: str
+    missed: int
+    event_type: str
+    events: msgspec.Raw
+
+
+Message = (
+    Call
+    | Reply
+    | Ready
+    | Down
+    | ResetDone
+    | Up
+    | Drain
+    | Drained
+    | Exit
+    | Subscribe
+    | Unsubscribe
+    | Subscribed
+    | Events
+    | Publish
+)
+#: The messages :class:`rio.local.streams.StreamLinks` handles.
+STREAM_MESSAGES = (Events, Subscribe, Unsubscribe, Subscribed, Publish)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
