@@ -396,8 +396,8 @@ class PoolSystem(System):
                         continue
                     if self._stopping:
                         return
+                    self.links.peer_up(w.index)  # subscriptions first: held calls may publish
                     self.remote.peer_up(w.index)
-                    self.links.peer_up(w.index)
                     self._broadcast(Up(w.index, w.gen, ready.pid), skip=w.index)
                     logger.info(
                         "{}: worker {} serves again (pid {})", self.name, w.index, ready.pid

@@ -144,8 +144,8 @@ class WorkerSystem(System):
             self.links.peer_down(msg.index)
             self.hub.send(0, encode(ResetDone(msg.index, msg.gen, self.me)))
         elif isinstance(msg, Up):
+            self.links.peer_up(msg.index)  # subscriptions first: held calls may publish
             self.remote.peer_up(msg.index)
-            self.links.peer_up(msg.index)
         elif isinstance(msg, Drain):
             self._draining = asyncio.ensure_future(self._drain())
         elif isinstance(msg, Exit):
