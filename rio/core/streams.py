@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import itertools
 from _thread import get_ident
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -240,8 +240,38 @@ class Subscription(Generic[E]):
         """How many events (up to ``buffer``) wait to be read."""
         return min(self._log.head - self._cursor, self._buffer)
 
-    def __aiter__(self) -> Subscription[E]:
-        return self
+    def __aiter__(self) -> AsyncIterator[E | Lagged]:
+        return self._events()
+
+    async def _events(self) -> AsyncGenerator[E | Lagged, None]:
+        # An async generator: resuming one costs less than a coroutine per event.
+        log = self._log
+        buffer = self._buffer
+        while True:
+            cursor = self._cursor
+            head = log.head
+            if head > cursor:
+                if self._closed:
+                    return
+                if head - cursor > buffer:
+                    self._cursor = head - buffer
+                    yield Lagged(head - cursor - buffer)
+                    continue
+                buf, mask = log.buf, log.mask
+                while True:  # what is buffered, until a lag or the log grows
+                    item: E | Lagged = buf[cursor & mask]
+                    cursor += 1
+                    self._cursor = cursor
+                    yield item
+                    if self._closed:
+                        return
+                    head = log.head
+                    if head == cursor or head - cursor > buffer or buf is not log.buf:
+                        break
+                continue
+            if self._closed or log.closed:
+                return
+            await self._wait()
 
     async def __anext__(self) -> E | Lagged:
         log = self._log
@@ -259,13 +289,16 @@ class Subscription(Generic[E]):
                 return item
             if self._closed or log.closed:
                 raise StopAsyncIteration
-            fut = self._hub._loop_().create_future()
-            log.waiters.append(fut)
-            self._waiter = fut
-            try:
-                await fut
-            finally:
-                self._waiter = None
+            await self._wait()
+
+    async def _wait(self) -> None:
+        fut = self._hub._loop_().create_future()
+        self._log.waiters.append(fut)
+        self._waiter = fut
+        try:
+            await fut
+        finally:
+            self._waiter = None
 
     def __await__(self) -> Generator[Any, None, Subscription[E]]:
         return self._confirm().__await__()
