@@ -11,13 +11,18 @@ store into a list. A subscriber more than its ``buffer`` behind skips the oldest
 events and is handed a :class:`Lagged` notice saying how many it missed; the
 publisher never waits for anyone.
 
-The *source* log of a stream is kept where it is published: in the process hosting
-the object, or at the topic's home. A process with subscribers to a stream kept
-elsewhere keeps a *replica* log, fed by the source through a :class:`StreamLink`
-(the worker pool provides one); it subscribes there once, however many local
-subscribers it has. Nothing at all is kept for a stream without subscribers:
-publishing to it costs one dict lookup. Subscriptions belong to the stream, not to
-an activation: subscribing neither needs nor keeps the object active.
+A subscription is registered where the events are published, so a publisher
+knows its subscribers without asking anyone: an object's stream is published in
+the process hosting the object, so a process subscribing to it registers there; a
+topic may be published from any process, so a process subscribing to a topic
+registers with every other process (and the publishers' processes send it their
+events directly, each in its own order). A process registers once per stream,
+however many subscribers it has; the events it receives go to its own log, which
+its subscribers share. A :class:`StreamLink` (the worker pool provides one) carries
+registrations and events between processes. Nothing is kept for a stream without
+subscribers anywhere: publishing to it costs one dict lookup. Subscriptions belong
+to the stream, not to an activation: subscribing neither needs nor keeps the
+object active.
 """
 
 from __future__ import annotations
@@ -70,8 +75,9 @@ class Lagged(msgspec.Struct, frozen=True):
     Attributes:
         missed: how many events were dropped; 0 when unknown (``reason="lost"``).
         reason: ``"slow"``: this subscriber (or its process) fell more than its
-            buffer behind; ``"lost"``: the worker keeping the stream died, so events
-            in flight may be lost; the subscription was renewed with its replacement.
+            buffer behind; ``"lost"``: a worker where the stream is published died,
+            so events in flight from it may be lost; the subscription was renewed
+            with its replacement.
 
     Example::
 
@@ -87,36 +93,32 @@ class Lagged(msgspec.Struct, frozen=True):
 
 
 class StreamLink(abc.ABC):
-    """How one process's streams reach the processes keeping other streams.
+    """How one process's streams reach the other processes.
 
     :class:`Streams` calls it; it calls back :meth:`Streams.add_remote`,
-    :meth:`Streams.remove_remote`, :meth:`Streams.receive`, :meth:`Streams.confirmed`
-    and :meth:`Streams.publish` with what other processes send.
+    :meth:`Streams.remove_remote`, :meth:`Streams.receive`, :meth:`Streams.confirmed`,
+    :meth:`Streams.peer_lost` and :meth:`Streams.peer_back`.
     """
 
     @abc.abstractmethod
-    def owner(self, key: StreamKey) -> int | None:
-        """The process keeping the source of ``key``; None when it is this one."""
+    def peers(self, key: StreamKey) -> tuple[int, ...]:
+        """The other processes where ``key`` may be published (to register with)."""
 
     @abc.abstractmethod
-    def reachable(self, owner: int) -> bool:
-        """Whether process ``owner`` serves now (else :meth:`Streams.owner_back` renews)."""
+    def reachable(self, peer: int) -> bool:
+        """Whether process ``peer`` serves now (else :meth:`Streams.peer_back` renews)."""
 
     @abc.abstractmethod
-    def subscribe(self, owner: int, link_id: int, key: StreamKey) -> None:
-        """Ask ``owner`` to send ``key``'s events here, tagged ``link_id``."""
+    def subscribe(self, peer: int, link_id: int, key: StreamKey) -> None:
+        """Ask ``peer`` to send ``key``'s events published there here, tagged ``link_id``."""
 
     @abc.abstractmethod
-    def unsubscribe(self, owner: int, link_id: int, key: StreamKey) -> None:
-        """Tell ``owner`` to stop sending ``key``'s events tagged ``link_id``."""
+    def unsubscribe(self, peer: int, link_id: int, key: StreamKey) -> None:
+        """Tell ``peer`` to stop sending ``key``'s events tagged ``link_id``."""
 
     @abc.abstractmethod
     def deliver(self, dst: int, link_id: int, event: Any) -> None:
-        """Send one event to the replica ``link_id`` in process ``dst`` (batched)."""
-
-    @abc.abstractmethod
-    def forward(self, owner: int, key: StreamKey, event: Any) -> None:
-        """Publish ``event`` on ``key``, whose source ``owner`` keeps (batched)."""
+        """Send one event to the log ``link_id`` in process ``dst`` (batched)."""
 
 
 class _Log:
@@ -128,6 +130,7 @@ class _Log:
     """
 
     __slots__ = (
+        "awaiting",
         "buf",
         "closed",
         "head",
@@ -136,13 +139,13 @@ class _Log:
         "lost",
         "mask",
         "nsubs",
-        "owner",
+        "peers",
         "ready",
         "remote",
         "waiters",
     )
 
-    def __init__(self, key: StreamKey, cap: int, owner: int | None) -> None:
+    def __init__(self, key: StreamKey, cap: int, peers: tuple[int, ...] = ()) -> None:
         size = _pow2(cap)
         self.key = key
         self.buf: list[Any] = [None] * size
@@ -150,13 +153,15 @@ class _Log:
         self.head = 0
         self.waiters: list[asyncio.Future[None]] = []
         self.nsubs = 0
-        #: Source side: process -> the link id its replica has for this stream.
+        #: Processes subscribed to events published here -> their log's link id.
         self.remote: dict[int, int] = {}
-        #: Replica side: the process keeping the source, our link id, confirmation.
-        self.owner = owner
+        #: The processes this log registered with (for its local subscribers), under
+        #: ``link_id``; those that have not confirmed yet; those that died since.
+        self.peers = peers
         self.link_id = 0
+        self.awaiting: set[int] = set(peers)
+        self.lost: set[int] = set()
         self.ready: asyncio.Future[None] | None = None
-        self.lost = False
         self.closed = False
 
     def grow(self, cap: int) -> None:
@@ -309,9 +314,10 @@ class Subscription(Generic[E]):
             timeout = self._hub.timeout
             done, _ = await asyncio.wait({ready}, timeout=timeout)
             if not done:
+                waiting = ", ".join(map(str, sorted(self._log.awaiting)))
                 raise CallTimeout(
                     f"subscribing to {stream_name(self._log.key)} was not confirmed within "
-                    f"{timeout:g}s (process {self._log.owner})"
+                    f"{timeout:g}s (by process {waiting})"
                 )
         return self
 
@@ -347,11 +353,11 @@ class Subscription(Generic[E]):
 
 
 class Streams:
-    """The streams of one process: source logs, replica logs and their subscribers.
+    """The streams of one process: their logs, subscribers and registrations.
 
     Args:
         name: a label for logs and messages.
-        timeout: seconds a subscription waits for the source process to confirm it.
+        timeout: seconds a subscription waits for other processes to confirm it.
     """
 
     def __init__(self, name: str, timeout: float = 30.0) -> None:
@@ -360,8 +366,8 @@ class Streams:
         #: Routes to other processes; None: every stream is kept here.
         self.link: StreamLink | None = None
         self._logs: dict[StreamKey, _Log] = {}
-        self._replicas: dict[int, _Log] = {}
-        self._homes: dict[str, int | None] = {}
+        #: Logs registered with other processes, by link id.
+        self._registered: dict[int, _Log] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = -1
@@ -382,7 +388,7 @@ class Streams:
     # -- publishing ------------------------------------------------------------------
 
     def publish(self, key: StreamKey, event: Any) -> None:
-        """Append ``event`` to the stream ``key`` kept here (any thread; never blocks)."""
+        """Publish ``event`` on ``key`` from this process (any thread; never blocks)."""
         log = self._logs.get(key)
         if log is None:
             return
@@ -401,21 +407,8 @@ class Streams:
                 deliver(dst, link_id, event)
 
     def publish_topic(self, topic: str, event: Any) -> None:
-        """Publish ``event`` on the named topic, wherever its home is."""
-        key = (TOPIC, topic)
-        link = self.link
-        if link is not None:
-            try:
-                home = self._homes[topic]
-            except KeyError:
-                home = self._homes[topic] = link.owner(key)
-            if home is not None:
-                if get_ident() != self._thread_id:
-                    self._loop_().call_soon_threadsafe(link.forward, home, key, event)
-                else:
-                    link.forward(home, key, event)
-                return
-        self.publish(key, event)
+        """Publish ``event`` on the named topic from this process."""
+        self.publish((TOPIC, topic), event)
 
     # -- subscribing -----------------------------------------------------------------
 
@@ -438,27 +431,53 @@ class Streams:
             )
         log = self._logs.get(key)
         if log is None:
-            link = self.link
-            owner = None if link is None else link.owner(key)
-            log = self._logs[key] = _Log(key, buffer, owner)
-            if owner is not None:
-                assert link is not None
-                log.link_id = next(self._ids)
-                log.ready = loop.create_future()
-                self._replicas[log.link_id] = log
-                if link.reachable(owner):
-                    link.subscribe(owner, log.link_id, key)
-                else:
-                    log.lost = True  # subscribed when the owner serves again
+            log = self._logs[key] = _Log(key, buffer)
         else:
             log.grow(buffer)
+        link = self.link
+        if not log.link_id and link is not None:
+            self._register(log, link, loop)
         log.nsubs += 1
         return Subscription(self, log, buffer)
 
+    def _register(self, log: _Log, link: StreamLink, loop: asyncio.AbstractEventLoop) -> None:
+        """Register ``log`` with the processes where its stream may be published."""
+        peers = link.peers(log.key)
+        if not peers:
+            return
+        log.peers = peers
+        log.awaiting = set(peers)
+        log.link_id = next(self._ids)
+        log.ready = loop.create_future()
+        self._registered[log.link_id] = log
+        for peer in peers:
+            if link.reachable(peer):
+                link.subscribe(peer, log.link_id, log.key)
+            else:
+                log.lost.add(peer)  # registered when it serves again
+
     def _leave(self, log: _Log) -> None:
         log.nsubs -= 1
-        if log.nsubs <= 0 and not log.remote:
-            self._drop(log)
+        if log.nsubs <= 0:
+            self._unregister(log)
+            if not log.remote:
+                self._drop(log)
+
+    def _unregister(self, log: _Log) -> None:
+        """No subscriber here any more: stop the events published elsewhere."""
+        if log.link_id and self._registered.pop(log.link_id, None) is log:
+            link = self.link
+            if not self._closed and link is not None:
+                for peer in log.peers:
+                    if peer not in log.lost:
+                        link.unsubscribe(peer, log.link_id, log.key)
+            if log.ready is not None and not log.ready.done():
+                log.ready.cancel()
+        log.link_id = 0
+        log.peers = ()
+        log.awaiting = set()
+        log.lost = set()
+        log.ready = None
 
     def _drop(self, log: _Log) -> None:
         if self._logs.get(log.key) is log:
@@ -466,11 +485,6 @@ class Streams:
         log.buf = [None]  # the events go now, not when the last subscription object does
         log.mask = 0
         log.head = 0
-        if log.owner is not None and self._replicas.pop(log.link_id, None) is log:
-            if not log.lost and not self._closed and self.link is not None:
-                self.link.unsubscribe(log.owner, log.link_id, log.key)
-            if log.ready is not None and not log.ready.done():
-                log.ready.cancel()
 
     def close(self) -> None:
         """End every subscription here (the system stops); pending events are still read."""
@@ -482,26 +496,26 @@ class Streams:
             if log.ready is not None and not log.ready.done():
                 log.ready.set_result(None)
         self._logs.clear()
-        self._replicas.clear()
+        self._registered.clear()
 
     def stats(self) -> tuple[int, int]:
-        """``(streams, subscribers)``: logs kept here; subscriptions and subscribed processes."""
+        """``(streams, subscribers)``: logs kept here; subscriptions and processes subscribed."""
         subs = sum(log.nsubs + len(log.remote) for log in self._logs.values())
         return len(self._logs), subs
 
     # -- called by the link with what other processes send ----------------------------
 
     def add_remote(self, key: StreamKey, src: int, link_id: int) -> None:
-        """Process ``src`` subscribes to ``key`` (kept here) as replica ``link_id``."""
+        """Process ``src`` subscribes its log ``link_id`` to ``key``'s events published here."""
         if self._closed:
             return
         log = self._logs.get(key)
         if log is None:
-            log = self._logs[key] = _Log(key, 1, None)
+            log = self._logs[key] = _Log(key, 1)
         log.remote[src] = link_id
 
     def remove_remote(self, key: StreamKey, src: int, link_id: int) -> None:
-        """Process ``src`` unsubscribes its replica ``link_id`` of ``key``."""
+        """Process ``src`` unsubscribes its log ``link_id`` from ``key`` here."""
         log = self._logs.get(key)
         if log is None or log.remote.get(src) != link_id:
             return
@@ -510,14 +524,14 @@ class Streams:
             self._drop(log)
 
     def forget_process(self, src: int) -> None:
-        """Process ``src`` died: drop its subscriptions to sources kept here."""
+        """Process ``src`` died: drop its subscriptions here."""
         for log in list(self._logs.values()):
             if log.remote.pop(src, None) is not None and not log.remote and log.nsubs <= 0:
                 self._drop(log)
 
     def receive(self, link_id: int, events: list[Any], missed: int = 0) -> None:
-        """Events from the source of replica ``link_id`` (unknown ids are stale: dropped)."""
-        log = self._replicas.get(link_id)
+        """Events published elsewhere for log ``link_id`` (unknown ids are stale: dropped)."""
+        log = self._registered.get(link_id)
         if log is None:
             return
         buf, mask, head = log.buf, log.mask, log.head
@@ -531,25 +545,28 @@ class Streams:
         if log.waiters:
             log.wake()
 
-    def confirmed(self, link_id: int) -> None:
-        """The source of replica ``link_id`` registered it."""
-        log = self._replicas.get(link_id)
-        if log is not None and log.ready is not None and not log.ready.done():
+    def confirmed(self, link_id: int, src: int) -> None:
+        """Process ``src`` registered log ``link_id``."""
+        log = self._registered.get(link_id)
+        if log is None:
+            return
+        log.awaiting.discard(src)
+        if not log.awaiting and log.ready is not None and not log.ready.done():
             log.ready.set_result(None)
 
-    def owner_lost(self, owner: int) -> None:
-        """Process ``owner`` died: its replicas here get a ``Lagged(0, "lost")`` notice."""
-        for log in self._replicas.values():
-            if log.owner == owner and not log.lost:
-                log.lost = True
+    def peer_lost(self, peer: int) -> None:
+        """Process ``peer`` died: logs registered there get a ``Lagged(0, "lost")`` notice."""
+        for log in self._registered.values():
+            if peer in log.peers and peer not in log.lost:
+                log.lost.add(peer)
                 log.append(Lagged(0, "lost"))
 
-    def owner_back(self, owner: int) -> None:
-        """Process ``owner`` serves again: renew the replicas it lost."""
+    def peer_back(self, peer: int) -> None:
+        """Process ``peer`` serves again: register there again the logs it lost."""
         link = self.link
         if link is None:
             return
-        for log in list(self._replicas.values()):
-            if log.owner == owner and log.lost:
-                log.lost = False
-                link.subscribe(owner, log.link_id, log.key)
+        for log in list(self._registered.values()):
+            if peer in log.lost:
+                log.lost.discard(peer)
+                link.subscribe(peer, log.link_id, log.key)

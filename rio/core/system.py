@@ -75,7 +75,7 @@ class System(abc.ABC):
         """Subscribe to the named topic: ``async for event in system.subscribe("news")``.
 
         Events published after this call reach the subscription, in each publisher's
-        order; ``await`` it first to be sure it is registered where the topic lives.
+        order; ``await`` it first to be sure every process that may publish it knows.
         A subscriber more than ``buffer`` events behind skips the oldest and gets a
         :class:`rio.Lagged` notice saying how many it missed. Call it in the event
         loop's thread (a script, a handler, a background task).

@@ -25,7 +25,6 @@ __all__ = [
     "Events",
     "Exit",
     "Message",
-    "Publish",
     "Ready",
     "Reply",
     "ResetDone",
@@ -112,7 +111,7 @@ class Exit(msgspec.Struct, array_like=True, tag=9):
 
 
 class Subscribe(msgspec.Struct, array_like=True, tag=10):
-    """To the process keeping a stream: send its events here, tagged ``link``."""
+    """To a process where a stream may be published: send its events here, tagged ``link``."""
 
     link: int
     type_name: str
@@ -120,7 +119,7 @@ class Subscribe(msgspec.Struct, array_like=True, tag=10):
 
 
 class Unsubscribe(msgspec.Struct, array_like=True, tag=11):
-    """To the process keeping a stream: stop sending the events tagged ``link``."""
+    """To a process where a stream may be published: stop sending events tagged ``link``."""
 
     link: int
     type_name: str
@@ -128,13 +127,13 @@ class Unsubscribe(msgspec.Struct, array_like=True, tag=11):
 
 
 class Subscribed(msgspec.Struct, array_like=True, tag=12):
-    """From the process keeping a stream: :class:`Subscribe` ``link`` is registered."""
+    """The answer to :class:`Subscribe` ``link``: registered."""
 
     link: int
 
 
 class Events(msgspec.Struct, array_like=True, tag=13):
-    """Events for the subscribing process's replica ``link``, oldest first.
+    """Events published here for the subscribing process's log ``link``, oldest first.
 
     ``events`` is a msgpack array of values of one type, named by ``event_type``
     (``module:qualname``; empty for builtins). ``missed`` events were dropped before
@@ -142,16 +141,6 @@ class Events(msgspec.Struct, array_like=True, tag=13):
     """
 
     link: int
-    missed: int
-    event_type: str
-    events: msgspec.Raw
-
-
-class Publish(msgspec.Struct, array_like=True, tag=14):
-    """To a topic's home: publish ``events`` (as in :class:`Events`) on it, in order."""
-
-    type_name: str
-    object_id: str
     missed: int
     event_type: str
     events: msgspec.Raw
@@ -171,10 +160,9 @@ Message = (
     | Unsubscribe
     | Subscribed
     | Events
-    | Publish
 )
 #: The messages :class:`rio.local.streams.StreamLinks` handles.
-STREAM_MESSAGES = (Events, Subscribe, Unsubscribe, Subscribed, Publish)
+STREAM_MESSAGES = (Events, Subscribe, Unsubscribe, Subscribed)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)

@@ -1,13 +1,13 @@
 """Pub/sub between the processes of one box: the :class:`~rio.core.streams.StreamLink`.
 
-A stream's source lives in the worker that owns its key (:func:`owner_of`): the
-worker hosting the object, or, for a topic, the worker its name hashes to. Another
-process with subscribers sends that worker one :class:`Subscribe` per stream and
-keeps a replica that its own subscribers read; the owner sends each event once per
-subscribed process, batched: everything published during one pass of the event loop
-leaves in one :class:`Events` message per replica (per run of one event type).
-A topic published from another process travels to its home in :class:`Publish`
-batches the same way.
+An object's stream is published in the worker hosting the object
+(:func:`owner_of`); a process with subscribers to it sends that worker one
+:class:`Subscribe`. A topic may be published anywhere, so a process with
+subscribers to it sends every other process (driver and workers) one
+:class:`Subscribe`. A process publishing sends each event once per subscribed
+process, batched: everything published during one pass of the event loop leaves in
+one :class:`Events` message per subscribed process and stream (per run of one event
+type); the receiving process appends them to the log its subscribers share.
 
 Events travel as msgpack with their class named (``module:qualname``); the
 receiving process decodes them into that class when it has it (workers import the
@@ -17,9 +17,9 @@ builtins, with a warning.
 Publishers never wait: when more than :data:`BACKLOG` bytes already wait to enter a
 process's ring, events for it are dropped and counted, and the count reaches its
 subscribers as a :class:`rio.Lagged` notice. A subscribing process that dies is
-forgotten by every owner; when an owner dies, its subscribers get a
-``Lagged(0, "lost")`` notice and their subscriptions are renewed with the
-replacement worker.
+forgotten by every publisher's process; when a worker that publishes a stream dies,
+that stream's subscribers get a ``Lagged(0, "lost")`` notice and their subscriptions
+are renewed with the replacement worker.
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ from typing import Any
 import msgspec
 from loguru import logger
 
-from rio.core.streams import Lagged, StreamKey, StreamLink, Streams, stream_name
+from rio.core.streams import TOPIC, StreamKey, StreamLink, Streams
 from rio.local.config import owner_of
 from rio.local.protocol import (
     Events,
-    Publish,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -83,10 +82,6 @@ def _events(link_id: int, missed: int, event_type: str, events: Any) -> Events:
     return Events(link_id, missed, event_type, events)
 
 
-def _publish(key: StreamKey, missed: int, event_type: str, events: Any) -> Publish:
-    return Publish(key[0], key[1], missed, event_type, events)
-
-
 class StreamLinks(StreamLink):
     """One process's end of pub/sub across the box.
 
@@ -115,9 +110,8 @@ class StreamLinks(StreamLink):
         self.is_down = is_down
         self.name = name
         self._out: dict[tuple[int, int], list[Any]] = {}
-        self._fwd: dict[tuple[int, StreamKey], list[Any]] = {}
         self._missed: dict[tuple[int, int], int] = {}
-        self._fwd_missed: dict[tuple[int, StreamKey], int] = {}
+        self._everyone_else = tuple(p for p in range(nworkers + 1) if p != me)
         self._scheduled = False
         self._retry_armed = False
         self._decoders: dict[str, msgspec.msgpack.Decoder[list[Any]]] = {"": _ANY_LIST}
@@ -125,39 +119,31 @@ class StreamLinks(StreamLink):
 
     # -- StreamLink ------------------------------------------------------------------
 
-    def owner(self, key: StreamKey) -> int | None:
-        """The worker owning ``key``; None when it is this process."""
+    def peers(self, key: StreamKey) -> tuple[int, ...]:
+        """A topic: every other process; an object: the worker hosting it, unless this one."""
+        if key[0] == TOPIC:
+            return self._everyone_else
         owner = owner_of(key, self.n)
-        return None if owner == self.me else owner
+        return () if owner == self.me else (owner,)
 
-    def reachable(self, owner: int) -> bool:
-        """Whether ``owner`` serves (not dead or restarting)."""
-        return not self.is_down(owner)
+    def reachable(self, peer: int) -> bool:
+        """Whether ``peer`` serves (not dead or restarting)."""
+        return not self.is_down(peer)
 
-    def subscribe(self, owner: int, link_id: int, key: StreamKey) -> None:
-        """Send :class:`Subscribe` to ``owner``."""
-        self.hub.send(owner, encode(Subscribe(link_id, key[0], key[1])))
+    def subscribe(self, peer: int, link_id: int, key: StreamKey) -> None:
+        """Send :class:`Subscribe` to ``peer``."""
+        self.hub.send(peer, encode(Subscribe(link_id, key[0], key[1])))
 
-    def unsubscribe(self, owner: int, link_id: int, key: StreamKey) -> None:
-        """Send :class:`Unsubscribe` to ``owner`` unless it is down."""
-        if not self.is_down(owner):
-            self.hub.send(owner, encode(Unsubscribe(link_id, key[0], key[1])))
+    def unsubscribe(self, peer: int, link_id: int, key: StreamKey) -> None:
+        """Send :class:`Unsubscribe` to ``peer`` unless it is down."""
+        if not self.is_down(peer):
+            self.hub.send(peer, encode(Unsubscribe(link_id, key[0], key[1])))
 
     def deliver(self, dst: int, link_id: int, event: Any) -> None:
-        """Queue ``event`` for replica ``link_id`` in ``dst``; sent at the end of this pass."""
+        """Queue ``event`` for log ``link_id`` in ``dst``; sent at the end of this pass."""
         batch = self._out.get((dst, link_id))
         if batch is None:
             self._out[(dst, link_id)] = [event]
-            if not self._scheduled:
-                self._schedule()
-        else:
-            batch.append(event)
-
-    def forward(self, owner: int, key: StreamKey, event: Any) -> None:
-        """Queue ``event`` for topic ``key`` at its home ``owner``."""
-        batch = self._fwd.get((owner, key))
-        if batch is None:
-            self._fwd[(owner, key)] = [event]
             if not self._scheduled:
                 self._schedule()
         else:
@@ -172,7 +158,6 @@ class StreamLinks(StreamLink):
     def _flush(self) -> None:
         self._scheduled = False
         out, self._out = self._out, {}
-        fwd, self._fwd = self._fwd, {}
         for (dst, link_id), events in out.items():
             key = (dst, link_id)
             missed = self._missed.pop(key, 0)
@@ -182,16 +167,7 @@ class StreamLinks(StreamLink):
                 self._missed[key] = missed + len(events)
                 continue
             self._send_runs(dst, events, missed, partial(_events, link_id))
-        for (owner, topic), events in fwd.items():
-            fkey = (owner, topic)
-            missed = self._fwd_missed.pop(fkey, 0)
-            if self.is_down(owner):
-                continue
-            if self.hub.pending_bytes(owner) > BACKLOG:
-                self._fwd_missed[fkey] = missed + len(events)
-                continue
-            self._send_runs(owner, events, missed, partial(_publish, topic))
-        if (self._missed or self._fwd_missed) and not self._retry_armed:
+        if self._missed and not self._retry_armed:
             self._retry_armed = True
             self.hub.loop.call_later(RETRY, self._retry)
 
@@ -200,8 +176,6 @@ class StreamLinks(StreamLink):
         self._retry_armed = False
         for key in self._missed:
             self._out.setdefault(key, [])
-        for fkey in self._fwd_missed:
-            self._fwd.setdefault(fkey, [])
         if not self._scheduled:
             self._schedule()
 
@@ -210,7 +184,7 @@ class StreamLinks(StreamLink):
         dst: int,
         events: list[Any],
         missed: int,
-        make: Callable[[int, str, Any], Events | Publish],
+        make: Callable[[int, str, Any], Events],
     ) -> None:
         """Send ``events`` as one message per run of one type; the first carries ``missed``."""
         if not events:
@@ -259,7 +233,7 @@ class StreamLinks(StreamLink):
     def on_message(self, src: int, msg: Any) -> None:
         """Handle one of :data:`~rio.local.protocol.STREAM_MESSAGES` from process ``src``."""
         if isinstance(msg, Events):
-            events = self._decode(msg.event_type, msg.events, f"replica {msg.link}")
+            events = self._decode(msg.event_type, msg.events, msg.link)
             if events is None:
                 self.streams.receive(msg.link, [], msg.missed + self._count(msg.events))
             else:
@@ -270,25 +244,16 @@ class StreamLinks(StreamLink):
         elif isinstance(msg, Unsubscribe):
             self.streams.remove_remote((msg.type_name, msg.object_id), src, msg.link)
         elif isinstance(msg, Subscribed):
-            self.streams.confirmed(msg.link)
-        elif isinstance(msg, Publish):
-            key = (msg.type_name, msg.object_id)
-            events = self._decode(msg.event_type, msg.events, stream_name(key))
-            missed = msg.missed + (self._count(msg.events) if events is None else 0)
-            publish = self.streams.publish
-            if missed:
-                publish(key, Lagged(missed))
-            for event in events or ():
-                publish(key, event)
+            self.streams.confirmed(msg.link, src)
 
-    def _decode(self, type_name: str, raw: msgspec.Raw, where: str) -> list[Any] | None:
+    def _decode(self, type_name: str, raw: msgspec.Raw, link_id: int) -> list[Any] | None:
         decoder = self._decoders.get(type_name)
         if decoder is None:
             decoder = self._decoders[type_name] = self._decoder_for(type_name)
         try:
             return decoder.decode(raw)
         except msgspec.DecodeError as e:
-            logger.error("{}: events for {} could not be decoded: {}", self.name, where, e)
+            logger.error("{}: events for log {} could not be decoded: {}", self.name, link_id, e)
             return None
 
     def _decoder_for(self, type_name: str) -> msgspec.msgpack.Decoder[list[Any]]:
@@ -318,12 +283,10 @@ class StreamLinks(StreamLink):
     def peer_down(self, peer: int) -> None:
         """Process ``peer`` died: forget its subscriptions, tell subscribers of its streams."""
         self._out = {k: v for k, v in self._out.items() if k[0] != peer}
-        self._fwd = {k: v for k, v in self._fwd.items() if k[0] != peer}
         self._missed = {k: v for k, v in self._missed.items() if k[0] != peer}
-        self._fwd_missed = {k: v for k, v in self._fwd_missed.items() if k[0] != peer}
         self.streams.forget_process(peer)
-        self.streams.owner_lost(peer)
+        self.streams.peer_lost(peer)
 
     def peer_up(self, peer: int) -> None:
         """Process ``peer`` serves again: renew the subscriptions it lost."""
-        self.streams.owner_back(peer)
+        self.streams.peer_back(peer)

@@ -174,6 +174,9 @@ async def test_leaving_the_loop_unsubscribes(system: rio.System) -> None:
     await table.play(1)
     assert await take(sub, 1) == [Move("t7", 1)]
     del sub
+    async with system.subscribe("t7-news") as news:  # registered with every process
+        await table.shout("t7-news", 1)
+        assert await take(news, 1) == [Move("t7", 0)]
 
     async def nothing_kept() -> bool:
         return all(s == (0, 0) for s in (await stream_stats(system)).values())

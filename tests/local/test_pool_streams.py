@@ -24,6 +24,9 @@ class PsTable(rio.Actor, idle_ttl=None):
     async def play(self, n: int) -> None:
         self.publish(PsMove(n))
 
+    async def shout(self, n: int) -> None:
+        self.publish(PsMove(n), topic="ps-news")
+
     async def streams(self) -> tuple[int, int]:
         """``(streams, subscribers)`` kept by this actor's worker."""
         return self._rio_system.streams.stats()
@@ -87,3 +90,16 @@ async def test_a_subscription_survives_its_owner_worker_dying() -> None:
             await table.play(2)  # waits for the restart; the object re-activates there
             assert await asyncio.wait_for(anext(moves), 10) == PsMove(2)
         assert system.stats().restarts == 1
+
+
+async def test_a_topic_subscription_survives_a_publishing_worker_dying() -> None:
+    async with _pool() as system:
+        assert isinstance(system, PoolSystem)
+        table = PsTable.ref(_id_on(system, "PsTable", 1))
+        async with system.subscribe("ps-news") as news:
+            await table.shout(1)
+            assert await anext(news) == PsMove(1)
+            os.kill(system.worker_pid(1), signal.SIGKILL)
+            assert await asyncio.wait_for(anext(news), 10) == rio.Lagged(0, "lost")
+            await table.shout(2)  # from the replacement worker, which learnt of us again
+            assert await asyncio.wait_for(anext(news), 10) == PsMove(2)
