@@ -68,7 +68,8 @@ class Ref(Generic[A]):
         ``await`` it first to be sure it is registered in the process hosting the
         actor. A subscriber more than ``buffer`` events behind skips the oldest and
         gets a :class:`rio.Lagged` notice saying how many it missed. Leaving the
-        ``async for`` unsubscribes. Call it in the event loop's thread.
+        ``async for`` unsubscribes. From another thread it returns a confirmed
+        subscription to iterate with a plain ``for``.
 
         Example::
 

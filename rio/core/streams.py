@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import itertools
 from _thread import get_ident
-from collections.abc import AsyncGenerator, AsyncIterator, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -188,6 +188,9 @@ class _Log:
                 fut.set_result(None)
 
 
+_END: Any = object()
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -277,6 +280,31 @@ class Subscription(Generic[E]):
             if self._closed or log.closed:
                 return
             await self._wait()
+
+    def __iter__(self) -> Iterator[E | Lagged]:
+        """Iterate from a thread other than the event loop's: each step blocks.
+
+        Example (in a thread started with ``self.start_thread``)::
+
+            for event in Table.ref("t1").subscribe():
+                render(event)
+        """
+        hub = self._hub
+        loop = hub._loop_()
+        if get_ident() == hub._thread_id:
+            raise RuntimeError("in the event loop's thread, iterate with `async for`")
+        while True:
+            step = asyncio.run_coroutine_threadsafe(self._next_or_end(), loop)
+            item = step.result()
+            if item is _END:
+                return
+            yield item
+
+    async def _next_or_end(self) -> Any:
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            return _END
 
     async def __anext__(self) -> E | Lagged:
         log = self._log
@@ -413,7 +441,7 @@ class Streams:
     # -- subscribing -----------------------------------------------------------------
 
     def subscribe(self, key: StreamKey, buffer: int = DEFAULT_BUFFER) -> Subscription[Any]:
-        """A new subscription to ``key`` (call in the event loop's thread).
+        """A new subscription to ``key`` (from another thread: confirmed, blocking).
 
         Raises:
             ValueError: ``buffer`` is not a positive int.
@@ -424,11 +452,8 @@ class Streams:
         loop = self._loop_()
         if self._closed:
             raise SystemStopping(f"{self.name} is stopping: no new subscriptions")
-        if get_ident() != self._thread_id:
-            raise RuntimeError(
-                f"subscribe to {stream_name(key)} from the event loop's thread; "
-                "a thread can consume events that a task forwards to it"
-            )
+        if get_ident() != self._thread_id:  # a thread: subscribe in the loop, confirmed
+            return asyncio.run_coroutine_threadsafe(self._subscribed(key, buffer), loop).result()
         log = self._logs.get(key)
         if log is None:
             log = self._logs[key] = _Log(key, buffer)
@@ -439,6 +464,9 @@ class Streams:
             self._register(log, link, loop)
         log.nsubs += 1
         return Subscription(self, log, buffer)
+
+    async def _subscribed(self, key: StreamKey, buffer: int) -> Subscription[Any]:
+        return await self.subscribe(key, buffer)
 
     def _register(self, log: _Log, link: StreamLink, loop: asyncio.AbstractEventLoop) -> None:
         """Register ``log`` with the processes where its stream may be published."""

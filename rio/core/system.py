@@ -77,8 +77,9 @@ class System(abc.ABC):
         Events published after this call reach the subscription, in each publisher's
         order; ``await`` it first to be sure every process that may publish it knows.
         A subscriber more than ``buffer`` events behind skips the oldest and gets a
-        :class:`rio.Lagged` notice saying how many it missed. Call it in the event
-        loop's thread (a script, a handler, a background task).
+        :class:`rio.Lagged` notice saying how many it missed. From a thread other
+        than the event loop's it returns a confirmed subscription to iterate with a
+        plain ``for``.
 
         Example::
 

@@ -222,6 +222,29 @@ async def test_a_thread_publishes(system: rio.System) -> None:
         assert [m.n for m in await take(moves, 3)] == [0, 1, 2]
 
 
+async def test_a_thread_subscribes(system: rio.System) -> None:
+    table = SsTable.ref("t14")
+    subscribed = threading.Event()
+
+    def consume() -> list[Any]:
+        sub = table.subscribe()  # from a thread: returns once registered
+        subscribed.set()
+        got = []
+        for move in sub:
+            got.append(move.n)
+            if len(got) == 3:
+                break
+        sub.close()
+        return got
+
+    loop = asyncio.get_running_loop()
+    consumer = loop.run_in_executor(None, consume)
+    await loop.run_in_executor(None, subscribed.wait, 5)
+    for n in range(3):
+        await table.play(n)
+    assert await asyncio.wait_for(consumer, 5) == [0, 1, 2]
+
+
 async def test_subscriptions_end_when_the_system_stops(make_app: Any) -> None:
     async with make_app() as system:
         sub = await SsTable.ref("t12").subscribe()
