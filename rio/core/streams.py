@@ -246,7 +246,7 @@ class Subscription(Generic[E]):
 
     def pending(self) -> int:
         """How many events (up to ``buffer``) wait to be read."""
-        return min(self._log.head - self._cursor, self._buffer)
+        return max(0, min(self._log.head - self._cursor, self._buffer))
 
     def __aiter__(self) -> AsyncIterator[E | Lagged]:
         return self._events()
@@ -407,6 +407,11 @@ class Streams:
         self._thread_id = get_ident()
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (the system stops)."""
+        return self._closed
+
     def _loop_(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None:
@@ -488,7 +493,10 @@ class Streams:
         log.nsubs -= 1
         if log.nsubs <= 0:
             self._unregister(log)
-            if not log.remote:
+            if log.remote:  # still published to other processes: keep no events here
+                log.buf = [None]
+                log.mask = 0
+            else:
                 self._drop(log)
 
     def _unregister(self, log: _Log) -> None:

@@ -158,6 +158,9 @@ class StreamLinks(StreamLink):
     def _flush(self) -> None:
         self._scheduled = False
         out, self._out = self._out, {}
+        if self.streams.closed:  # stopping: the other processes are going too
+            self._missed.clear()
+            return
         for (dst, link_id), events in out.items():
             key = (dst, link_id)
             missed = self._missed.pop(key, 0)
