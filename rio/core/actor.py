@@ -323,8 +323,10 @@ class Actor(Generic[S]):
         streams = self._rio_system.streams
         if topic is None:
             streams.publish(self._rio_key, event)
-        else:
+        elif topic and isinstance(topic, str):
             streams.publish_topic(topic, event)
+        else:
+            raise ValueError(f"a topic is a non-empty str, got {topic!r}")
 
     # -- lifecycle hooks -----------------------------------------------------------
 
