@@ -51,7 +51,9 @@ from rio.core.errors import (
 )
 from rio.core.ref import Ref
 from rio.core.runtime import RuntimeStats
+from rio.core.streams import Lagged, Subscription
 from rio.core.system import System
+from rio.core.timers import Timer
 
 __all__ = [
     "ActivationFailed",
@@ -63,6 +65,7 @@ __all__ = [
     "ClusterSettings",
     "ConfigError",
     "Deadlock",
+    "Lagged",
     "NoNodesAvailable",
     "NoSystemRunning",
     "NodeUnreachable",
@@ -75,8 +78,10 @@ __all__ = [
     "StateDecodeError",
     "StorageError",
     "StorageUnavailable",
+    "Subscription",
     "System",
     "SystemStopping",
+    "Timer",
     "UnknownActorType",
     "UnknownMethod",
     "WorkerLost",

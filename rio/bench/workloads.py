@@ -50,6 +50,90 @@ class BenchSaver(rio.Actor[BenchState], name="rio.bench.Saver", idle_ttl=None):
         return self.state.value
 
 
+class BenchEvent(msgspec.Struct, frozen=True):
+    """The event :class:`BenchPublisher` publishes."""
+
+    seq: int
+
+
+class BenchPublisher(rio.Actor[None], name="rio.bench.Publisher", idle_ttl=None):
+    """An actor that publishes one event on its own stream per call."""
+
+    async def emit(self, seq: int) -> None:
+        """Publish ``BenchEvent(seq)``."""
+        self.publish(BenchEvent(seq))
+
+
+#: Subscriber buffer in the pub/sub workloads: large enough that none lags.
+PUBSUB_BUFFER = 1 << 16
+
+
+def register_pubsub(path: str, workers: int, sizes: dict[str, tuple[int, int]]) -> None:
+    """Register ``pubsub-1`` and ``pubsub-100`` on ``path``.
+
+    The driver calls a publisher actor, 1,000 calls in flight at a time; each call
+    publishes one event on the actor's stream. 1 or 100 subscriptions in the
+    driver read every event with ``async for``; the run ends when each has counted
+    all ``n`` (a ``rio.Lagged`` notice fails the run). Events per second are
+    ``n`` over that time.
+    """
+
+    def app() -> rio.App:
+        return rio.App(
+            f"bench-{path}", storage="memory://", actors=[BenchPublisher], workers=workers
+        )
+
+    async def pubsub(n: int, subscribers: int) -> Measurement:
+        async with app() as system:
+            pub = system.ref(BenchPublisher, "p")
+            await pub.emit(-1)
+            subs = [await pub.subscribe(buffer=PUBSUB_BUFFER) for _ in range(subscribers)]
+            counts = [0] * subscribers
+
+            async def consume(i: int, sub: rio.Subscription[Any]) -> None:
+                count = 0
+                async for event in sub:
+                    if type(event) is not BenchEvent:
+                        raise RuntimeError(f"subscriber {i} lost events: {event}")
+                    count += 1
+                    if count == n:
+                        break
+                counts[i] = count
+
+            loop = asyncio.get_running_loop()
+            readers = [loop.create_task(consume(i, s)) for i, s in enumerate(subs)]
+            lat: list[float] = []
+            start = perf()
+            for first in range(0, n, PIPELINE_BATCH):
+                t0 = perf()
+                futs = [pub.emit(i) for i in range(first, min(n, first + PIPELINE_BATCH))]
+                for f in futs:
+                    await f
+                lat.append(perf() - t0)
+                # In-process calls that finish at once never yield to the loop: let the
+                # subscribers read this batch before the next (they share the thread).
+                await asyncio.sleep(0)
+            await asyncio.gather(*readers)
+            elapsed = perf() - start
+            if counts != [n] * subscribers:
+                raise RuntimeError(f"deliveries lost: counted {counts}, published {n} each")
+            return Measurement(n, elapsed, lat)
+
+    where = "in the caller's own process" if workers == 0 else f"in {workers} worker processes"
+    for subscribers in (1, 100):
+
+        async def fn(n: int, subscribers: int = subscribers) -> Measurement:
+            return await pubsub(n, subscribers)
+
+        name = f"pubsub-{subscribers}"
+        fn.__doc__ = (
+            f"Events published by an actor {where}, one per call, 1,000 calls in flight, "
+            f"each delivered to {subscribers} subscriber{'s' if subscribers > 1 else ''} "
+            "in the driver (all counted)."
+        )
+        workload(path, name, n=sizes[name][0], quick_n=sizes[name][1])(fn)
+
+
 def _app(storage: str = "memory://") -> rio.App:
     return rio.App("bench", storage=storage, actors=[BenchCounter, BenchSaver], workers=0)
 
@@ -161,6 +245,7 @@ register_call_suite(
         "activate": (100_000, 10_000),
     },
 )
+register_pubsub("inproc", 0, {"pubsub-1": (200_000, 50_000), "pubsub-100": (20_000, 5_000)})
 
 
 @workload("baseline", "method-call", n=1_000_000, quick_n=200_000)

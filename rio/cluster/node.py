@@ -432,6 +432,8 @@ class ClusterNode(System):
         self.default_timeout = app.default_timeout
         self.runtime: Runtime = app.make_runtime()
         self.runtime.system = self
+        #: Pub/sub among this node's subscribers (not yet across nodes).
+        self.streams = self.runtime.streams
         self._handlers: dict[tuple[str, str], Handler] = {}
         self._started = False
         self._stopping = False

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rio.core.ref import Ref
     from rio.core.runtime import Runtime
     from rio.core.system import System
+    from rio.core.timers import Timer, TimerCallback
 
 __all__ = ["DEFAULT_IDLE_TTL", "Actor", "reentrant"]
 
@@ -85,6 +86,7 @@ class Actor(Generic[S]):
         "_rio_queue": "",
         "_rio_status": "",
         "_rio_system": "",
+        "_rio_timers": "",
         "_rio_version": "",
     }
 
@@ -100,6 +102,7 @@ class Actor(Generic[S]):
     _rio_queue: deque[Any] | None
     _rio_status: int
     _rio_system: Runtime
+    _rio_timers: dict[Any, Timer] | None
     _rio_version: int
 
     _rio_type: ClassVar[ActorType]
@@ -264,6 +267,66 @@ class Actor(Generic[S]):
         thread return ``concurrent.futures.Future`` objects.
         """
         return self._rio_system.start_thread_for(self, fn, args, name)
+
+    def start_timer(
+        self,
+        callback: TimerCallback,
+        interval: float | None,
+        *,
+        due: float | None = None,
+        name: str | None = None,
+        keep_alive: bool = False,
+    ) -> Timer:
+        """Call ``callback()`` every ``interval`` seconds, each time as a turn of this actor.
+
+        A tick is an ordinary turn: it waits for the turn in progress, never overlaps
+        a handler (unless the type is reentrant), and may call other actors. The next
+        tick is due ``interval`` seconds after the previous one finished. If
+        ``callback`` raises, the error is logged and the timer keeps going. The timer
+        is cancelled when the actor deactivates, and its ticks do not keep an idle
+        actor alive unless ``keep_alive`` is True.
+
+        Args:
+            callback: a coroutine function or a plain function, called with no
+                arguments (a bound method such as ``self.tick``, or a ``partial``).
+            interval: seconds between ticks; None fires once, after ``due``.
+            due: seconds until the first tick (default: ``interval``).
+            name: starting a timer with the name of a running one replaces it.
+            keep_alive: count ticks as activity, so the idle TTL never passes.
+
+        Returns:
+            the :class:`rio.Timer`; ``timer.cancel()`` stops it.
+
+        Example::
+
+            async def on_activate(self) -> None:
+                self.start_timer(self.heartbeat, 5.0, name="heartbeat")
+        """
+        return self._rio_system.timers.start(self, callback, interval, due, name, keep_alive)
+
+    def publish(self, event: Any, *, topic: str | None = None) -> None:
+        """Publish ``event`` on this actor's own stream, or on the named ``topic``.
+
+        Subscribers (``ref.subscribe()`` for this actor's stream,
+        ``system.subscribe(topic)`` for a topic) get it in publishing order. It never
+        blocks: a subscriber that falls behind loses the oldest events and is told
+        how many (:class:`rio.Lagged`). With no subscribers it costs next to
+        nothing. Events reaching other processes must be msgspec-encodable (a
+        ``Struct`` or builtins); inside one process they are passed by reference,
+        so treat them as immutable. Callable from background tasks and threads.
+
+        Example::
+
+            self.publish(PlayerJoined(name))            # on Table/<id>'s own stream
+            self.publish(Score(self.id, 3), topic="scores")
+        """
+        streams = self._rio_system.streams
+        if topic is None:
+            streams.publish(self._rio_key, event)
+        elif topic and isinstance(topic, str):
+            streams.publish_topic(topic, event)
+        else:
+            raise ValueError(f"a topic is a non-empty str, got {topic!r}")
 
     # -- lifecycle hooks -----------------------------------------------------------
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from rio.core.background import Background
     from rio.core.system import System
+    from rio.core.timers import Timers
     from rio.storage.base import StateStorage
 
 __all__ = ["Lifecycle", "PlacementHook"]
@@ -62,6 +63,7 @@ class Lifecycle:
         default_timeout: float
         drain_timeout: float
         background: Background
+        timers: Timers
         system: System
         placement: PlacementHook | None
         _acts: dict[Key, Actor[Any]]
@@ -99,6 +101,7 @@ class Lifecycle:
         act._rio_deact = False
         act._rio_draining = False
         act._rio_bg = None
+        act._rio_timers = None
         act._rio_version = 0
         act._rio_last = 0.0
         self._acts[key] = act
@@ -160,6 +163,7 @@ class Lifecycle:
             del self._acts[key]
             if self.placement is not None:
                 self.placement.released(key)
+        self.timers.cancel_all(act)
         self.background.cancel_all(act)
         queue, act._rio_queue = act._rio_queue, None
         for msg in queue or ():
@@ -214,6 +218,7 @@ class Lifecycle:
         info: ActorType = act._rio_type
         key = act._rio_key
         act._rio_busy += 1
+        self.timers.cancel_all(act)
         try:
             if was_active and info.has_on_deactivate:
                 token = CURRENT_TURN.set((act, (key,), self._loop_().time() + self.default_timeout))

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from rio.core.context import _SYSTEM, current_system
 from rio.core.errors import BadArguments, UnknownMethod
 from rio.core.registry import ActorType, Handler
+from rio.core.streams import DEFAULT_BUFFER
 
 if TYPE_CHECKING:
+    from rio.core.streams import Subscription
     from rio.core.system import System
 
 __all__ = ["Ref", "make_ref_class", "new_ref"]
@@ -57,6 +59,27 @@ class Ref(Generic[A]):
         if not seconds > 0:
             raise ValueError(f"timeout must be positive seconds, got {seconds!r}")
         return new_ref(self._rio_type, self._rio_key[1], self._rio_system, seconds)
+
+    def subscribe(self, *, buffer: int = DEFAULT_BUFFER) -> Subscription[Any]:
+        """Subscribe to this actor's own stream (what it publishes with ``self.publish``).
+
+        The actor need not be active, and the subscription does not keep it active.
+        Events published after this call reach the subscription in publishing order;
+        ``await`` it first to be sure it is registered in the process hosting the
+        actor. A subscriber more than ``buffer`` events behind skips the oldest and
+        gets a :class:`rio.Lagged` notice saying how many it missed. Leaving the
+        ``async for`` unsubscribes. From another thread it returns a confirmed
+        subscription to iterate with a plain ``for``.
+
+        Example::
+
+            async for event in Table.ref("t1").subscribe():
+                print(event)
+        """
+        from rio.core.system import streams_of
+
+        system = self._rio_system or _SYSTEM.get() or current_system()
+        return streams_of(system).subscribe(self._rio_key, buffer)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):

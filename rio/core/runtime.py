@@ -46,7 +46,9 @@ from rio.core.errors import (
 from rio.core.lifecycle import Lifecycle, PlacementHook
 from rio.core.ref import Ref, new_ref
 from rio.core.registry import Handler, actor_type, lookup_type
+from rio.core.streams import Streams
 from rio.core.system import System
+from rio.core.timers import Timers
 from rio.core.turns import (
     _UNSHARED,
     ACTIVATING,
@@ -75,6 +77,10 @@ class RuntimeStats(msgspec.Struct, frozen=True):
     activations: int
     by_type: dict[str, int]
     queued: int
+    #: Pub/sub streams with subscribers kept here (sources and replicas).
+    streams: int = 0
+    #: Subscriptions here, plus other processes subscribed to streams kept here.
+    subscribers: int = 0
 
 
 class Runtime(Lifecycle, System):
@@ -136,6 +142,8 @@ class Runtime(Lifecycle, System):
         self.background = Background(self)
         #: Set by a cluster node: claims objects before activation, releases after.
         self.placement: PlacementHook | None = None
+        self.timers = Timers(self)
+        self.streams = Streams(name, self.default_timeout)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -147,6 +155,7 @@ class Runtime(Lifecycle, System):
         self._thread_id = threading.get_ident()
         self._current_tasks = current_task_table(self._loop) or {}
         await self.storage.open()
+        self.streams.start()
         self._started = True
         ctx = contextvars.copy_context()
         ctx.run(CURRENT_TURN.set, None)
@@ -208,6 +217,7 @@ class Runtime(Lifecycle, System):
             return
         self._closed = True
         self._stopping = True
+        self.streams.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -584,13 +594,14 @@ class Runtime(Lifecycle, System):
     # -- introspection -----------------------------------------------------------------
 
     def stats(self) -> RuntimeStats:
-        """A snapshot: activations (total and by type) and queued messages."""
+        """A snapshot: activations (total and by type), queued messages, streams."""
         by_type: dict[str, int] = {}
         queued = 0
         for (tname, _), act in self._acts.items():
             by_type[tname] = by_type.get(tname, 0) + 1
             queued += len(act._rio_queue or ())
-        return RuntimeStats(len(self._acts), by_type, queued)
+        streams, subscribers = self.streams.stats()
+        return RuntimeStats(len(self._acts), by_type, queued, streams, subscribers)
 
     def is_active(self, actor: type[Actor[Any]] | str, object_id: str | int) -> bool:
         """True when ``(actor, object_id)`` has a live activation here."""

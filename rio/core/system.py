@@ -7,7 +7,9 @@ import asyncio
 import concurrent.futures
 from typing import TYPE_CHECKING, Any
 
+from rio.core.errors import ConfigError
 from rio.core.registry import Handler, actor_type, lookup_type
+from rio.core.streams import DEFAULT_BUFFER, TOPIC, Streams, Subscription
 
 if TYPE_CHECKING:
     import msgspec
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
     from rio.core.actor import Actor
     from rio.core.ref import Ref
 
-__all__ = ["System"]
+__all__ = ["System", "key_of", "streams_of"]
 
 
 class System(abc.ABC):
@@ -69,6 +71,33 @@ class System(abc.ABC):
 
         return asyncio.run_coroutine_threadsafe(call(), loop)
 
+    def subscribe(self, topic: str, *, buffer: int = DEFAULT_BUFFER) -> Subscription[Any]:
+        """Subscribe to the named topic: ``async for event in system.subscribe("news")``.
+
+        Events published after this call reach the subscription, in each publisher's
+        order; ``await`` it first to be sure every process that may publish it knows.
+        A subscriber more than ``buffer`` events behind skips the oldest and gets a
+        :class:`rio.Lagged` notice saying how many it missed. From a thread other
+        than the event loop's it returns a confirmed subscription to iterate with a
+        plain ``for``.
+
+        Example::
+
+            async with system.subscribe("scores") as scores:
+                async for score in scores:
+                    print(score)
+        """
+        return streams_of(self).subscribe((TOPIC, _topic(topic)), buffer)
+
+    def publish(self, event: Any, *, topic: str) -> None:
+        """Publish ``event`` on the named topic (as :meth:`rio.Actor.publish` does).
+
+        Example::
+
+            system.publish(Announcement("maintenance at 5"), topic="news")
+        """
+        streams_of(self).publish_topic(_topic(topic), event)
+
     @abc.abstractmethod
     async def deactivate(
         self, actor: type[Actor[Any]] | str | Ref[Any], object_id: Any = None
@@ -101,3 +130,21 @@ def key_of(actor: type[Actor[Any]] | str | Ref[Any], object_id: Any) -> tuple[st
         return actor._rio_key
     info = lookup_type(actor) if isinstance(actor, str) else actor_type(actor)
     return (info.name, str(object_id))
+
+
+def streams_of(system: System) -> Streams:
+    """The pub/sub streams of ``system``'s process.
+
+    Raises:
+        ConfigError: the system does not offer pub/sub.
+    """
+    streams = getattr(system, "streams", None)
+    if not isinstance(streams, Streams):
+        raise ConfigError(f"{type(system).__name__} {system.name!r} does not offer pub/sub")
+    return streams
+
+
+def _topic(topic: str) -> str:
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"a topic is a non-empty str, got {topic!r}")
+    return topic

@@ -30,9 +30,11 @@ from loguru import logger
 from rio.core.context import fresh_deadline
 from rio.core.errors import ConfigError, RioError, SystemStopping, WorkerLost, error_from_wire
 from rio.core.registry import Handler
+from rio.core.streams import Streams
 from rio.core.system import System, key_of
 from rio.local.config import AppSettings, WorkerConfig, actor_modules, owner_of
 from rio.local.protocol import (
+    STREAM_MESSAGES,
     Down,
     Drain,
     Drained,
@@ -45,6 +47,7 @@ from rio.local.protocol import (
     encode,
 )
 from rio.local.remote import RemoteCalls
+from rio.local.streams import StreamLinks
 from rio.local.transport import DEFAULT_CAPACITY, Fabric, Hub
 from rio.local.worker import DEACTIVATE
 
@@ -65,6 +68,10 @@ class PoolStats(msgspec.Struct, frozen=True):
     pids: list[int]
     restarts: int
     in_flight: int
+    #: Pub/sub streams this process subscribes to.
+    streams: int = 0
+    #: Subscriptions in this process.
+    subscribers: int = 0
 
 
 class _Worker:
@@ -131,6 +138,7 @@ class PoolSystem(System):
         self._reset_events: dict[tuple[int, int], asyncio.Event] = {}
         self._drained: dict[int, asyncio.Event] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        self.streams = Streams(app.name, app.default_timeout)
 
     # -- start -------------------------------------------------------------------------
 
@@ -156,7 +164,9 @@ class PoolSystem(System):
             self.fabric, 0, self.doorbells, self._on_message, spin=self.spin, recheck=self.recheck
         )
         self.remote = RemoteCalls(self.hub, self.name)
+        self.links = StreamLinks(self.streams, self.hub, 0, self.n, self.remote.is_down, self.name)
         self.hub.start()
+        self.streams.start()
         try:
             if self.cluster is not None:
                 from rio.cluster.node import PoolNode
@@ -292,7 +302,8 @@ class PoolSystem(System):
     def stats(self) -> PoolStats:
         """Workers, their pids, restarts so far, calls in flight from this process."""
         pids = [w.proc.pid if w.proc is not None else 0 for w in self._workers]
-        return PoolStats(self.n, pids, self._restarts, len(self.remote))
+        streams, subscribers = self.streams.stats()
+        return PoolStats(self.n, pids, self._restarts, len(self.remote), streams, subscribers)
 
     @property
     def running(self) -> bool:
@@ -318,6 +329,8 @@ class PoolSystem(System):
             return
         if isinstance(msg, Reply):
             self.remote.on_reply(msg)
+        elif isinstance(msg, STREAM_MESSAGES):
+            self.links.on_message(src, msg)
         elif isinstance(msg, Ready):
             w = self._workers[msg.index - 1]
             if msg.gen == w.gen and w.ready is not None and not w.ready.done():
@@ -366,6 +379,7 @@ class PoolSystem(System):
         if self._stopping:
             # Dying while the pool stops: fail its calls and stop waiting for its drain.
             self.remote.peer_down(w.index, proc.pid, reason)
+            self.links.peer_down(w.index)
             drained = self._drained.get(w.index)
             if drained is not None:
                 drained.set()
@@ -374,6 +388,7 @@ class PoolSystem(System):
             "{}: worker {} (pid {}) {}; restarting it", self.name, w.index, proc.pid, reason
         )
         self.remote.peer_down(w.index, proc.pid, reason)
+        self.links.peer_down(w.index)
         w.restarting = True
         task = asyncio.ensure_future(self._restart(w, proc.pid, reason))
         self._tasks.add(task)
@@ -421,6 +436,7 @@ class PoolSystem(System):
                         continue
                     if self._stopping:
                         return
+                    self.links.peer_up(w.index)  # subscriptions first: held calls may publish
                     self.remote.peer_up(w.index)
                     self._broadcast(Up(w.index, w.gen, ready.pid), skip=w.index)
                     logger.info(
@@ -482,6 +498,7 @@ class PoolSystem(System):
             logger.warning("{}: workers did not drain in time; stopping them", self.name)
         if self.node is not None:
             await self.node.leave()
+        self.streams.close()  # after the drain: events of on_deactivate hooks got through
         exit_msg = encode(Exit())
         for w in self._workers:  # every live process, restarted or not
             if w.proc is not None and w.proc.poll() is None:

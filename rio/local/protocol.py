@@ -17,15 +17,20 @@ from rio.core.errors import BadArguments
 from rio.core.registry import Handler
 
 __all__ = [
+    "STREAM_MESSAGES",
     "Call",
     "Down",
     "Drain",
     "Drained",
+    "Events",
     "Exit",
     "Message",
     "Ready",
     "Reply",
     "ResetDone",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
     "Up",
     "decode",
     "decode_args",
@@ -105,7 +110,59 @@ class Exit(msgspec.Struct, array_like=True, tag=9):
     """Driver to worker: close storage and exit."""
 
 
-Message = Call | Reply | Ready | Down | ResetDone | Up | Drain | Drained | Exit
+class Subscribe(msgspec.Struct, array_like=True, tag=10):
+    """To a process where a stream may be published: send its events here, tagged ``link``."""
+
+    link: int
+    type_name: str
+    object_id: str
+
+
+class Unsubscribe(msgspec.Struct, array_like=True, tag=11):
+    """To a process where a stream may be published: stop sending events tagged ``link``."""
+
+    link: int
+    type_name: str
+    object_id: str
+
+
+class Subscribed(msgspec.Struct, array_like=True, tag=12):
+    """The answer to :class:`Subscribe` ``link``: registered."""
+
+    link: int
+
+
+class Events(msgspec.Struct, array_like=True, tag=13):
+    """Events published here for the subscribing process's log ``link``, oldest first.
+
+    ``events`` is a msgpack array of values of one type, named by ``event_type``
+    (``module:qualname``; empty for builtins). ``missed`` events were dropped before
+    these because that process fell behind.
+    """
+
+    link: int
+    missed: int
+    event_type: str
+    events: msgspec.Raw
+
+
+Message = (
+    Call
+    | Reply
+    | Ready
+    | Down
+    | ResetDone
+    | Up
+    | Drain
+    | Drained
+    | Exit
+    | Subscribe
+    | Unsubscribe
+    | Subscribed
+    | Events
+)
+#: The messages :class:`rio.local.streams.StreamLinks` handles.
+STREAM_MESSAGES = (Events, Subscribe, Unsubscribe, Subscribed)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)

@@ -29,6 +29,7 @@ from rio.core.system import System, key_of
 from rio.core.turns import ACTIVE
 from rio.local.config import WorkerConfig, import_modules, owner_of
 from rio.local.protocol import (
+    STREAM_MESSAGES,
     Call,
     Down,
     Drain,
@@ -43,6 +44,7 @@ from rio.local.protocol import (
     encode,
 )
 from rio.local.remote import RemoteCalls
+from rio.local.streams import StreamLinks
 from rio.local.transport import Fabric, Hub
 from rio.storage import storage_from_url
 
@@ -77,6 +79,10 @@ class WorkerSystem(System):
             recheck=cfg.recheck,
         )
         self.remote = RemoteCalls(self.hub, self.name)
+        self.streams = runtime.streams
+        self.links = StreamLinks(
+            runtime.streams, self.hub, self.me, self.n, self.remote.is_down, self.name
+        )
         self.exit = asyncio.Event()
         self._draining: asyncio.Future[None] | None = None
         self._handlers: dict[tuple[str, str], Handler] = {}
@@ -163,10 +169,14 @@ class WorkerSystem(System):
             self._on_call(src, msg)
         elif isinstance(msg, Reply):
             self.remote.on_reply(msg)
+        elif isinstance(msg, STREAM_MESSAGES):
+            self.links.on_message(src, msg)
         elif isinstance(msg, Down):
             self.remote.peer_down(msg.index, msg.pid, msg.reason)
+            self.links.peer_down(msg.index)
             self.hub.send(0, encode(ResetDone(msg.index, msg.gen, self.me)))
         elif isinstance(msg, Up):
+            self.links.peer_up(msg.index)  # subscriptions first: held calls may publish
             self.remote.peer_up(msg.index)
         elif isinstance(msg, Drain):
             self._draining = asyncio.ensure_future(self._drain())

@@ -390,6 +390,9 @@ class TxHelper(rio.Actor, reentrant=True, idle_ttl=None):
         by_type = {k: v for k, v in stats.by_type.items() if k != "TxHelper"}
         return sum(by_type.values()), by_type, stats.queued
 
+    async def stream_stats(self) -> tuple[int, int]:
+        return self._runtime().streams.stats()
+
     async def store_load(self, type_name: str, object_id: str) -> tuple[bytes, int] | None:
         found = await self._runtime().storage.load(type_name, object_id, msgspec.Raw)
         return None if found is None else (bytes(found.value), found.version)
@@ -462,9 +465,38 @@ async def runtime_stats(system: rio.System) -> rio.RuntimeStats:
     for _, types, _ in parts:
         for name, n in types.items():
             by_type[name] = by_type.get(name, 0) + n
-    return rio.RuntimeStats(
-        sum(p[0] for p in parts), by_type, sum(p[2] for p in parts)
-    )
+    return rio.RuntimeStats(sum(p[0] for p in parts), by_type, sum(p[2] for p in parts))
+
+
+async def stream_stats(system: rio.System) -> dict[str, tuple[int, int]]:
+    """``(streams, subscribers)`` kept by each process: ``"here"`` and ``"worker N"``."""
+    if isinstance(system, Runtime):
+        return {"here": system.streams.stats()}
+    assert isinstance(system, PoolSystem)
+    out = {"here": system.streams.stats()}
+    for w in range(1, system.n + 1):
+        streams, subs = await _helper(system, w).stream_stats()
+        out[f"worker {w}"] = (streams, subs)
+    return out
+
+
+async def eventually(check: Callable[[], Any], within: float = 5.0, what: str = "") -> None:
+    """Wait until ``await check()`` (or ``check()``) is truthy; fail after ``within`` s.
+
+    For facts that settle by messages between processes (an unsubscription reaching
+    its owner), where there is nothing to wait on directly.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {within}s: {what or check}")
+        await asyncio.sleep(0.01)
 
 
 def where(system: rio.System, actor: type[rio.Actor[Any]] | str, object_id: str | int) -> str:
