@@ -1,8 +1,16 @@
-"""rio's cluster layer: many boxes behind the same API.
+"""rio's cluster layer: the same app on many boxes, behind the same API.
 
-So far it holds :mod:`rio.cluster.transport`, the node-to-node connections:
-length-framed msgpack over TCP, authenticated with the cluster secret (an HMAC
-challenge both ways; TLS optional), many requests in flight per connection, replies
-matched by id in any order, coalesced writes with backpressure, keep-alive pings.
-Membership, placement and the cluster client build on it.
+* :mod:`rio.cluster.transport` — node-to-node connections: length-framed msgpack over
+  TCP, authenticated with the cluster secret (an HMAC challenge both ways; TLS
+  optional), many requests in flight per connection, coalesced writes, keep-alive.
+* :mod:`rio.cluster.store` — the membership table and the placement directory, on
+  Redis, PostgreSQL, MySQL/MariaDB or SQLite (:mod:`rio.cluster.stores`).
+* :mod:`rio.cluster.membership` — the view every process keeps, and each node's agent:
+  incarnations, heartbeats, ring probes, suspicion votes, declaring members dead.
+* :mod:`rio.cluster.routing` — placement strategies, the placement cache, redirects
+  and failover retries.
+* :mod:`rio.cluster.node` — a node: its listener, its membership duties, and the
+  claims and releases of the objects it hosts (in-process or in a worker pool).
+* :mod:`rio.cluster.client` — :func:`rio.connect`, the external client.
+* :mod:`rio.cluster.settings` — :class:`rio.ClusterSettings`.
 """
