@@ -6,7 +6,7 @@ from typing import Any
 
 from rio.core.codec import decode_state, encode_state
 from rio.core.errors import StateConflict
-from rio.storage.base import StateStorage, StoredState
+from rio.storage.base import StateStorage, StoredReminder, StoredState, to_ms
 
 __all__ = ["MemoryStorage"]
 
@@ -24,6 +24,8 @@ class MemoryStorage(StateStorage):
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._data: dict[tuple[str, str], StoredState] = {}
+        #: (type, id, name) -> (period in seconds, due in whole milliseconds)
+        self._reminders: dict[tuple[str, str, str], tuple[float, int]] = {}
 
     async def open(self) -> None:
         """Nothing to connect."""
@@ -73,3 +75,40 @@ class MemoryStorage(StateStorage):
                 f"the deleter expected {expected_version}"
             )
         self._data.pop(key, None)
+
+    async def upsert_reminder(
+        self, type_name: str, object_id: str, name: str, period: float, next_due: float
+    ) -> None:
+        """Create or replace one reminder."""
+        self._reminders[(type_name, object_id, name)] = (float(period), to_ms(next_due))
+
+    async def delete_reminder(self, type_name: str, object_id: str, name: str) -> bool:
+        """Remove one reminder; False when there was none."""
+        return self._reminders.pop((type_name, object_id, name), None) is not None
+
+    async def list_reminders(self, type_name: str, object_id: str) -> list[StoredReminder]:
+        """The reminders of one object, by name."""
+        return sorted(
+            StoredReminder(t, i, n, period, due / 1000)
+            for (t, i, n), (period, due) in self._reminders.items()
+            if t == type_name and i == object_id
+        )
+
+    async def due_reminders(self, now: float, limit: int) -> list[StoredReminder]:
+        """The reminders due at ``now``, earliest first."""
+        cutoff = to_ms(now)
+        due = sorted(
+            (due, key, period) for key, (period, due) in self._reminders.items() if due <= cutoff
+        )
+        return [StoredReminder(*key, period, d / 1000) for d, key, period in due[:limit]]
+
+    async def advance_reminder(
+        self, type_name: str, object_id: str, name: str, expected_due: float, new_due: float
+    ) -> bool:
+        """Compare-and-set one reminder's due time."""
+        key = (type_name, object_id, name)
+        found = self._reminders.get(key)
+        if found is None or found[1] != to_ms(expected_due):
+            return False
+        self._reminders[key] = (found[0], to_ms(new_due))
+        return True

@@ -15,6 +15,11 @@ default on MariaDB, 64 MiB on MySQL 8); a larger one is refused before it is sen
 lets a write retried after a lost connection recognise that its first attempt had
 already committed.
 
+Durable reminders live in ``<prefix>reminders`` (component ``reminders``): one row
+per ``(type_name, object_id, name)`` (VARBINARY, reminder names up to 255 bytes) with
+``period`` (seconds) and ``due_ms`` (when it is next due, in milliseconds since the
+epoch, indexed for the pollers).
+
 DDL is not transactional in MySQL, so migrations run one by one under
 ``GET_LOCK`` and each is recorded as soon as it has run; their statements use
 ``IF NOT EXISTS`` so a process that died halfway can run them again.
@@ -44,9 +49,9 @@ from rio.storage._engine import (
     conflict,
     parse_engine_url,
 )
-from rio.storage.base import StateStorage, StoredState
+from rio.storage.base import StateStorage, StoredReminder, StoredState, to_ms
 
-__all__ = ["MySQLEngine", "MySQLStorage"]
+__all__ = ["REMINDER_MIGRATIONS", "STATE_MIGRATIONS", "MySQLEngine", "MySQLStorage"]
 
 #: Error numbers that mean the connection or the server went away.
 _UNAVAILABLE = {1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
@@ -54,7 +59,7 @@ _UNAVAILABLE = {1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 _AUTH = {1044, 1045, 1049, 1698}
 _DUP_ENTRY = 1062
 
-_TYPE_MAX, _ID_MAX = 255, 1024
+_TYPE_MAX, _ID_MAX, _NAME_MAX = 255, 1024, 255
 
 #: Migrations of the ``state`` component; each is a list of statements.
 STATE_MIGRATIONS: list[tuple[str, ...]] = [
@@ -67,6 +72,23 @@ STATE_MIGRATIONS: list[tuple[str, ...]] = [
             token     BIGINT NOT NULL,
             data      LONGBLOB NOT NULL,
             PRIMARY KEY (type_name, object_id)
+        ) ENGINE=InnoDB
+        """,
+    ),
+]
+
+#: Migrations of the ``reminders`` component.
+REMINDER_MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        f"""
+        CREATE TABLE IF NOT EXISTS {{reminders}} (
+            type_name VARBINARY({_TYPE_MAX}) NOT NULL,
+            object_id VARBINARY({_ID_MAX}) NOT NULL,
+            name      VARBINARY({_NAME_MAX}) NOT NULL,
+            period    DOUBLE NOT NULL,
+            due_ms    BIGINT NOT NULL,
+            PRIMARY KEY (type_name, object_id, name),
+            KEY due (due_ms)
         ) ENGINE=InnoDB
         """,
     ),
@@ -217,6 +239,18 @@ class MySQLStorage(StateStorage):
         )
         self._sql_delete = f"DELETE FROM {t} {where} AND version=%s"
         self._sql_version = f"SELECT version, token FROM {t} {where}"
+        r = self.engine.tables["reminders"]
+        key = f"{where} AND name=%s"
+        cols = "type_name, object_id, name, period, due_ms"
+        self._sql_rem_upsert = (
+            f"INSERT INTO {r} ({cols}) VALUES (%s, %s, %s, %s, %s) "
+            "ON DUPLICATE KEY UPDATE period=%s, due_ms=%s"
+        )
+        self._sql_rem_delete = f"DELETE FROM {r} {key}"
+        self._sql_rem_list = f"SELECT {cols} FROM {r} {where} ORDER BY name"
+        self._sql_rem_due = f"SELECT {cols} FROM {r} WHERE due_ms <= %s ORDER BY due_ms LIMIT %s"
+        self._sql_rem_advance = f"UPDATE {r} SET due_ms=%s {key} AND due_ms=%s"
+        self._sql_rem_get = f"SELECT due_ms FROM {r} {key}"
         self._max_packet = 0
 
     async def open(self) -> None:
@@ -226,6 +260,7 @@ class MySQLStorage(StateStorage):
         await self.engine.open()
         try:
             await self.engine.migrate("state", STATE_MIGRATIONS)
+            await self.engine.migrate("reminders", REMINDER_MIGRATIONS)
             _, rows = await self.engine.run(
                 "reading max_allowed_packet",
                 lambda: self.engine.execute("SELECT @@max_allowed_packet"),
@@ -325,6 +360,85 @@ class MySQLStorage(StateStorage):
                 f"{type_name[:40]}…/{object_id[:40]}… in {self.url}: MySQL keys hold at most "
                 f"{_TYPE_MAX} bytes of type name and {_ID_MAX} bytes of id (UTF-8)"
             )
+
+    # -- durable reminders ---------------------------------------------------------
+
+    def _check_reminder(self, type_name: str, object_id: str, name: str) -> None:
+        self._check_key(type_name, object_id)
+        if len(name.encode()) > _NAME_MAX:
+            raise StorageError(
+                f"reminder {name[:40]!r}… of {type_name}/{object_id} in {self.url}: MySQL "
+                f"keys hold at most {_NAME_MAX} bytes of reminder name (UTF-8)"
+            )
+
+    async def upsert_reminder(
+        self, type_name: str, object_id: str, name: str, period: float, next_due: float
+    ) -> None:
+        """Create or replace one reminder (an idempotent write: retried once if cut off)."""
+        self._check_reminder(type_name, object_id, name)
+        p, due = float(period), to_ms(next_due)
+        args = (type_name, object_id, name, p, due, p, due)
+        await self.engine.run(
+            f"saving reminder {name!r} of {type_name}/{object_id}",
+            lambda: self.engine.execute(self._sql_rem_upsert, args),
+            retry=True,
+        )
+
+    async def delete_reminder(self, type_name: str, object_id: str, name: str) -> bool:
+        """Remove one reminder; False when there was none."""
+        self._check_reminder(type_name, object_id, name)
+        changed, _ = await self.engine.run(
+            f"deleting reminder {name!r} of {type_name}/{object_id}",
+            lambda: self.engine.execute(self._sql_rem_delete, (type_name, object_id, name)),
+            retry=False,
+        )
+        return bool(changed == 1)
+
+    async def list_reminders(self, type_name: str, object_id: str) -> list[StoredReminder]:
+        """The reminders of one object, by name."""
+        self._check_key(type_name, object_id)
+        _, rows = await self.engine.run(
+            f"listing the reminders of {type_name}/{object_id}",
+            lambda: self.engine.execute(self._sql_rem_list, (type_name, object_id)),
+            retry=True,
+        )
+        return [_reminder(row) for row in rows]
+
+    async def due_reminders(self, now: float, limit: int) -> list[StoredReminder]:
+        """The reminders due at ``now``, earliest first."""
+        _, rows = await self.engine.run(
+            "reading due reminders",
+            lambda: self.engine.execute(self._sql_rem_due, (to_ms(now), limit)),
+            retry=True,
+        )
+        return [_reminder(row) for row in rows]
+
+    async def advance_reminder(
+        self, type_name: str, object_id: str, name: str, expected_due: float, new_due: float
+    ) -> bool:
+        """Compare-and-set one reminder's due time."""
+        self._check_reminder(type_name, object_id, name)
+        key = (type_name, object_id, name)
+        expected, new = to_ms(expected_due), to_ms(new_due)
+        action = f"advancing reminder {name!r} of {type_name}/{object_id}"
+        if expected == new:  # MySQL counts changed rows, not matched ones: read instead
+            _, rows = await self.engine.run(
+                action, lambda: self.engine.execute(self._sql_rem_get, key), retry=True
+            )
+            return bool(rows) and int(rows[0][0]) == expected
+        changed, _ = await self.engine.run(
+            action,
+            lambda: self.engine.execute(self._sql_rem_advance, (new, *key, expected)),
+            retry=False,
+        )
+        return bool(changed == 1)
+
+
+def _reminder(row: Any) -> StoredReminder:
+    t, i, n, period, due = row
+    return StoredReminder(
+        bytes(t).decode(), bytes(i).decode(), bytes(n).decode(), float(period), int(due) / 1000
+    )
 
 
 def _from_url(url: str) -> MySQLStorage:

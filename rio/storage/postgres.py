@@ -23,6 +23,10 @@ two without a migration. ``version`` is the compare-and-set counter; ``token`` i
 random number per write that lets a write retried after a lost connection recognise
 that its first attempt had already committed.
 
+Durable reminders live in ``<prefix>reminders`` (component ``reminders``): one row
+per ``(type_name, object_id, name)`` with ``period`` (seconds) and ``due_ms`` (when it
+is next due, in milliseconds since the epoch, indexed for the pollers).
+
 Migrations run under ``pg_advisory_xact_lock`` inside one transaction, so processes
 that start together apply each step once, and a failed step leaves nothing behind.
 """
@@ -49,9 +53,9 @@ from rio.storage._engine import (
     parse_engine_url,
 )
 from rio.storage._json import json_document
-from rio.storage.base import StateStorage, StoredState
+from rio.storage.base import StateStorage, StoredReminder, StoredState, to_ms
 
-__all__ = ["PostgresEngine", "PostgresStorage"]
+__all__ = ["REMINDER_MIGRATIONS", "STATE_MIGRATIONS", "PostgresEngine", "PostgresStorage"]
 
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -70,6 +74,23 @@ STATE_MIGRATIONS: list[tuple[str, ...]] = [
             CHECK ((doc IS NULL) <> (data IS NULL))
         )
         """,
+    ),
+]
+
+#: Migrations of the ``reminders`` component.
+REMINDER_MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """
+        CREATE TABLE {reminders} (
+            type_name text             NOT NULL,
+            object_id text             NOT NULL,
+            name      text             NOT NULL,
+            period    double precision NOT NULL,
+            due_ms    bigint           NOT NULL,
+            PRIMARY KEY (type_name, object_id, name)
+        )
+        """,
+        "CREATE INDEX ON {reminders} (due_ms)",
     ),
 ]
 
@@ -250,6 +271,20 @@ class PostgresStorage(StateStorage):
         )
         self._sql_delete = f"DELETE FROM {t} WHERE type_name=$1 AND object_id=$2 AND version=$3"
         self._sql_version = f"SELECT version, token FROM {t} WHERE type_name=$1 AND object_id=$2"
+        r = self.engine.tables["reminders"]
+        key = "type_name=$1 AND object_id=$2 AND name=$3"
+        cols = "type_name, object_id, name, period, due_ms"
+        self._sql_rem_upsert = (
+            f"INSERT INTO {r} ({cols}) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (type_name, object_id, name) "
+            "DO UPDATE SET period=EXCLUDED.period, due_ms=EXCLUDED.due_ms"
+        )
+        self._sql_rem_delete = f"DELETE FROM {r} WHERE {key}"
+        self._sql_rem_list = (
+            f'SELECT {cols} FROM {r} WHERE type_name=$1 AND object_id=$2 ORDER BY name COLLATE "C"'
+        )
+        self._sql_rem_due = f"SELECT {cols} FROM {r} WHERE due_ms <= $1 ORDER BY due_ms LIMIT $2"
+        self._sql_rem_advance = f"UPDATE {r} SET due_ms=$5 WHERE {key} AND due_ms=$4"
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -258,6 +293,7 @@ class PostgresStorage(StateStorage):
         await self.engine.open()
         try:
             await self.engine.migrate("state", STATE_MIGRATIONS)
+            await self.engine.migrate("reminders", REMINDER_MIGRATIONS)
         except BaseException:
             await self.engine.close()
             raise
@@ -332,6 +368,68 @@ class PostgresStorage(StateStorage):
             retry=True,
         )
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    # -- durable reminders ---------------------------------------------------------
+
+    async def upsert_reminder(
+        self, type_name: str, object_id: str, name: str, period: float, next_due: float
+    ) -> None:
+        """Create or replace one reminder (an idempotent write: retried once if cut off)."""
+        pool = self.engine.pool
+        args = (type_name, object_id, name, float(period), to_ms(next_due))
+        await self.engine.run(
+            f"saving reminder {name!r} of {type_name}/{object_id}",
+            lambda: pool.execute(self._sql_rem_upsert, *args),
+            retry=True,
+        )
+
+    async def delete_reminder(self, type_name: str, object_id: str, name: str) -> bool:
+        """Remove one reminder; False when there was none."""
+        pool = self.engine.pool
+        status = await self.engine.run(
+            f"deleting reminder {name!r} of {type_name}/{object_id}",
+            lambda: pool.execute(self._sql_rem_delete, type_name, object_id, name),
+            retry=False,
+        )
+        return bool(status.endswith(" 1"))
+
+    async def list_reminders(self, type_name: str, object_id: str) -> list[StoredReminder]:
+        """The reminders of one object, by name."""
+        pool = self.engine.pool
+        rows = await self.engine.run(
+            f"listing the reminders of {type_name}/{object_id}",
+            lambda: pool.fetch(self._sql_rem_list, type_name, object_id),
+            retry=True,
+        )
+        return [_reminder(row) for row in rows]
+
+    async def due_reminders(self, now: float, limit: int) -> list[StoredReminder]:
+        """The reminders due at ``now``, earliest first."""
+        pool = self.engine.pool
+        rows = await self.engine.run(
+            "reading due reminders",
+            lambda: pool.fetch(self._sql_rem_due, to_ms(now), limit),
+            retry=True,
+        )
+        return [_reminder(row) for row in rows]
+
+    async def advance_reminder(
+        self, type_name: str, object_id: str, name: str, expected_due: float, new_due: float
+    ) -> bool:
+        """Compare-and-set one reminder's due time."""
+        pool = self.engine.pool
+        args = (type_name, object_id, name, to_ms(expected_due), to_ms(new_due))
+        status = await self.engine.run(
+            f"advancing reminder {name!r} of {type_name}/{object_id}",
+            lambda: pool.execute(self._sql_rem_advance, *args),
+            retry=False,
+        )
+        return bool(status.endswith(" 1"))
+
+
+def _reminder(row: Any) -> StoredReminder:
+    t, i, n, period, due = row
+    return StoredReminder(t, i, n, float(period), int(due) / 1000)
 
 
 def _from_url(url: str) -> PostgresStorage:

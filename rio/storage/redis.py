@@ -11,6 +11,13 @@ UTF-8 bytes keeps ``a:b``/``c`` and ``a``/``b:c`` apart), with fields ``v`` (ver
 scripts, so the compare-and-set is atomic on the server; a write retried after a
 lost connection finds its own token and reports success instead of a conflict.
 
+Durable reminders (component ``reminders``): a sorted set ``<prefix>reminders:due``
+scores every reminder with its due time in milliseconds since the epoch, a hash
+``<prefix>reminders:period`` holds its period, and a set per object,
+``<prefix>reminders:o:<len>:<type>:<id>``, names its reminders. A reminder is
+``<len(type)>:<type>:<len(id)>:<id>:<name>`` in the first two. Each write is one Lua
+script, so the due-time compare-and-set of the pollers is atomic.
+
 Migrations are recorded per component in the ``<prefix>schema`` hash and run under a
 ``SET NX PX`` lock. Durability is Redis's: run it with ``appendonly yes`` (and
 ``appendfsync always`` if a power cut must not lose acknowledged writes).
@@ -44,9 +51,15 @@ from rio.core.codec import decode_state, encode_state
 from rio.core.errors import ConfigError, StorageError
 from rio.storage import register_engine
 from rio.storage._engine import Engine, Failure, apply_migrations, conflict, parse_engine_url
-from rio.storage.base import StateStorage, StoredState
+from rio.storage.base import StateStorage, StoredReminder, StoredState, to_ms
 
-__all__ = ["RedisEngine", "RedisMigration", "RedisStorage"]
+__all__ = [
+    "REMINDER_MIGRATIONS",
+    "STATE_MIGRATIONS",
+    "RedisEngine",
+    "RedisMigration",
+    "RedisStorage",
+]
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_:.\-]{1,64}$")
 
@@ -80,6 +93,58 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+_REM_UPSERT = """
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+
+_REM_DELETE = """
+local n = redis.call('SREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return n
+"""
+
+_REM_ADVANCE = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_REM_DUE = """
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+local out = {}
+for i = 1, #m, 2 do
+  local p = redis.call('HGET', KEYS[2], m[i])
+  if p then
+    out[#out + 1] = m[i]
+    out[#out + 1] = m[i + 1]
+    out[#out + 1] = p
+  end
+end
+return out
+"""
+
+_REM_LIST = """
+local out = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local m = ARGV[1] .. n
+  local s = redis.call('ZSCORE', KEYS[2], m)
+  local p = redis.call('HGET', KEYS[3], m)
+  if s and p then
+    out[#out + 1] = n
+    out[#out + 1] = s
+    out[#out + 1] = p
+  end
+end
+return out
+"""
+
 
 async def _layout_v1(client: aioredis.Redis, prefix: str) -> None:
     """States as hashes {v, d, t}: nothing to convert, the version marks the layout."""
@@ -87,6 +152,14 @@ async def _layout_v1(client: aioredis.Redis, prefix: str) -> None:
 
 #: Migrations of the ``state`` component.
 STATE_MIGRATIONS: list[RedisMigration] = [_layout_v1]
+
+
+async def _reminders_v1(client: aioredis.Redis, prefix: str) -> None:
+    """Reminders in a sorted set, a hash and a set per object: a new key space."""
+
+
+#: Migrations of the ``reminders`` component.
+REMINDER_MIGRATIONS: list[RedisMigration] = [_reminders_v1]
 
 
 class RedisEngine(Engine):
@@ -205,6 +278,11 @@ class RedisStorage(StateStorage):
         self._prefix = f"{self.engine.prefix}state:".encode()
         self._save: Any = None
         self._delete: Any = None
+        rem = f"{self.engine.prefix}reminders:".encode()
+        self._rem_due = rem + b"due"
+        self._rem_period = rem + b"period"
+        self._rem_object = rem + b"o:"
+        self._rem_scripts: dict[str, Any] = {}
 
     def key(self, type_name: str, object_id: str) -> bytes:
         """Return the Redis key of ``(type_name, object_id)``."""
@@ -218,12 +296,20 @@ class RedisStorage(StateStorage):
         await self.engine.open()
         try:
             await self.engine.migrate("state", STATE_MIGRATIONS)
+            await self.engine.migrate("reminders", REMINDER_MIGRATIONS)
         except BaseException:
             await self.engine.close()
             raise
         client = self.engine._client()
         self._save = client.register_script(_SAVE)
         self._delete = client.register_script(_DELETE)
+        self._rem_scripts = {
+            "upsert": client.register_script(_REM_UPSERT),
+            "delete": client.register_script(_REM_DELETE),
+            "advance": client.register_script(_REM_ADVANCE),
+            "due": client.register_script(_REM_DUE),
+            "list": client.register_script(_REM_LIST),
+        }
 
     async def close(self) -> None:
         """Close the pool."""
@@ -275,6 +361,104 @@ class RedisStorage(StateStorage):
         )
         if not ok:
             raise conflict(self.url, type_name, object_id, version, expected_version, "deleter")
+
+    # -- durable reminders ---------------------------------------------------------
+
+    def _rem_member_prefix(self, type_name: str, object_id: str) -> bytes:
+        t, i = type_name.encode(), object_id.encode()
+        return b"%d:%s:%d:%s:" % (len(t), t, len(i), i)
+
+    def _rem_keys(self, type_name: str, object_id: str) -> list[bytes]:
+        t = type_name.encode()
+        obj = b"%s%d:%s:%s" % (self._rem_object, len(t), t, object_id.encode())
+        return [self._rem_due, self._rem_period, obj]
+
+    async def _rem(
+        self, script: str, action: str, keys: list[bytes], args: list[Any], *, retry: bool
+    ) -> Any:
+        run = self._rem_scripts.get(script)
+        if run is None:
+            raise StorageError(f"{self.url} is not open: call open() first")
+        return await self.engine.run(action, lambda: run(keys=keys, args=args), retry=retry)
+
+    async def upsert_reminder(
+        self, type_name: str, object_id: str, name: str, period: float, next_due: float
+    ) -> None:
+        """Create or replace one reminder (an idempotent script: retried once if cut off)."""
+        member = self._rem_member_prefix(type_name, object_id) + name.encode()
+        await self._rem(
+            "upsert",
+            f"saving reminder {name!r} of {type_name}/{object_id}",
+            self._rem_keys(type_name, object_id),
+            [member, name.encode(), repr(float(period)), to_ms(next_due)],
+            retry=True,
+        )
+
+    async def delete_reminder(self, type_name: str, object_id: str, name: str) -> bool:
+        """Remove one reminder; False when there was none."""
+        member = self._rem_member_prefix(type_name, object_id) + name.encode()
+        removed = await self._rem(
+            "delete",
+            f"deleting reminder {name!r} of {type_name}/{object_id}",
+            self._rem_keys(type_name, object_id),
+            [member, name.encode()],
+            retry=False,
+        )
+        return bool(removed)
+
+    async def list_reminders(self, type_name: str, object_id: str) -> list[StoredReminder]:
+        """The reminders of one object, by name."""
+        due, period, obj = self._rem_keys(type_name, object_id)
+        flat = await self._rem(
+            "list",
+            f"listing the reminders of {type_name}/{object_id}",
+            [obj, due, period],
+            [self._rem_member_prefix(type_name, object_id)],
+            retry=True,
+        )
+        out = [
+            StoredReminder(type_name, object_id, n.decode(), float(p), int(float(s)) / 1000)
+            for n, s, p in zip(flat[0::3], flat[1::3], flat[2::3], strict=True)
+        ]
+        return sorted(out)
+
+    async def due_reminders(self, now: float, limit: int) -> list[StoredReminder]:
+        """The reminders due at ``now``, earliest first."""
+        flat = await self._rem(
+            "due",
+            "reading due reminders",
+            [self._rem_due, self._rem_period],
+            [to_ms(now), limit],
+            retry=True,
+        )
+        out = []
+        for m, s, p in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
+            t, i, n = _split_member(m)
+            out.append(StoredReminder(t, i, n, float(p), int(float(s)) / 1000))
+        return out
+
+    async def advance_reminder(
+        self, type_name: str, object_id: str, name: str, expected_due: float, new_due: float
+    ) -> bool:
+        """Compare-and-set one reminder's due time."""
+        member = self._rem_member_prefix(type_name, object_id) + name.encode()
+        done = await self._rem(
+            "advance",
+            f"advancing reminder {name!r} of {type_name}/{object_id}",
+            [self._rem_due],
+            [member, to_ms(expected_due), to_ms(new_due)],
+            retry=False,
+        )
+        return bool(done)
+
+
+def _split_member(member: bytes) -> tuple[str, str, str]:
+    """``(type, id, name)`` from ``<len>:<type>:<len>:<id>:<name>``."""
+    head, _, rest = member.partition(b":")
+    t, rest = rest[: int(head)], rest[int(head) + 1 :]
+    head, _, rest = rest.partition(b":")
+    i, name = rest[: int(head)], rest[int(head) + 1 :]
+    return t.decode(), i.decode(), name.decode()
 
 
 def _from_url(url: str) -> RedisStorage:

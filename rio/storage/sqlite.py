@@ -18,23 +18,39 @@ import aiosqlite
 
 from rio.core.codec import decode_state, encode_state
 from rio.core.errors import ConfigError, StateConflict, StorageError, StorageUnavailable
-from rio.storage.base import StateStorage, StoredState
+from rio.storage.base import StateStorage, StoredReminder, StoredState, to_ms
 
 __all__ = ["SQLiteStorage"]
 
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
-#: Migrations, applied in order; the schema version is the number applied.
-_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS {p}state (
-        type_name TEXT NOT NULL,
-        object_id TEXT NOT NULL,
-        version   INTEGER NOT NULL,
-        data      BLOB NOT NULL,
-        PRIMARY KEY (type_name, object_id)
-    ) WITHOUT ROWID
-    """,
+#: Migrations, applied in order (each a list of statements); the schema version is
+#: the number applied.
+_MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """
+        CREATE TABLE IF NOT EXISTS {p}state (
+            type_name TEXT NOT NULL,
+            object_id TEXT NOT NULL,
+            version   INTEGER NOT NULL,
+            data      BLOB NOT NULL,
+            PRIMARY KEY (type_name, object_id)
+        ) WITHOUT ROWID
+        """,
+    ),
+    (
+        """
+        CREATE TABLE IF NOT EXISTS {p}reminders (
+            type_name TEXT NOT NULL,
+            object_id TEXT NOT NULL,
+            name      TEXT NOT NULL,
+            period    REAL NOT NULL,
+            due_ms    INTEGER NOT NULL,
+            PRIMARY KEY (type_name, object_id, name)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS {p}reminders_due ON {p}reminders (due_ms)",
+    ),
 ]
 
 
@@ -89,6 +105,22 @@ class SQLiteStorage(StateStorage):
         )
         self._sql_delete = f"DELETE FROM {p}state WHERE type_name=? AND object_id=? AND version=?"
         self._sql_version = f"SELECT version FROM {p}state WHERE type_name=? AND object_id=?"
+        r, key = f"{p}reminders", "type_name=? AND object_id=? AND name=?"
+        self._sql_rem_upsert = (
+            f"INSERT INTO {r} (type_name, object_id, name, period, due_ms) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (type_name, object_id, name) "
+            "DO UPDATE SET period=excluded.period, due_ms=excluded.due_ms"
+        )
+        self._sql_rem_delete = f"DELETE FROM {r} WHERE {key}"
+        self._sql_rem_list = (
+            f"SELECT type_name, object_id, name, period, due_ms FROM {r} "
+            "WHERE type_name=? AND object_id=? ORDER BY name"
+        )
+        self._sql_rem_due = (
+            f"SELECT type_name, object_id, name, period, due_ms FROM {r} "
+            "WHERE due_ms <= ? ORDER BY due_ms LIMIT ?"
+        )
+        self._sql_rem_advance = f"UPDATE {r} SET due_ms=? WHERE {key} AND due_ms=?"
 
     async def open(self) -> None:
         """Open the file (creating its folder) and apply pending migrations."""
@@ -155,8 +187,9 @@ class SQLiteStorage(StateStorage):
                     f"{self.url} has schema version {applied}, newer than this rio "
                     f"knows ({len(_MIGRATIONS)}): upgrade rio"
                 )
-            for sql in _MIGRATIONS[applied:]:
-                await db.execute(sql.format(p=p))
+            for statements in _MIGRATIONS[applied:]:
+                for sql in statements:
+                    await db.execute(sql.format(p=p))
             await db.execute(f"UPDATE {p}schema SET version=?", (len(_MIGRATIONS),))
             await db.execute("COMMIT")
         except BaseException:
@@ -241,3 +274,53 @@ class SQLiteStorage(StateStorage):
             f"{type_name}/{object_id} in {self.url}: stored version is {actual}, "
             f"the {who} expected {expected}; another activation or process wrote first"
         )
+
+    # -- durable reminders ---------------------------------------------------------
+
+    async def _write(self, action: str, sql: str, args: tuple[Any, ...]) -> int:
+        try:
+            cur = await self._conn().execute(sql, args)
+            changed = cur.rowcount
+            await cur.close()
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.url}: {action} failed: {e}") from e
+        return int(changed)
+
+    async def _rows(self, action: str, sql: str, args: tuple[Any, ...]) -> list[StoredReminder]:
+        try:
+            async with self._conn().execute(sql, args) as cur:
+                rows = await cur.fetchall()
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.url}: {action} failed: {e}") from e
+        return [StoredReminder(t, i, n, float(p), int(d) / 1000) for t, i, n, p, d in rows]
+
+    async def upsert_reminder(
+        self, type_name: str, object_id: str, name: str, period: float, next_due: float
+    ) -> None:
+        """Create or replace one reminder."""
+        args = (type_name, object_id, name, float(period), to_ms(next_due))
+        await self._write(
+            f"saving reminder {name!r} of {type_name}/{object_id}", self._sql_rem_upsert, args
+        )
+
+    async def delete_reminder(self, type_name: str, object_id: str, name: str) -> bool:
+        """Remove one reminder; False when there was none."""
+        action = f"deleting reminder {name!r} of {type_name}/{object_id}"
+        return await self._write(action, self._sql_rem_delete, (type_name, object_id, name)) == 1
+
+    async def list_reminders(self, type_name: str, object_id: str) -> list[StoredReminder]:
+        """The reminders of one object, by name."""
+        action = f"listing the reminders of {type_name}/{object_id}"
+        return await self._rows(action, self._sql_rem_list, (type_name, object_id))
+
+    async def due_reminders(self, now: float, limit: int) -> list[StoredReminder]:
+        """The reminders due at ``now``, earliest first."""
+        return await self._rows("reading due reminders", self._sql_rem_due, (to_ms(now), limit))
+
+    async def advance_reminder(
+        self, type_name: str, object_id: str, name: str, expected_due: float, new_due: float
+    ) -> bool:
+        """Compare-and-set one reminder's due time."""
+        args = (to_ms(new_due), type_name, object_id, name, to_ms(expected_due))
+        action = f"advancing reminder {name!r} of {type_name}/{object_id}"
+        return await self._write(action, self._sql_rem_advance, args) == 1

@@ -132,7 +132,7 @@ async def test_schema_option(pg: Any) -> None:
         found = await pg.engine.pool.fetchval(
             "SELECT count(*) FROM pg_tables WHERE schemaname=$1", schema
         )
-        assert found == 2  # <prefix>state and <prefix>schema
+        assert found == 3  # <prefix>state, <prefix>reminders and <prefix>schema
     finally:
         await storage.close()
         await pg.engine.pool.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

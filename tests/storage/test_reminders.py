@@ -1,0 +1,123 @@
+"""The reminder part of the StateStorage contract, on every engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+from rio.storage import storage_from_url
+from rio.storage.base import StoredReminder
+
+from .conftest import Backend, OpenStorage
+
+T0 = 1_700_000_000.0  # reminder times are seconds since the epoch
+
+
+async def test_upsert_list_and_delete(open_storage: OpenStorage) -> None:
+    s = await open_storage()
+    assert await s.list_reminders("Clock", "a") == []
+    await s.upsert_reminder("Clock", "a", "tick", 5.0, T0 + 5)
+    await s.upsert_reminder("Clock", "a", "alarm", 0.25, T0 + 1)
+    await s.upsert_reminder("Clock", "b", "tick", 60.0, T0 + 60)
+    assert await s.list_reminders("Clock", "a") == [
+        StoredReminder("Clock", "a", "alarm", 0.25, T0 + 1),
+        StoredReminder("Clock", "a", "tick", 5.0, T0 + 5),
+    ]
+    # Registering a name again replaces its period and due time.
+    await s.upsert_reminder("Clock", "a", "tick", 7.5, T0 + 9)
+    assert await s.list_reminders("Clock", "a") == [
+        StoredReminder("Clock", "a", "alarm", 0.25, T0 + 1),
+        StoredReminder("Clock", "a", "tick", 7.5, T0 + 9),
+    ]
+    assert await s.delete_reminder("Clock", "a", "tick") is True
+    assert await s.delete_reminder("Clock", "a", "tick") is False
+    assert await s.delete_reminder("Clock", "nobody", "tick") is False
+    assert [r.name for r in await s.list_reminders("Clock", "a")] == ["alarm"]
+    assert [r.name for r in await s.list_reminders("Clock", "b")] == ["tick"]
+
+
+async def test_times_are_kept_to_the_millisecond(open_storage: OpenStorage) -> None:
+    s = await open_storage()
+    await s.upsert_reminder("Clock", "a", "tick", 0.05, T0 + 1.23456)
+    (r,) = await s.list_reminders("Clock", "a")
+    assert r.period == 0.05
+    assert r.next_due == T0 + 1.235
+    # A due time read back is the one a compare-and-set expects.
+    assert await s.advance_reminder("Clock", "a", "tick", r.next_due, T0 + 2) is True
+
+
+async def test_odd_keys_stay_apart(open_storage: OpenStorage) -> None:
+    s = await open_storage()
+    keys = [("a:b", "c", "n"), ("a", "b:c", "n"), ("a", "b", "c:n"), ("Zé", "ü/1", "név ✓")]
+    for i, (t, o, n) in enumerate(keys):
+        await s.upsert_reminder(t, o, n, 1.0 + i, T0 + i)
+    for i, (t, o, n) in enumerate(keys):
+        assert await s.list_reminders(t, o) == [StoredReminder(t, o, n, 1.0 + i, T0 + i)]
+    due = await s.due_reminders(T0 + 10, 100)
+    assert due == [StoredReminder(t, o, n, 1.0 + i, T0 + i) for i, (t, o, n) in enumerate(keys)]
+
+
+async def test_due_returns_the_earliest_up_to_the_limit(open_storage: OpenStorage) -> None:
+    s = await open_storage()
+    for i in range(10):
+        await s.upsert_reminder("Clock", f"o{i}", "tick", 1.0, T0 + 10 - i)
+    assert await s.due_reminders(T0, 100) == []
+    due = await s.due_reminders(T0 + 5, 100)
+    assert [r.object_id for r in due] == ["o9", "o8", "o7", "o6", "o5"]
+    assert [r.next_due for r in due] == [T0 + 1, T0 + 2, T0 + 3, T0 + 4, T0 + 5]
+    assert [r.object_id for r in await s.due_reminders(T0 + 100, 3)] == ["o9", "o8", "o7"]
+
+
+async def test_advance_is_a_compare_and_set(open_storage: OpenStorage) -> None:
+    s = await open_storage()
+    await s.upsert_reminder("Clock", "a", "tick", 1.0, T0)
+    assert await s.advance_reminder("Clock", "a", "tick", T0 + 1, T0 + 2) is False
+    assert await s.advance_reminder("Clock", "a", "tick", T0, T0 + 1) is True
+    assert await s.advance_reminder("Clock", "a", "tick", T0, T0 + 1) is False  # stale
+    assert (await s.list_reminders("Clock", "a"))[0].next_due == T0 + 1
+    assert await s.advance_reminder("Clock", "a", "tick", T0 + 1, T0 + 1) is True  # unchanged
+    assert await s.advance_reminder("Clock", "a", "nothing", T0, T0 + 1) is False
+    assert await s.due_reminders(T0 + 0.5, 10) == []
+    await s.delete_reminder("Clock", "a", "tick")
+    assert await s.advance_reminder("Clock", "a", "tick", T0 + 1, T0 + 2) is False
+    assert await s.list_reminders("Clock", "a") == []
+
+
+async def test_racing_pollers_each_take_a_firing_once(
+    backend: Backend, open_storage: OpenStorage
+) -> None:
+    """Pollers with their own connections race for every firing: one wins each."""
+    pollers = [await open_storage() for _ in range(3)]
+    if backend.name == "memory":
+        pollers = [pollers[0]] * 3  # one process: the same instance
+    await pollers[0].upsert_reminder("Clock", "a", "tick", 1.0, T0)
+    due = T0
+    for _ in range(20):
+        wins = await asyncio.gather(
+            *(p.advance_reminder("Clock", "a", "tick", due, due + 1) for p in pollers)
+        )
+        assert sorted(wins) == [False, False, True]
+        due += 1
+    assert (await pollers[1].list_reminders("Clock", "a"))[0].next_due == due
+
+
+async def test_reminders_persist_and_prefixes_keep_them_apart(
+    backend: Backend, open_storage: OpenStorage, prefix: str
+) -> None:
+    s = await open_storage()
+    await s.upsert_reminder("Clock", "a", "tick", 2.0, T0)
+    if backend.name != "memory":
+        again = storage_from_url(backend.url(prefix))
+        await again.open()
+        try:
+            assert await again.list_reminders("Clock", "a") == [
+                StoredReminder("Clock", "a", "tick", 2.0, T0)
+            ]
+        finally:
+            await again.close()
+    other_prefix = backend.new_prefix()
+    try:
+        other = await open_storage(other_prefix)
+        assert await other.list_reminders("Clock", "a") == []
+        assert await other.due_reminders(T0 + 1, 10) == []
+    finally:
+        await backend.drop(other_prefix)
