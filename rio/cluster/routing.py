@@ -253,13 +253,14 @@ class Router:
         sent = conn.request(req, timeout=deadline - now)
         out: asyncio.Future[Any] = loop.create_future()
         sent.add_done_callback(
-            partial(self._answered, out, key, handler, args, kwargs, chain, deadline, body)
+            partial(self._answered, out, member, key, handler, args, kwargs, chain, deadline, body)
         )
         return out
 
     def _answered(
         self,
         out: asyncio.Future[Any],
+        member: str,
         key: Key,
         handler: Handler,
         args: tuple[Any, ...],
@@ -283,7 +284,7 @@ class Router:
         elif isinstance(exc, Redirect | NodeUnreachable):
             # The slow road: redirects and failover, then the answer into ``out``.
             task = asyncio.get_running_loop().create_task(
-                self._route(key, handler, args, kwargs, chain, deadline, body, exc)
+                self._route(key, handler, args, kwargs, chain, deadline, body, (member, exc))
             )
             task.add_done_callback(partial(_copy_outcome, out))
         else:
@@ -310,7 +311,7 @@ class Router:
         chain: tuple[Key, ...],
         deadline: float,
         body: msgspec.Raw | None,
-        first: BaseException | None = None,
+        first: tuple[str, BaseException] | None = None,
     ) -> Any:
         loop = asyncio.get_running_loop()
         redirects = waits = 0
@@ -323,17 +324,20 @@ class Router:
                     f"{key[0]}/{key[1]}.{handler.name}(): no node answered before the "
                     f"deadline ({last or 'waiting for a home'})"
                 )
+            if first is not None:  # the fast path's attempt failed: handle it here,
+                member, exc = first  # as the failure of the member it was sent to
+            else:
+                try:
+                    member = self.place(key)
+                except NoNodesAvailable:
+                    if refreshed:
+                        raise
+                    refreshed = True  # a node may have joined since the last refresh
+                    await self.view.refresh()
+                    continue
             try:
-                member = self.place(key)
-            except NoNodesAvailable:
-                if refreshed:
-                    raise
-                refreshed = True  # a node may have joined since the last refresh
-                await self.view.refresh()
-                continue
-            try:
-                if first is not None:  # the fast path's attempt failed: handle it here
-                    exc, first = first, None
+                if first is not None:
+                    first = None
                     raise exc
                 if member == self.me and self._local is not None:
                     return await self._local(key, handler, args, kwargs, chain, deadline, now)

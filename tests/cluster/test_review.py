@@ -1,0 +1,122 @@
+"""Regression tests from a review of the cluster layer (one per bug found).
+
+Nodes are in-process ``App(cluster=..., workers=0)`` nodes on SQLite files, as in
+test_nodes.py; some tests drive a Router or a MembershipAgent directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import rio
+from rio.cluster.node import ClusterNode
+
+SECRET = "review-secret"
+FAST = {
+    "probe_period": 0.1,
+    "probe_timeout": 0.5,
+    "refresh": 0.1,
+    "heartbeat_period": 0.2,
+    "suspicion_window": 5.0,
+}
+
+
+class RvState(msgspec.Struct):
+    value: int = 0
+
+
+class RvCounter(rio.Actor[RvState]):
+    async def incr(self, by: int) -> int:
+        self.state.value += by
+        await self.save()
+        return self.state.value
+
+    async def get(self) -> int:
+        return self.state.value
+
+    async def hold(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class RvCaller(rio.Actor[None]):
+    async def later_get(self, target: str, delay: float) -> int:
+        await asyncio.sleep(delay)
+        return await RvCounter.ref(target).get()
+
+
+Nodes = Callable[..., Awaitable[list[ClusterNode]]]
+
+
+@pytest.fixture
+def urls(tmp_path: Path) -> tuple[str, str]:
+    """(cluster store URL, state storage URL), both SQLite files in the test's folder."""
+    return f"sqlite:///{tmp_path}/cluster.db", f"sqlite:///{tmp_path}/state.db"
+
+
+@pytest.fixture
+async def nodes(urls: tuple[str, str]) -> AsyncIterator[Nodes]:
+    """``await nodes(n, **settings)``: n started nodes, stopped at teardown."""
+    apps: list[rio.App] = []
+    cluster_url, state_url = urls
+
+    async def start(n: int, **kw: object) -> list[ClusterNode]:
+        out = []
+        for _ in range(n):
+            opts = {"url": cluster_url, **FAST, **kw}
+            settings = rio.ClusterSettings(secret=SECRET, **opts)  # type: ignore[arg-type]
+            app = rio.App(
+                "rv",
+                actors=[RvCounter, RvCaller],
+                storage=state_url,
+                workers=0,
+                cluster=settings,
+            )
+            apps.append(app)
+            system = await app.start()
+            assert isinstance(system, ClusterNode)
+            out.append(system)
+        return out
+
+    yield start
+    for app in reversed(apps):
+        await app.stop()
+
+
+def hosting(nodes: list[ClusterNode], key: tuple[str, str]) -> list[int]:
+    """Indexes of the nodes where ``key`` is active."""
+    return [i for i, n in enumerate(nodes) if key in n.runtime._acts]
+
+
+async def test_a_call_in_flight_to_a_hung_node_moves_once_the_node_is_declared_dead(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    # A call sent on the fast path (cached member, open connection) to a node that
+    # hangs fails when the client's view drops that node and closes the connection;
+    # it must then go to the object's new home, not wait for the new home to die.
+    ns = await nodes(3)
+    victim = ns[0]
+    await victim.ref(RvCounter, "hung").incr(1)
+    assert hosting(ns, ("RvCounter", "hung")) == [0]
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        ref = client.ref(RvCounter, "hung")
+        assert await ref.incr(1) == 2  # routes (maybe via a redirect) and caches
+        assert await ref.incr(1) == 3  # the fast path
+        assert victim.core._agent is not None
+        victim.core._agent._on_dead = lambda: None  # must not exit the test process
+        await victim.core._agent.stop()
+        # The victim's listener still holds connections and answers keep-alive pings,
+        # but nothing it is asked ever gets an answer (a stuck process).
+        victim.core.gateway.handle = (  # type: ignore[method-assign]
+            lambda conn, body: asyncio.get_running_loop().create_future()
+        )
+        started = time.monotonic()
+        assert await ref.with_timeout(8).incr(1) == 4
+        assert time.monotonic() - started < 5
+        rows = {m.member_id: m.status for m in client.members()}
+    assert rows[victim.core.member_id] == "dead"
