@@ -343,7 +343,17 @@ class Router:
                     return await self._local(key, handler, args, kwargs, chain, deadline, now)
                 if body is None:
                     body = self.encode_args(handler, args, kwargs)
-                conn = await self.connection(member)
+                conn = self._conns.get(member)
+                if conn is None or conn.is_closed:
+                    try:  # a dial waits for the call's deadline at most (and goes on)
+                        async with asyncio.timeout_at(deadline):
+                            conn = await self.connection(member)
+                    except TimeoutError:
+                        last = NodeUnreachable(f"connecting to {member} took too long")
+                        continue  # the deadline has passed: CallTimeout above
+                    now = loop.time()
+                    if now >= deadline:
+                        continue
                 req = CallReq(key[0], key[1], handler.name, deadline - now, list(chain), body)
                 raw = await conn.request(req, timeout=deadline - now)
             except Redirect as r:
@@ -437,8 +447,13 @@ class Router:
         if pending is None:
             pending = asyncio.get_running_loop().create_task(self._dial(member_id))
             self._connecting[member_id] = pending
-            pending.add_done_callback(lambda _: self._connecting.pop(member_id, None))
+            pending.add_done_callback(partial(self._dialed, member_id))
         return await asyncio.shield(pending)
+
+    def _dialed(self, member_id: str, task: asyncio.Task[Connection]) -> None:
+        self._connecting.pop(member_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that gave up is not there to see it
 
     async def _dial(self, member_id: str) -> Connection:
         m = self.view.members.get(member_id)

@@ -120,3 +120,48 @@ async def test_a_call_in_flight_to_a_hung_node_moves_once_the_node_is_declared_d
         assert time.monotonic() - started < 5
         rows = {m.member_id: m.status for m in client.members()}
     assert rows[victim.core.member_id] == "dead"
+
+
+async def test_a_call_gives_up_at_its_deadline_while_dialing_a_node_that_does_not_answer() -> None:
+    # A node that accepts TCP but never completes the handshake (stuck, or a wrong
+    # address taken by something else) must not hold a call past its deadline: the
+    # dial alone would take handshake_timeout (5 s).
+    from rio.cluster.membership import MembershipView
+    from rio.cluster.routing import Router
+    from rio.cluster.store import Member
+    from rio.core.registry import actor_type
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    member = Member(
+        member_id="stuck#1",
+        node="stuck",
+        address=f"127.0.0.1:{port}",
+        incarnation=1,
+        status="active",
+        types=["RvCounter"],
+    )
+
+    async def fetch() -> list[Member]:
+        return [member]
+
+    view = MembershipView(fetch, 1.0, "test")
+    await view.refresh()
+    router = Router(
+        view, SECRET, local_member=None, local=None, strategy_of=lambda t: "consistent-hash"
+    )
+    handler = actor_type(RvCounter).handler("incr")
+    loop = asyncio.get_running_loop()
+    key = ("RvCounter", "x")
+    try:
+        started = loop.time()
+        with pytest.raises(rio.CallTimeout):
+            await router.call(key, handler, (1,), {}, (key,), started + 0.5, started)
+        assert loop.time() - started < 2.0
+    finally:
+        await router.close()
+        server.close()
