@@ -247,7 +247,7 @@ class Router:
             return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
         body = self.encode_args(handler, args, kwargs)
         conn = self._conns.get(member)
-        if conn is None or conn.is_closed or not self.view.is_live(member):
+        if conn is None or conn.is_closed or not self.view.is_live(member) or now >= deadline:
             return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
         req = CallReq(key[0], key[1], handler.name, deadline - now, list(chain), body)
         sent = conn.request(req, timeout=deadline - now)

@@ -165,3 +165,17 @@ async def test_a_call_gives_up_at_its_deadline_while_dialing_a_node_that_does_no
     finally:
         await router.close()
         server.close()
+
+
+async def test_a_call_whose_deadline_passed_fails_with_call_timeout_on_every_path(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    await nodes(1)
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        ref = client.ref(RvCounter, "late")
+        assert await ref.incr(1) == 1  # cached, with an open connection: the fast path
+        with rio.timeout(0.05):
+            await asyncio.sleep(0.1)
+            with pytest.raises(rio.CallTimeout):
+                await ref.incr(1)
+        assert await ref.get() == 1
