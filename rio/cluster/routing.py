@@ -468,6 +468,9 @@ class Router:
             options=self.options,
             ssl=self.ssl,
         )
+        if not self.view.is_live(member_id):  # declared gone while we dialed
+            await conn.close()
+            raise NodeUnreachable(f"member {member_id} left the cluster while being dialed")
         self._conns[member_id] = conn
         return conn
 
@@ -481,7 +484,11 @@ class Router:
             task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection, and stop the dials in progress."""
+        dials = list(self._connecting.values())
+        for d in dials:
+            d.cancel()
+        await asyncio.gather(*dials, return_exceptions=True)
         conns, self._conns = list(self._conns.values()), {}
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
         if self._tasks:

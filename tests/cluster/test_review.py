@@ -131,9 +131,10 @@ async def test_a_call_gives_up_at_its_deadline_while_dialing_a_node_that_does_no
     from rio.cluster.store import Member
     from rio.core.registry import actor_type
 
+    writers: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # never answers
-        writer.close()
+        writers.append(writer)  # never answers
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -164,7 +165,11 @@ async def test_a_call_gives_up_at_its_deadline_while_dialing_a_node_that_does_no
         assert loop.time() - started < 2.0
     finally:
         await router.close()
+        assert not router._connecting  # the dial that outlived the call is stopped
         server.close()
+        for w in writers:
+            w.close()
+        await server.wait_closed()
 
 
 async def test_a_call_whose_deadline_passed_fails_with_call_timeout_on_every_path(
@@ -179,3 +184,47 @@ async def test_a_call_whose_deadline_passed_fails_with_call_timeout_on_every_pat
             with pytest.raises(rio.CallTimeout):
                 await ref.incr(1)
         assert await ref.get() == 1
+
+
+async def test_a_connection_dialed_to_a_member_that_went_away_meanwhile_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rio.cluster import routing
+    from rio.cluster.membership import MembershipView
+    from rio.cluster.routing import Router
+    from rio.cluster.store import Member
+
+    member = Member(
+        member_id="m#1", node="m", address="127.0.0.1:1", incarnation=1, status="active"
+    )
+    rows = [member]
+
+    async def fetch() -> list[Member]:
+        return rows
+
+    class FakeConn:
+        is_closed = False
+
+        async def close(self) -> None:
+            self.is_closed = True
+
+    dialed = FakeConn()
+    go = asyncio.Event()
+
+    async def slow_connect(*args: object, **kw: object) -> FakeConn:
+        await go.wait()
+        return dialed
+
+    monkeypatch.setattr(routing, "connect", slow_connect)
+    view = MembershipView(fetch, 1.0, "test")
+    await view.refresh()
+    router = Router(view, SECRET, local_member=None, local=None, strategy_of=lambda t: "random")
+    dial = asyncio.ensure_future(router.connection("m#1"))
+    await asyncio.sleep(0.01)
+    view.apply([msgspec.structs.replace(member, status="dead")])  # declared dead meanwhile
+    go.set()
+    with pytest.raises(rio.NodeUnreachable):
+        await dial
+    assert dialed.is_closed
+    assert "m#1" not in router._conns
+    await router.close()
