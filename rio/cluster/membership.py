@@ -311,6 +311,12 @@ class MembershipAgent:
             votes = await self.store.suspect(m.member_id, self.me, time.time(), s.suspicion_window)
             voters = max(1, len(self.view.live) - 1)  # every live member but the suspect
             if votes >= min(s.votes, voters):
+                # A member declared dead itself (the other side of a partition won)
+                # must not declare anyone: it would take the survivors down with it.
+                row = await self.store.update(self.me, heartbeat=time.time())
+                if row is None or row.status == "dead":
+                    self._dead()
+                    return
                 if await self.store.declare_dead(m.member_id):
                     logger.warning(
                         "{}: declared {} ({}) dead after {} suspicion(s)",

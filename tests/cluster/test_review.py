@@ -228,3 +228,39 @@ async def test_a_connection_dialed_to_a_member_that_went_away_meanwhile_is_close
     assert dialed.is_closed
     assert "m#1" not in router._conns
     await router.close()
+
+
+async def test_a_member_declared_dead_does_not_declare_the_others_dead(tmp_path: Path) -> None:
+    # Two members that cannot reach each other (but reach the store) each suspect the
+    # other. The first to complete its vote wins; the loser, which has not heard yet
+    # that it is dead, must not take the winner down with it (the cluster would be empty).
+    from rio.cluster.membership import MembershipAgent, MembershipView
+    from rio.cluster.store import Member, cluster_store_from_url
+
+    store = cluster_store_from_url(f"sqlite:///{tmp_path}/cluster.db")
+    await store.open()
+    try:
+        a, b = (
+            Member(member_id=m, node=m, address="127.0.0.1:1", incarnation=1, status="active")
+            for m in ("a#1", "b#1")
+        )
+        await store.register(a)
+        await store.register(b)
+        view = MembershipView(store.members, 1.0, "a")
+        await view.refresh()  # a sees both live
+        settings = rio.ClusterSettings(url="unused", secret=SECRET)
+        dead: list[str] = []
+
+        async def probe(m: Member, limit: float) -> bool:
+            return False
+
+        agent = MembershipAgent(
+            store, settings, a, view, probe, lambda: (0, {}), on_dead=lambda: dead.append("a")
+        )
+        assert await store.declare_dead("a#1")  # b won the race
+        await agent._suspect(b)  # a's own vote, a moment later
+        status = {m.member_id: m.status for m in await store.members()}
+        assert status == {"a#1": "dead", "b#1": "active"}
+        assert dead == ["a"]  # and a learned that it is dead
+    finally:
+        await store.close()
