@@ -490,7 +490,9 @@ class ClusterNode(System):
         if threading.get_ident() != self._thread_id:
             return self.call_from_thread(self._loop, key, handler, args, kwargs, timeout)
         act = rt._acts.get(key)
-        if act is not None and act._rio_status == ACTIVE:
+        # While draining, an active object may deactivate before the call runs, and its
+        # next activation go elsewhere: only the router follows it there.
+        if act is not None and act._rio_status == ACTIVE and not self.core.link.placement.draining:
             return rt.call(key, handler, args, kwargs, timeout)
         args, kwargs = handler.check(args, kwargs)
         chain, deadline, now = rt.call_context(key, handler, timeout)

@@ -110,7 +110,7 @@ class WorkerSystem(System):
         if link is None:
             if owner == self.me:
                 return rt.call(key, handler, args, kwargs, timeout)
-        elif owner == self.me:
+        elif owner == self.me and not link.placement.draining:  # draining: see ClusterNode
             act = rt._acts.get(key)
             if act is not None and act._rio_status == ACTIVE:
                 return rt.call(key, handler, args, kwargs, timeout)

@@ -47,7 +47,8 @@ class RvCounter(rio.Actor[RvState]):
 class RvCaller(rio.Actor[None]):
     async def later_get(self, target: str, delay: float) -> int:
         await asyncio.sleep(delay)
-        return await RvCounter.ref(target).get()
+        # Through this node (in-process, RvCounter.ref would use the last node started).
+        return await self.system.ref(RvCounter, target).get()
 
 
 Nodes = Callable[..., Awaitable[list[ClusterNode]]]
@@ -264,3 +265,40 @@ async def test_a_member_declared_dead_does_not_declare_the_others_dead(tmp_path:
         assert dead == ["a"]  # and a learned that it is dead
     finally:
         await store.close()
+
+
+async def test_a_local_call_during_the_drain_follows_its_object_to_its_new_home(
+    nodes: Nodes,
+) -> None:
+    # On a draining node, an actor's call to a local object that deactivates before
+    # the call runs must reach the object's new home, not fail with Redirect.
+    a, _b = await nodes(2)
+    assert await a.ref(RvCounter, "s").incr(1) == 1
+    hold = asyncio.ensure_future(a.ref(RvCounter, "s").hold(0.8))  # s is busy until 0.8 s
+    call = asyncio.ensure_future(a.ref(RvCaller, "c").later_get("s", 0.4))  # calls s at 0.4 s
+    await asyncio.sleep(0.05)
+    stop = asyncio.ensure_future(a.stop())  # s and c deactivate after their turns
+    await hold
+    assert await call == 1
+    await stop
+
+
+async def test_a_local_call_in_a_draining_worker_follows_its_object_to_its_new_home(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    # The same, in a worker of a pool node (its shortcut to objects it hosts).
+    (_b,) = await nodes(1)
+    settings = rio.ClusterSettings(secret=SECRET, url=urls[0], **FAST)  # type: ignore[arg-type]
+    app = rio.App("rv", actors=[RvCounter, RvCaller], storage=urls[1], workers=1, cluster=settings)
+    pool = await app.start()
+    try:
+        assert await pool.ref(RvCounter, "ws").incr(1) == 1  # prefer-local: in the worker
+        hold = asyncio.ensure_future(pool.ref(RvCounter, "ws").hold(0.8))
+        call = asyncio.ensure_future(pool.ref(RvCaller, "wc").later_get("ws", 0.4))
+        await asyncio.sleep(0.05)
+        stop = asyncio.ensure_future(app.stop())
+        await hold
+        assert await call == 1
+        await stop
+    finally:
+        await app.stop()
