@@ -239,6 +239,8 @@ class Gateway:
         except msgspec.DecodeError as e:
             raise BadArguments(f"{self.name}: unreadable request from {conn.peer}: {e}") from None
         if isinstance(req, CallReq):
+            if not req.budget > 0:  # NaN would break the deadline heap of the runtime
+                raise BadArguments(f"{self.name}: call budget must be > 0, got {req.budget!r}")
             return self._deliver(req)
         if isinstance(req, ProbeReq):
             return self.member_id

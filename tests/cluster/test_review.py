@@ -302,3 +302,30 @@ async def test_a_local_call_in_a_draining_worker_follows_its_object_to_its_new_h
         await stop
     finally:
         await app.stop()
+
+
+async def test_a_call_with_a_nan_budget_is_refused_and_deadlines_keep_working(
+    nodes: Nodes,
+) -> None:
+    # A NaN deadline in the runtime's deadline heap stops every later deadline of
+    # that node from firing: the gateway must refuse it.
+    from rio.cluster.routing import CallReq
+    from rio.cluster.transport import connect
+    from rio.local.protocol import encode
+
+    (a,) = await nodes(1)
+    assert a.core.server is not None
+    conn = await connect("127.0.0.1", a.core.server.port, secret=SECRET)
+    try:
+        for budget in (float("nan"), -1.0):
+            req = CallReq("RvCounter", "nan", "incr", budget, [], msgspec.Raw(encode([1])))
+            with pytest.raises(rio.BadArguments, match="budget"):
+                await conn.request(req, timeout=5)
+    finally:
+        await conn.close()
+    hold = asyncio.ensure_future(a.ref(RvCounter, "busy").hold(1.0))
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(3):
+        with pytest.raises(rio.CallTimeout):
+            await a.ref(RvCounter, "busy").with_timeout(0.2).get()  # queued behind hold
+    await hold
