@@ -104,7 +104,8 @@ class Presence(rio.Actor[None], idle_ttl=120):
         if self.room is not None:  # deactivated while online: idle, node draining, stop
             with contextlib.suppress(rio.RioError):
                 await Lobby.ref(self.room).left(self.id, "offline")
-        print(f"  [Presence/{self.id}] deactivated", flush=True)
+        # One write, newline included: the line never splits one the demo prints.
+        print(f"  [Presence/{self.id}] deactivated\n", end="", flush=True)
 
 
 # In a cluster, users spread over the nodes; a lobby stays where it is first called.
