@@ -240,48 +240,53 @@ def test_actor_type_names_are_distinct_across_all_examples(tmp_path: Path) -> No
     assert proc.stdout == "ok\n"
 
 
+def table_rounds(out: str, table: str) -> int:
+    """Check one table's events in black_jack's output; how many rounds it dealt."""
+    mine = [line for line in out.splitlines() if line.startswith(f"[{table}] ")]
+    overs = [int(m[1]) for line in mine if (m := re.match(rf"\[{table}\] round (\d+) over", line))]
+    dealt = len(overs)
+    assert overs == list(range(1, dealt + 1)), out
+    assert mine[-1] == f"[{table}] nobody seated: the dealer goes home after {dealt} rounds"
+    seen = re.search(rf"^table {table}: the subscriber saw (\d+) events, (\d+) rounds$", out, re.M)
+    assert seen, out
+    assert int(seen[1]) == len(mine)  # it printed every event it received
+    assert int(seen[2]) == dealt
+    assert not any("missed" in line for line in mine)
+    return dealt
+
+
+def records(out: str) -> dict[str, int]:
+    """Player -> rounds in their persisted record (won + lost + pushed)."""
+    found = re.findall(r"^  (\w+): -?\d+ chips \(won (\d+), lost (\d+), pushed (\d+)\)$", out, re.M)
+    return {name: int(w) + int(lost) + int(p) for name, w, lost, p in found}
+
+
+def paid(out: str) -> dict[str, int]:
+    """Player -> rounds they were paid out in, from the RoundOver events printed."""
+    counts: dict[str, int] = {}
+    for line in out.splitlines():
+        if " over: dealer " in line:
+            for name in re.findall(r"(\w+) (?:win|lose|push) \(", line):
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 @pytest.mark.slow
 def test_black_jack(tmp_path: Path) -> None:
     out = run_app("black_jack", tmp_path)
-    lines = out.splitlines()
-    for table in ("green", "blue"):
-        mine = [line for line in lines if line.startswith(f"[{table}] ")]
-        # The dealer thread played three rounds; every one was settled and seen.
-        overs = [
-            int(m[1]) for line in mine if (m := re.match(rf"\[{table}\] round (\d+) over", line))
-        ]
-        assert overs == [1, 2, 3], out
-        assert mine[-1] == f"[{table}] nobody seated: the dealer goes home after 3 rounds"
-        seen = re.search(rf"^table {table}: the subscriber saw (\d+) events, 3 rounds$", out, re.M)
-        assert seen, out
-        assert int(seen[1]) == len(mine)  # it printed every event it received, no lag
-        assert not any("missed" in line for line in mine)
+    # The dealer threads dealt at least three rounds (a player seated late plays on).
+    assert table_rounds(out, "green") >= 3
+    assert table_rounds(out, "blue") >= 3
     assert re.search(r"^\[blue\]   \w+ (hits|stands|busts|has blackjack): ", out, re.M)
     assert "[green] ada stands up" in out
-
-    # Players are persisted: each one's record counts every round they were paid in.
-    def records(text: str) -> dict[str, int]:
-        found = re.findall(
-            r"^  (\w+): -?\d+ chips \(won (\d+), lost (\d+), pushed (\d+)\)$", text, re.M
-        )
-        return {name: int(w) + int(lost) + int(p) for name, w, lost, p in found}
-
-    def paid(text: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for line in text.splitlines():
-            if " over: dealer " in line:
-                for name in re.findall(r"(\w+) (?:win|lose|push) \(", line):
-                    counts[name] = counts.get(name, 0) + 1
-        return counts
-
+    players = {"ada", "bob", "cy", "dee", "eve"}
+    assert paid(out) == dict.fromkeys(players, 3)  # each played the three rounds asked
     first = records(out)
-    assert set(first) == {"ada", "bob", "cy", "dee", "eve"}
-    assert first == paid(out)
+    assert first == paid(out)  # the persisted records count exactly those rounds
+
     again = run_app("black_jack", tmp_path, "--rounds", "1", "--pace", "0.01")
-    assert "[green] round 1 over" in again
-    assert "[green] round 2 over" not in again
-    second = records(again)
-    assert second == {n: first[n] + paid(again).get(n, 0) for n in first}
+    assert paid(again) == dict.fromkeys(players, 1)
+    assert records(again) == {n: first[n] + 1 for n in players}  # they persisted
 
 
 @pytest.mark.slow

@@ -122,6 +122,7 @@ class Table(rio.Actor[None], idle_ttl=30):
 
     async def on_activate(self) -> None:
         self.players: list[str] = []
+        self.rounds_left: dict[str, int] = {}  # players who play a set number of rounds
         self.dealing = False  # a dealer thread runs (set and cleared in turns only)
         self.pace = 0.05
         self.rounds = 0
@@ -131,12 +132,20 @@ class Table(rio.Actor[None], idle_ttl=30):
 
     # handlers the clients call
 
-    async def join(self, player: str, stand_on: int = 17, pace: float = 0.05) -> list[str]:
-        """Seat ``player`` (playing to ``stand_on``); the dealer starts if it was away."""
+    async def join(
+        self, player: str, stand_on: int = 17, rounds: int | None = None, pace: float = 0.05
+    ) -> list[str]:
+        """Seat ``player``; the dealer starts if it was away.
+
+        The player hits below ``stand_on`` and is stood up after ``rounds`` rounds
+        (None: when they call ``leave``); ``pace`` is a new dealer's delay between moves.
+        """
         await Player.ref(player).sit(stand_on)
         if player not in self.players:
             self.players.append(player)
             self.publish(Seated(self.id, player, list(self.players)))
+        if rounds is not None:
+            self.rounds_left[player] = rounds
         if not self.dealing:
             self.dealing = True
             self.pace = pace
@@ -146,9 +155,11 @@ class Table(rio.Actor[None], idle_ttl=30):
         return list(self.players)
 
     async def leave(self, player: str) -> None:
+        """Stand up now (a hand in play is forfeited, not paid)."""
         if player in self.players:
             self.players.remove(player)
             self.hands.pop(player, None)
+            self.rounds_left.pop(player, None)
             self.publish(Left(self.id, player, list(self.players)))
 
     # the steps of a round: called by the dealer thread, each one a turn
@@ -204,6 +215,11 @@ class Table(rio.Actor[None], idle_ttl=30):
         chips = {p: await Player.ref(p).settle(r) for p, r in results.items()}
         self.hands = {}
         self.publish(RoundOver(self.id, self.rounds, list(self.dealer), dealer, results, chips))
+        for player in results:
+            if player in self.rounds_left:
+                self.rounds_left[player] -= 1
+                if self.rounds_left[player] <= 0:
+                    await self.leave(player)
 
 
 def score(cards: list[str]) -> int:

@@ -5,10 +5,10 @@ Run it (from the repository root)::
     python examples/black_jack/demo.py                 # or: rio run examples/black_jack/demo.py
     python examples/black_jack/demo.py --rounds 10 --pace 0.2
 
-For each table it subscribes to the table's stream first, seats the players, prints
-every event the dealer's thread makes the table publish, and stands everyone up
-after ``--rounds`` rounds; the dealer then goes home and the demo prints the players'
-persisted records. With ``--cluster URL`` it joins the cluster as a node (see README).
+For each table it subscribes to the table's stream first, seats the players for
+``--rounds`` rounds and prints every event the dealer's thread makes the table
+publish, until the players have left and the dealer goes home; then it prints the
+players' persisted records. With ``--cluster URL`` it joins the cluster as a node (see README).
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ async def follow(table_id: str, seats: list[tuple[str, int]]) -> tuple[int, int]
     events = rounds = 0
     # Subscribe (and await the confirmation) before anyone sits: no event is missed.
     async with table.subscribe() as stream:
-        # Sent at once: the joins queue ahead of the dealer's first move.
-        await asyncio.gather(*(table.join(n, stand_on, OPTIONS.pace) for n, stand_on in seats))
+        # Sent at once: the joins queue ahead of the dealer's first move. Each player
+        # plays OPTIONS.rounds rounds, then the table stands them up.
+        await asyncio.gather(
+            *(table.join(n, stand_on, OPTIONS.rounds, OPTIONS.pace) for n, stand_on in seats)
+        )
         async for event in stream:
             if isinstance(event, rio.Lagged):  # fell more than the buffer behind
                 print(f"[{table_id}] missed {event.missed} events ({event.reason})")
@@ -72,9 +75,6 @@ async def follow(table_id: str, seats: list[tuple[str, int]]) -> tuple[int, int]
             print(f"[{table_id}] {describe(event)}")
             if isinstance(event, RoundOver):
                 rounds += 1
-                if rounds == OPTIONS.rounds:
-                    for name, _ in seats:
-                        await table.leave(name)
             elif isinstance(event, DealerLeft):
                 break  # leaving the loop unsubscribes
     return events, rounds
