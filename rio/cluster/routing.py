@@ -35,6 +35,7 @@ from rio.core.errors import (
     NoNodesAvailable,
     RemoteError,
     RioError,
+    SystemStopping,
 )
 from rio.core.registry import Handler
 from rio.local.protocol import decode_result, encode, positional_args
@@ -220,6 +221,8 @@ class Router:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Members that said they take no new activations, until the view catches up.
         self._refusing: set[str] = set()
+        #: Set by :meth:`close`: calls still routing fail instead of waiting or redialing.
+        self._closed = False
         view.on_gone(self._member_gone)
 
     # -- calls ------------------------------------------------------------------------
@@ -318,6 +321,11 @@ class Router:
         last: BaseException | None = None
         refreshed = False
         while True:
+            if self._closed:
+                raise SystemStopping(
+                    f"{self.name} closed its cluster connections: call to "
+                    f"{key[0]}/{key[1]}.{handler.name}() abandoned ({last or 'not sent'})"
+                )
             now = loop.time()
             if now >= deadline:
                 raise CallTimeout(
@@ -380,7 +388,8 @@ class Router:
                 if getattr(e, "handshake_refused", False):
                     raise  # the node is up and turned us away: a wrong secret, TLS...
                 last = e
-                await self._wait_gone(member, deadline)
+                if not self._closed:
+                    await self._wait_gone(member, deadline)
                 continue
             try:
                 return decode_result(handler, raw)
@@ -485,6 +494,7 @@ class Router:
 
     async def close(self) -> None:
         """Close every connection, and stop the dials in progress."""
+        self._closed = True
         dials = list(self._connecting.values())
         for d in dials:
             d.cancel()

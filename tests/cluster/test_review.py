@@ -329,3 +329,26 @@ async def test_a_call_with_a_nan_budget_is_refused_and_deadlines_keep_working(
         with pytest.raises(rio.CallTimeout):
             await a.ref(RvCounter, "busy").with_timeout(0.2).get()  # queued behind hold
     await hold
+
+
+async def test_calls_in_flight_when_a_client_closes_fail_at_once(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    # Closing the client closes its connections; the calls waiting on them must fail
+    # then, not wait out their deadline for the (live) node to be declared dead.
+    await nodes(1)
+    client = rio.connect(urls[0], secret=SECRET)
+    await client.start()
+    try:
+        ref = client.ref(RvCounter, "slow")
+        assert await ref.incr(1) == 1
+        busy = asyncio.ensure_future(ref.with_timeout(10).hold(3.0))
+        routed = asyncio.ensure_future(client.ref(RvCounter, "other").with_timeout(10).hold(3.0))
+        await asyncio.sleep(0.2)
+    finally:
+        await client.stop()
+    started = time.monotonic()
+    for fut in (busy, routed):
+        with pytest.raises(rio.SystemStopping):
+            await fut
+    assert time.monotonic() - started < 1.0
