@@ -153,14 +153,14 @@ class ClusterClient(System):
         timeout: float | None,
     ) -> Any:
         """Send a call to the member hosting ``key``."""
-        if threading.get_ident() != self._thread_id:
-            return self.call_from_thread(self._loop, key, handler, args, kwargs, timeout)
-        if not self.running:
+        if not self.running:  # before the thread check: there is no loop before start
             state = "closed" if self._stopping else "not started"
             raise SystemStopping(
                 f"{self.name}: the cluster client is {state}: call to "
                 f"{key[0]}/{key[1]}.{handler.name}() refused"
             )
+        if threading.get_ident() != self._thread_id:
+            return self.call_from_thread(self._loop, key, handler, args, kwargs, timeout)
         args, kwargs = handler.check(args, kwargs)
         now = self._loop.time()
         deadline = fresh_deadline(now, timeout, self.default_timeout)

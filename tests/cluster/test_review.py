@@ -352,3 +352,18 @@ async def test_calls_in_flight_when_a_client_closes_fail_at_once(
         with pytest.raises(rio.SystemStopping):
             await fut
     assert time.monotonic() - started < 1.0
+
+
+async def test_a_client_refuses_calls_before_start_and_after_stop_clearly(
+    urls: tuple[str, str],
+) -> None:
+    client = rio.connect(urls[0], secret=SECRET)
+    with pytest.raises(rio.SystemStopping, match="not started"):
+        client.ref(RvCounter, "a").get()
+    await client.start()
+    await client.stop()
+    with pytest.raises(rio.SystemStopping, match="closed"):
+        client.ref(RvCounter, "a").get()
+    # From a thread, too (after stop the loop may be gone: nothing is scheduled on it).
+    with pytest.raises(rio.SystemStopping, match="closed"):
+        await asyncio.to_thread(lambda: client.ref(RvCounter, "a").get())
