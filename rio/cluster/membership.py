@@ -309,7 +309,19 @@ class MembershipAgent:
         s = self.settings
         try:
             votes = await self.store.suspect(m.member_id, self.me, time.time(), s.suspicion_window)
-            voters = max(1, len(self.view.live) - 1)  # every live member but the suspect
+            # Every live member but the suspect, less those that stopped heartbeating
+            # (dead too, undeclared: two of three nodes lost at once must not leave the
+            # survivor waiting forever for a second vote).
+            fresh = time.time() - s.suspicion_window
+            voters = max(
+                1,
+                sum(
+                    1
+                    for v in self.view.live.values()
+                    if v.member_id != m.member_id
+                    and (v.member_id == self.me or v.heartbeat >= fresh)
+                ),
+            )
             if votes >= min(s.votes, voters):
                 # A member declared dead itself (the other side of a partition won)
                 # must not declare anyone: it would take the survivors down with it.

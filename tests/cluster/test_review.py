@@ -367,3 +367,43 @@ async def test_a_client_refuses_calls_before_start_and_after_stop_clearly(
     # From a thread, too (after stop the loop may be gone: nothing is scheduled on it).
     with pytest.raises(rio.SystemStopping, match="closed"):
         await asyncio.to_thread(lambda: client.ref(RvCounter, "a").get())
+
+
+async def test_the_survivor_of_a_double_failure_declares_both_dead(tmp_path: Path) -> None:
+    # Two of three members die at once. The survivor's vote alone must be enough once
+    # the dead have stopped heartbeating: they cannot vote, and waiting for their
+    # votes would keep their objects unreachable forever.
+    from rio.cluster.membership import MembershipAgent, MembershipView
+    from rio.cluster.store import Member, cluster_store_from_url
+
+    store = cluster_store_from_url(f"sqlite:///{tmp_path}/cluster.db")
+    await store.open()
+    try:
+        now = time.time()
+        a, b, c = (
+            Member(
+                member_id=m,
+                node=m,
+                address="127.0.0.1:1",
+                incarnation=1,
+                status="active",
+                heartbeat=beat,
+            )
+            for m, beat in (("a#1", now), ("b#1", now - 60), ("c#1", now - 60))
+        )
+        for m in (a, b, c):
+            await store.register(m)
+        view = MembershipView(store.members, 1.0, "a")
+        await view.refresh()
+        settings = rio.ClusterSettings(url="unused", secret=SECRET)
+
+        async def probe(m: Member, limit: float) -> bool:
+            return False
+
+        agent = MembershipAgent(store, settings, a, view, probe, lambda: (0, {}))
+        await agent._suspect(b)
+        await agent._suspect(c)
+        status = {m.member_id: m.status for m in await store.members()}
+        assert status == {"a#1": "active", "b#1": "dead", "c#1": "dead"}
+    finally:
+        await store.close()
