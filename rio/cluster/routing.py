@@ -337,11 +337,15 @@ class Router:
             else:
                 try:
                     member = self.place(key)
-                except NoNodesAvailable:
+                except NoNodesAvailable as e:
                     if refreshed:
                         raise
                     refreshed = True  # a node may have joined since the last refresh
-                    await self.view.refresh()
+                    try:  # within the call's deadline (CallTimeout above when it passed)
+                        async with asyncio.timeout_at(deadline):
+                            await self.view.refresh()
+                    except TimeoutError:
+                        last = e
                     continue
             try:
                 if first is not None:

@@ -407,3 +407,33 @@ async def test_the_survivor_of_a_double_failure_declares_both_dead(tmp_path: Pat
         assert status == {"a#1": "active", "b#1": "dead", "c#1": "dead"}
     finally:
         await store.close()
+
+
+async def test_a_call_finding_no_member_rereads_the_membership_within_its_deadline() -> None:
+    # The reread a call makes when no member hosts its type must not outlast the
+    # call's deadline (a store or seed that is slow to answer).
+    from rio.cluster.membership import MembershipView
+    from rio.cluster.routing import Router
+    from rio.cluster.store import Member
+    from rio.core.registry import actor_type
+
+    reads = 0
+
+    async def fetch() -> list[Member]:
+        nonlocal reads
+        reads += 1
+        if reads > 1:
+            await asyncio.sleep(5)  # the store is slow now
+        return []
+
+    view = MembershipView(fetch, 1.0, "test")
+    await view.refresh()
+    router = Router(view, SECRET, local_member=None, local=None, strategy_of=lambda t: "random")
+    handler = actor_type(RvCounter).handler("get")
+    loop = asyncio.get_running_loop()
+    key = ("RvCounter", "x")
+    started = loop.time()
+    with pytest.raises((rio.CallTimeout, rio.NoNodesAvailable)):
+        await router.call(key, handler, (), {}, (key,), started + 0.3, started)
+    assert loop.time() - started < 1.0
+    await router.close()
