@@ -303,6 +303,10 @@ class NodeCore:
         self._agent: MembershipAgent | None = None
         #: Set once this node drained: calls that still come are redirected.
         self.left = False
+        #: Set once this node is active: until then its processes may not have a
+        #: placement hook yet, so calls that come (meant for a previous incarnation
+        #: at this address) are redirected rather than activated unclaimed.
+        self._serving = False
 
     @property
     def link(self) -> ClusterLink:
@@ -365,8 +369,9 @@ class NodeCore:
         return self.gateway.handle(conn, body)
 
     def _deliver_checked(self, req: CallReq) -> Any:
-        if self.left:
-            raise Redirect(f"{self.member_id} has left the cluster", "")
+        if self.left or not self._serving:
+            state = "has left the cluster" if self.left else "is not serving yet"
+            raise Redirect(f"{self.member_id} {state}", "")
         return self._deliver(req)
 
     async def _probe(self, m: Member, limit: float) -> bool:
@@ -376,6 +381,7 @@ class NodeCore:
         """Take new activations."""
         assert self._agent is not None
         await self._agent.activate()
+        self._serving = True
         assert self.member is not None
         logger.info(
             "{}: node {} serving at {} ({})",

@@ -437,3 +437,44 @@ async def test_a_call_finding_no_member_rereads_the_membership_within_its_deadli
         await router.call(key, handler, (), {}, (key,), started + 0.3, started)
     assert loop.time() - started < 1.0
     await router.close()
+
+
+async def test_a_joining_node_refuses_calls_until_it_can_claim_what_it_activates(
+    urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node listens before it has joined. A call that reaches it then (a caller whose
+    # cache names the previous incarnation at the same address) must not activate an
+    # object with no placement in the directory: another node could activate it too.
+    from rio.cluster.membership import MembershipAgent
+    from rio.cluster.routing import CallReq, Redirect
+    from rio.cluster.transport import connect
+    from rio.local.protocol import encode
+
+    gate, joining = asyncio.Event(), asyncio.Event()
+    join = MembershipAgent.join
+
+    async def slow_join(self: MembershipAgent) -> None:
+        joining.set()  # listening, registered soon
+        await gate.wait()
+        await join(self)
+
+    monkeypatch.setattr(MembershipAgent, "join", slow_join)
+    settings = rio.ClusterSettings(secret=SECRET, url=urls[0], **FAST)  # type: ignore[arg-type]
+    app = rio.App("rv", actors=[RvCounter], storage=urls[1], workers=0, cluster=settings)
+    node = ClusterNode(app, settings)
+    starting = asyncio.ensure_future(node.start())
+    try:
+        await joining.wait()
+        assert node.core.server is not None
+        conn = await connect("127.0.0.1", node.core.server.port, secret=SECRET)
+        try:
+            req = CallReq("RvCounter", "early", "incr", 5.0, [], msgspec.Raw(encode([1])))
+            with pytest.raises(Redirect):
+                await conn.request(req, timeout=5)
+        finally:
+            await conn.close()
+        assert ("RvCounter", "early") not in node.runtime._acts
+    finally:
+        gate.set()
+        await starting
+        await node.stop()
