@@ -312,7 +312,7 @@ class MembershipAgent:
             # Every live member but the suspect, less those that stopped heartbeating
             # (dead too, undeclared: two of three nodes lost at once must not leave the
             # survivor waiting forever for a second vote).
-            fresh = time.time() - s.suspicion_window
+            fresh = time.time() - max(s.suspicion_window, 3 * s.heartbeat_period)
             voters = max(
                 1,
                 sum(

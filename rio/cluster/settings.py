@@ -55,7 +55,7 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         missed_probes: failed probes in a row before a member is suspected (2).
         votes: suspicions from distinct members that declare a member dead (2; fewer
             when fewer members could vote: members that have not heartbeat within
-            ``suspicion_window`` do not count).
+            ``suspicion_window``, or three heartbeat periods if longer, do not count).
         suspicion_window: seconds a suspicion counts (10.0).
         heartbeat_period: how often a member writes its row (2.0).
         refresh: how often every process rereads the membership table (1.0).

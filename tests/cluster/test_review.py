@@ -478,3 +478,43 @@ async def test_a_joining_node_refuses_calls_until_it_can_claim_what_it_activates
         gate.set()
         await starting
         await node.stop()
+
+
+async def test_members_heartbeating_slower_than_the_suspicion_window_still_vote(
+    tmp_path: Path,
+) -> None:
+    # With heartbeat_period above suspicion_window, a live member's row is always
+    # older than the window: it must still count as a voter (one vote is not enough).
+    from rio.cluster.membership import MembershipAgent, MembershipView
+    from rio.cluster.store import Member, cluster_store_from_url
+
+    store = cluster_store_from_url(f"sqlite:///{tmp_path}/cluster.db")
+    await store.open()
+    try:
+        now = time.time()
+        a, b, c = (
+            Member(
+                member_id=m,
+                node=m,
+                address="127.0.0.1:1",
+                incarnation=1,
+                status="active",
+                heartbeat=now - 15,  # one 20 s heartbeat period ago, at most
+            )
+            for m in ("a#1", "b#1", "c#1")
+        )
+        for m in (a, b, c):
+            await store.register(m)
+        view = MembershipView(store.members, 1.0, "a")
+        await view.refresh()
+        settings = rio.ClusterSettings(url="unused", secret=SECRET, heartbeat_period=20.0)
+
+        async def probe(m: Member, limit: float) -> bool:
+            return False
+
+        agent = MembershipAgent(store, settings, a, view, probe, lambda: (0, {}))
+        await agent._suspect(b)  # a's vote alone: c could vote too
+        status = {m.member_id: m.status for m in await store.members()}
+        assert status == {"a#1": "active", "b#1": "active", "c#1": "active"}
+    finally:
+        await store.close()
