@@ -370,7 +370,10 @@ class Connection(asyncio.BufferedProtocol):
                 self._ping_sent_at = None
                 fut = futures.pop(msg.id, None)
                 if fut is not None and not fut.done():
-                    fut.set_exception(error_from_wire(msg.error))
+                    err = error_from_wire(msg.error)
+                    # The peer's handler raised it: not a fault of this connection.
+                    err.from_peer = True  # type: ignore[attr-defined]
+                    fut.set_exception(err)
             elif cls is Oneway:
                 inbound.take_oneway(msg.body)
             elif cls is Ping:

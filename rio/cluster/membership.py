@@ -138,6 +138,8 @@ class MembershipView:
                         self.name,
                         e,
                     )
+            except Exception as e:  # a bug must not end the refreshes for good
+                logger.opt(exception=e).error("{}: rereading the membership failed", self.name)
 
 
 def ring_successors(members: list[Member], me: str, count: int) -> list[Member]:
@@ -282,28 +284,36 @@ class MembershipAgent:
                         self.me,
                         e,
                     )
+            except Exception as e:  # a bug must not end the heartbeats for good
+                logger.opt(exception=e).error("{}: a heartbeat failed", self.me)
             await asyncio.sleep(period)
 
     async def _probe_loop(self) -> None:
-        s = self.settings
         while True:
-            await asyncio.sleep(s.probe_period)
-            targets = ring_successors(list(self.view.live.values()), self.me, s.probe_targets)
-            if not targets:
+            await asyncio.sleep(self.settings.probe_period)
+            try:
+                await self._probe_round()
+            except Exception as e:  # a bug must not end the probes for good
+                logger.opt(exception=e).error("{}: a probe round failed", self.me)
+
+    async def _probe_round(self) -> None:
+        s = self.settings
+        targets = ring_successors(list(self.view.live.values()), self.me, s.probe_targets)
+        if not targets:
+            return
+        results = await asyncio.gather(
+            *(self._probe(m, s.probe_timeout) for m in targets), return_exceptions=True
+        )
+        for m, ok in zip(targets, results, strict=True):
+            if ok is True:
+                self._misses.pop(m.member_id, None)
                 continue
-            results = await asyncio.gather(
-                *(self._probe(m, s.probe_timeout) for m in targets), return_exceptions=True
-            )
-            for m, ok in zip(targets, results, strict=True):
-                if ok is True:
-                    self._misses.pop(m.member_id, None)
-                    continue
-                misses = self._misses.get(m.member_id, 0) + 1
-                self._misses[m.member_id] = misses
-                if misses >= s.missed_probes:
-                    await self._suspect(m)
-            for gone in self._misses.keys() - self.view.live.keys():
-                del self._misses[gone]
+            misses = self._misses.get(m.member_id, 0) + 1
+            self._misses[m.member_id] = misses
+            if misses >= s.missed_probes:
+                await self._suspect(m)
+        for gone in self._misses.keys() - self.view.live.keys():
+            del self._misses[gone]
 
     async def _suspect(self, m: Member) -> None:
         s = self.settings

@@ -284,7 +284,7 @@ class Router:
                 out.set_result(handler.result_decoder.decode(sent.result()))
             except msgspec.DecodeError as e:
                 out.set_exception(_bad_answer(key, handler, e))
-        elif isinstance(exc, Redirect | NodeUnreachable):
+        elif isinstance(exc, Redirect) or _route_failed(exc):
             # The slow road: redirects and failover, then the answer into ``out``.
             task = asyncio.get_running_loop().create_task(
                 self._route(key, handler, args, kwargs, chain, deadline, body, (member, exc))
@@ -389,8 +389,10 @@ class Router:
                     ) from r
                 continue
             except NodeUnreachable as e:
-                if getattr(e, "handshake_refused", False):
-                    raise  # the node is up and turned us away: a wrong secret, TLS...
+                if getattr(e, "handshake_refused", False) or not _route_failed(e):
+                    # The node is up and turned us away (a wrong secret, TLS...), or
+                    # the handler there raised it about a node of its own.
+                    raise
                 last = e
                 if not self._closed:
                     await self._wait_gone(member, deadline)
@@ -531,3 +533,8 @@ def _copy_outcome(out: asyncio.Future[Any], task: asyncio.Future[Any]) -> None:
         out.set_exception(exc)
     else:
         out.set_result(task.result())
+
+
+def _route_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` says the way to the member failed (not the handler there)."""
+    return isinstance(exc, NodeUnreachable) and not getattr(exc, "from_peer", False)

@@ -50,6 +50,9 @@ class CnRelay(rio.Actor[None]):
     async def bump(self, target: str) -> int:
         return await CnCounter.ref(target).incr(1)
 
+    async def unreachable(self) -> None:
+        raise rio.NodeUnreachable("a node this handler needed is down")
+
 
 class CnOther(rio.Actor[None]):
     async def ping(self) -> str:
@@ -385,3 +388,16 @@ async def test_losing_the_membership_store_does_not_stop_serving(nodes: Nodes) -
         if keys:
             await r.delete(*keys)
         await r.aclose()
+
+
+async def test_a_handler_raising_node_unreachable_is_an_answer_not_a_dead_route(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    await nodes(2)
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        ref = client.ref(CnRelay, "u")
+        for _ in range(2):  # the first call routes, the second takes the fast path
+            # Were it taken for the node being unreachable, the call would wait for
+            # that node to be declared dead and end in CallTimeout.
+            with pytest.raises(rio.NodeUnreachable, match="this handler needed"):
+                await ref.with_timeout(30).unreachable()
