@@ -50,6 +50,7 @@ from rio.core.errors import (
     WorkerLost,
 )
 from rio.core.ref import Ref
+from rio.core.reminders import Reminder
 from rio.core.runtime import RuntimeStats
 from rio.core.streams import Lagged, Subscription
 from rio.core.system import System
@@ -71,6 +72,7 @@ __all__ = [
     "NodeUnreachable",
     "Ref",
     "RegistrationError",
+    "Reminder",
     "RemoteError",
     "RioError",
     "RuntimeStats",

@@ -37,6 +37,7 @@ _APP_KEYS = {
     "default_timeout",
     "drain_timeout",
     "workers",
+    "reminder_poll",
 }
 
 
@@ -68,6 +69,9 @@ class App:
             no processes and no serialization at all.
         cluster: make this process a node of a cluster (:class:`rio.ClusterSettings`:
             the membership URL, secret, listen address...); None runs alone.
+        reminder_poll: seconds between two reads of the due durable reminders
+            (default 1): how late a reminder may fire, and how often the storage is
+            asked.
 
     Example::
 
@@ -93,6 +97,7 @@ class App:
         actor_options: dict[str, dict[str, Any]] | None = None,
         workers: int | None = None,
         cluster: ClusterSettings | None = None,
+        reminder_poll: float = 1.0,
     ) -> None:
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise ConfigError(f"app name {name!r}: use letters, digits, '-', '_' or '.'")
@@ -100,12 +105,19 @@ class App:
             raise ConfigError(f"default_timeout must be positive seconds, got {default_timeout!r}")
         if not drain_timeout > 0:
             raise ConfigError(f"drain_timeout must be positive seconds, got {drain_timeout!r}")
+        if (
+            isinstance(reminder_poll, bool)
+            or not isinstance(reminder_poll, int | float)
+            or not 0 < reminder_poll < float("inf")
+        ):
+            raise ConfigError(f"reminder_poll must be positive seconds, got {reminder_poll!r}")
         self.name = name
         self.actors = None if actors is None else [actor_type(a) for a in actors]
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.storage_spec = storage
         self.default_timeout = float(default_timeout)
         self.drain_timeout = float(drain_timeout)
+        self.reminder_poll = float(reminder_poll)
         self.idle_ttl: dict[str, float | None] = {}
         self.placement: dict[str, str] = {}
         for type_name, opts in (actor_options or {}).items():
@@ -226,8 +238,11 @@ class App:
             return spec
         return storage_from_url(spec if spec is not None else self.default_storage_url())
 
-    def make_runtime(self) -> Runtime:
-        """A fresh, unstarted in-process runtime configured from this app."""
+    def make_runtime(self, *, poll_reminders: bool = True) -> Runtime:
+        """A fresh, unstarted in-process runtime configured from this app.
+
+        With ``poll_reminders`` it fires the storage's durable reminders while it runs.
+        """
         return Runtime(
             self.make_storage(),
             types=None if self.actors is None else {a.name for a in self.actors},
@@ -235,6 +250,7 @@ class App:
             drain_timeout=self.drain_timeout,
             idle_ttl=self.idle_ttl,
             name=self.name,
+            reminder_poll=self.reminder_poll if poll_reminders else None,
         )
 
     @property

@@ -45,6 +45,7 @@ from rio.core.errors import (
     StorageError,
 )
 from rio.core.registry import Handler, lookup_type
+from rio.core.reminders import Reminders
 from rio.core.system import System, key_of
 from rio.core.turns import ACTIVE
 from rio.local.protocol import decode_args
@@ -438,13 +439,17 @@ class ClusterNode(System):
         self.app = app
         self.name = app.name
         self.default_timeout = app.default_timeout
-        self.runtime: Runtime = app.make_runtime()
+        # Reminders are fired from this node once it serves (not from runtime.start).
+        self.runtime: Runtime = app.make_runtime(poll_reminders=False)
         self.runtime.system = self
         #: Pub/sub among this node's subscribers (not yet across nodes).
         self.streams = self.runtime.streams
         self._handlers: dict[tuple[str, str], Handler] = {}
         self._started = False
         self._stopping = False
+        #: Fires the durable reminders of the state storage (every node polls; each
+        #: firing goes to one of them).
+        self.reminders: Reminders | None = None
         self.core = NodeCore(
             app,
             settings.resolved(),
@@ -468,12 +473,23 @@ class ClusterNode(System):
             await self.runtime.stop()
             raise
         self._started = True
+        self.reminders = Reminders(
+            self.runtime.storage,
+            self,
+            poll=self.app.reminder_poll,
+            timeout=self.default_timeout,
+            name=self.core.member_id,
+        )
+        self.runtime.reminder_poller = self.reminders  # a local registration wakes it
+        self.reminders.start()
 
     async def stop(self) -> None:
         """Drain: take no new activations, finish turns, save, release, leave."""
         if not self._started or self._stopping:
             return
         self._stopping = True
+        if self.reminders is not None:  # no new firings; those in flight land first
+            await self.reminders.stop(self.app.drain_timeout)
         await self.core.drain()
         await self.runtime.drain()
         await self.core.leave()

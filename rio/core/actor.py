@@ -16,6 +16,7 @@ from rio.core.registry import RESERVED, ActorType, Handler, register
 
 if TYPE_CHECKING:
     from rio.core.ref import Ref
+    from rio.core.reminders import Reminder
     from rio.core.runtime import Runtime
     from rio.core.system import System
     from rio.core.timers import Timer, TimerCallback
@@ -159,7 +160,7 @@ class Actor(Generic[S]):
             if isinstance(fn, staticmethod | classmethod) or not inspect.iscoroutinefunction(fn):
                 continue
             if attr in RESERVED:
-                if attr in ("on_activate", "on_deactivate"):
+                if attr in _HOOKS:
                     continue
                 if getattr(Actor, attr, None) is not fn:
                     raise RegistrationError(
@@ -173,6 +174,7 @@ class Actor(Generic[S]):
                 fn=fn,
                 reentrant=bool(getattr(fn, "_rio_reentrant", False)),
             )
+        reminder = _reminder_handler(cls, type_name)
         class_reentrant = (
             reentrant if reentrant is not None else (parent.reentrant if parent else False)
         )
@@ -190,6 +192,7 @@ class Actor(Generic[S]):
             ),
             has_on_activate=cls.on_activate is not Actor.on_activate,
             has_on_deactivate=cls.on_deactivate is not Actor.on_deactivate,
+            reminder=reminder,
         )
         from rio.core.ref import make_ref_class
 
@@ -304,6 +307,58 @@ class Actor(Generic[S]):
         """
         return self._rio_system.timers.start(self, callback, interval, due, name, keep_alive)
 
+    async def register_reminder(
+        self, name: str, period: float, *, due: float | None = None
+    ) -> Reminder:
+        """Register (or replace) the durable reminder ``name`` of this object.
+
+        Unlike a timer, a reminder is kept in the state storage: it fires every
+        ``period`` seconds whether the object is active or not (it is activated to
+        receive it), across restarts, and after the process or node that registered
+        it died. Each firing is a turn of ``receive_reminder(name)``, delivered at
+        least once per period; define that handler on the actor type. A firing is
+        late by up to the app's ``reminder_poll`` (default 1 s). Registering a name
+        again replaces its period and due time. It may be called from any turn or
+        hook (``on_deactivate`` too) and from background tasks.
+
+        Args:
+            name: unique per object, at most 255 bytes of UTF-8.
+            period: seconds between firings (at least 0.001).
+            due: seconds until the first firing (default: ``period``).
+
+        Returns:
+            the stored :class:`rio.Reminder`.
+
+        Example::
+
+            class Invoice(rio.Actor[InvoiceState]):
+                async def issue(self) -> None:
+                    await self.register_reminder("overdue", 24 * 3600)
+
+                async def receive_reminder(self, name: str) -> None:
+                    if name == "overdue":
+                        await Mailer.ref("billing").nag(self.id)
+        """
+        from rio.core.reminders import register_reminder
+
+        rt = self._rio_system
+        return await register_reminder(rt.storage, rt.reminder_poller, self, name, period, due)
+
+    async def unregister_reminder(self, name: str) -> bool:
+        """Cancel this object's reminder ``name``; False when it had none by that name.
+
+        A firing already being delivered still arrives.
+        """
+        from rio.core.reminders import unregister_reminder
+
+        return await unregister_reminder(self._rio_system.storage, self, name)
+
+    async def reminders(self) -> list[Reminder]:
+        """List this object's durable reminders, sorted by name."""
+        from rio.core.reminders import list_reminders
+
+        return await list_reminders(self._rio_system.storage, self)
+
     def publish(self, event: Any, *, topic: str | None = None) -> None:
         """Publish ``event`` on this actor's own stream, or on the named ``topic``.
 
@@ -343,9 +398,45 @@ class Actor(Generic[S]):
         Background tasks are still running when it is called; they are stopped after.
         """
 
+    async def receive_reminder(self, name: str) -> None:
+        """Called, as a turn, each time one of this object's reminders fires. Override it.
+
+        ``name`` is the reminder's name. The object is activated for it if need be.
+        An exception is logged and the reminder keeps its schedule. A type without
+        this handler gets no firings (they are logged once and the reminder is kept).
+        Mark it ``@rio.reentrant`` to let firings interleave with other turns.
+        """
+
     def __repr__(self) -> str:
         ident = getattr(self, "id", "?")
         return f"<{self._rio_type.name}/{ident}>"
+
+
+#: Reserved names that subclasses override as hooks (never handlers).
+_HOOKS = frozenset({"on_activate", "on_deactivate", "receive_reminder"})
+
+
+async def _receive_reminder(act: Actor[Any], name: str) -> None:
+    """The body of a reminder's turn (its annotations type the wire arguments)."""
+    await act.receive_reminder(name)
+
+
+def _reminder_handler(cls: type[Actor[Any]], type_name: str) -> Handler | None:
+    """The handler a reminder's firing is delivered through, or None without one."""
+    fn = inspect.getattr_static(cls, "receive_reminder")
+    if fn is Actor.__dict__.get("receive_reminder"):
+        return None
+    if not inspect.iscoroutinefunction(fn):
+        raise RegistrationError(
+            f"{cls.__qualname__}.receive_reminder must be an `async def "
+            "receive_reminder(self, name: str) -> None`"
+        )
+    return Handler(
+        owner=type_name,
+        name="receive_reminder",
+        fn=_receive_reminder,
+        reentrant=bool(getattr(fn, "_rio_reentrant", False)),
+    )
 
 
 def _state_type_of(cls: type) -> Any | None:

@@ -36,6 +36,10 @@ RESERVED: frozenset[str] = frozenset(
         "run_blocking",
         "start_thread",
         "start_timer",
+        "register_reminder",
+        "unregister_reminder",
+        "reminders",
+        "receive_reminder",
         "publish",
         "subscribe",
         "on_activate",
@@ -291,6 +295,9 @@ class ActorType:
     has_on_activate: bool
     has_on_deactivate: bool
     ref_cls: type[Any] = field(default=object)
+    #: How a reminder's firing reaches the type's ``receive_reminder`` (None: the type
+    #: has none). Not a handler refs offer: only the reminder pollers call it.
+    reminder: Handler | None = None
 
     def handler(self, method: str) -> Handler:
         """The handler called ``method``.
@@ -300,6 +307,8 @@ class ActorType:
         """
         h = self.handlers.get(method)
         if h is None:
+            if method == "receive_reminder" and self.reminder is not None:
+                return self.reminder  # a reminder's firing, from another process
             raise UnknownMethod(self.unknown_method_message(method))
         return h
 

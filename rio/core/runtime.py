@@ -46,6 +46,7 @@ from rio.core.errors import (
 from rio.core.lifecycle import Lifecycle, PlacementHook
 from rio.core.ref import Ref, new_ref
 from rio.core.registry import Handler, actor_type, lookup_type
+from rio.core.reminders import Reminders
 from rio.core.streams import Streams
 from rio.core.system import System
 from rio.core.timers import Timers
@@ -93,6 +94,9 @@ class Runtime(Lifecycle, System):
         drain_timeout: seconds :meth:`stop` waits for turns and hooks to finish.
         idle_ttl: per-type overrides of the class's ``idle_ttl`` (seconds or None).
         name: a label for logs and messages.
+        reminder_poll: fire the durable reminders of ``storage`` from here, reading
+            the due ones every this many seconds; None (default) leaves them to
+            another process (a pool's driver) or to the cluster node.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class Runtime(Lifecycle, System):
         drain_timeout: float = 30.0,
         idle_ttl: dict[str, float | None] | None = None,
         name: str = "rio",
+        reminder_poll: float | None = None,
     ) -> None:
         if not default_timeout > 0:
             raise ValueError(f"default_timeout must be positive, got {default_timeout}")
@@ -144,6 +149,10 @@ class Runtime(Lifecycle, System):
         self.placement: PlacementHook | None = None
         self.timers = Timers(self)
         self.streams = Streams(name, self.default_timeout)
+        self._reminder_poll = reminder_poll
+        #: The poller firing reminders from this process, if one runs here (a
+        #: reminder registered here wakes it when due before its next poll).
+        self.reminder_poller: Reminders | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -162,6 +171,17 @@ class Runtime(Lifecycle, System):
         ctx.run(CALLER_DEADLINE.set, None)
         self._ctx = ctx
         self._sweeper = self._create_task(self._sweep_idle())
+        if self._reminder_poll is not None:
+            poller = Reminders(
+                self.storage,
+                self.system,
+                poll=self._reminder_poll,
+                timeout=self.default_timeout,
+                name=self.name,
+            )
+            self.reminder_poller = poller
+            # Outside every turn: its deliveries are calls from outside, as a script's.
+            ctx.run(poller.start)
 
     @property
     def running(self) -> bool:
@@ -185,6 +205,9 @@ class Runtime(Lifecycle, System):
         if not self._started:
             return
         self._stopping = True
+        poller = self.reminder_poller
+        if poller is not None and poller.running:  # no new firings; the last ones land
+            await poller.stop(self.drain_timeout)
         loop = self._loop_()
         deadline = loop.time() + self.drain_timeout
         while self._acts and loop.time() < deadline:
@@ -217,6 +240,8 @@ class Runtime(Lifecycle, System):
             return
         self._closed = True
         self._stopping = True
+        if self.reminder_poller is not None:
+            await self.reminder_poller.stop(0.0)
         self.streams.close()
         if self._sweeper is not None:
             self._sweeper.cancel()

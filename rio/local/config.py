@@ -26,6 +26,7 @@ class AppSettings(msgspec.Struct, frozen=True):
     drain_timeout: float
     idle_ttl: dict[str, float | None]
     placement: dict[str, str] = {}
+    reminder_poll: float = 1.0
 
 
 class WorkerConfig(msgspec.Struct, frozen=True):

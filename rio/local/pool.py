@@ -30,6 +30,7 @@ from loguru import logger
 from rio.core.context import fresh_deadline
 from rio.core.errors import ConfigError, RioError, SystemStopping, WorkerLost, error_from_wire
 from rio.core.registry import Handler
+from rio.core.reminders import Reminders
 from rio.core.streams import Streams
 from rio.core.system import System, key_of
 from rio.local.config import AppSettings, WorkerConfig, actor_modules, owner_of
@@ -50,6 +51,7 @@ from rio.local.remote import RemoteCalls
 from rio.local.streams import StreamLinks
 from rio.local.transport import DEFAULT_CAPACITY, Fabric, Hub
 from rio.local.worker import DEACTIVATE
+from rio.storage import storage_from_url
 
 if TYPE_CHECKING:
     from rio.app import App
@@ -126,6 +128,7 @@ class PoolSystem(System):
             drain_timeout=app.drain_timeout,
             idle_ttl=app.idle_ttl,
             placement=app.placement,
+            reminder_poll=app.reminder_poll,
         )
         self.cluster = cluster.resolved() if cluster is not None else None
         self.node: PoolNode | None = None
@@ -139,6 +142,9 @@ class PoolSystem(System):
         self._drained: dict[int, asyncio.Event] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self.streams = Streams(app.name, app.default_timeout)
+        #: Fires the durable reminders (storage shared with the workers, opened here
+        #: for this alone); None when the storage is each worker's own (memory).
+        self.reminders: Reminders | None = None
 
     # -- start -------------------------------------------------------------------------
 
@@ -202,7 +208,26 @@ class PoolSystem(System):
         if self.node is not None:
             await self.node.activate()
         self._started = True
+        try:
+            await self._start_reminders()
+        except BaseException:
+            await self.stop()
+            raise
         logger.debug("{}: {} workers serving", self.name, self.n)
+
+    async def _start_reminders(self) -> None:
+        storage = storage_from_url(self._settings.storage)
+        if storage.process_local:
+            return  # each worker fires the reminders of its own memory
+        await storage.open()
+        self.reminders = Reminders(
+            storage,
+            self,
+            poll=self.app.reminder_poll,
+            timeout=self.default_timeout,
+            name=self.name,
+        )
+        self.reminders.start()
 
     def _spawn(self, w: _Worker) -> None:
         w.gen += 1
@@ -481,6 +506,9 @@ class PoolSystem(System):
         if not self._started or self._stopping:
             return
         self._stopping = True
+        reminders = self.reminders
+        if reminders is not None:  # no new firings; those in flight land first
+            await reminders.stop(self.app.drain_timeout)
         if self.node is not None:
             await self.node.drain()
         for task in list(self._tasks):  # a restart in progress stops here
@@ -514,6 +542,8 @@ class PoolSystem(System):
         self.remote.fail_all(lambda: SystemStopping(f"{self.name} stopped"))
         if self.node is not None:
             await self.node.close()
+        if reminders is not None:
+            await reminders.storage.close()
         self._close_fds()
 
     async def _kill_all(self) -> None:

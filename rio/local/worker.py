@@ -278,13 +278,16 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
         os._exit(0)
     fabric = Fabric(cfg.nworkers + 1, cfg.capacity, fd=cfg.fabric_fd)
     app = cfg.app
+    storage = storage_from_url(app.storage)
     runtime = Runtime(
-        storage_from_url(app.storage),
+        storage,
         types=None if app.types is None else set(app.types),
         default_timeout=app.default_timeout,
         drain_timeout=app.drain_timeout,
         idle_ttl=app.idle_ttl,
         name=f"{app.name}/worker-{cfg.index}",
+        # The driver fires reminders kept in shared storage; memory is each worker's own.
+        reminder_poll=app.reminder_poll if storage.process_local else None,
     )
     system = WorkerSystem(cfg, runtime, fabric)
     system.hub.start()

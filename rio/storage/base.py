@@ -55,6 +55,9 @@ class StateStorage(abc.ABC):
 
     #: The URL this engine was opened from, password masked (for messages and logs).
     url: str = ""
+    #: True when what is stored is seen by this process only (memory): each worker
+    #: process then fires its own reminders, instead of the pool's driver.
+    process_local: bool = False
 
     @abc.abstractmethod
     async def open(self) -> None:

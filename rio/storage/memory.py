@@ -21,6 +21,8 @@ class MemoryStorage(StateStorage):
         app = rio.App(storage="memory://")
     """
 
+    process_local = True
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._data: dict[tuple[str, str], StoredState] = {}

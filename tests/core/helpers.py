@@ -406,7 +406,10 @@ class TxHelper(rio.Actor, reentrant=True, idle_ttl=None):
         await self._runtime().storage.delete(type_name, object_id, expected)
 
     async def reset(self, within: float) -> bool:
-        """Deactivate every other activation (as a stop would) and forget memory storage."""
+        """Deactivate every other activation (as a stop would) and forget memory storage.
+
+        Memory reminders go too: a later test must not receive an earlier one's.
+        """
         rt = self._runtime()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
@@ -418,6 +421,7 @@ class TxHelper(rio.Actor, reentrant=True, idle_ttl=None):
                 return False
         if isinstance(rt.storage, MemoryStorage):
             rt.storage._data.clear()
+            rt.storage._reminders.clear()
         return True
 
 

@@ -20,6 +20,7 @@ PUBLIC = [
     "NodeUnreachable",
     "Ref",
     "RegistrationError",
+    "Reminder",
     "RemoteError",
     "RioError",
     "RuntimeStats",

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
+import rio
+from rio.core.reminders import Reminders
 from rio.storage import storage_from_url
 from rio.storage.base import StoredReminder
 
@@ -121,3 +125,68 @@ async def test_reminders_persist_and_prefixes_keep_them_apart(
         assert await other.due_reminders(T0 + 1, 10) == []
     finally:
         await backend.drop(other_prefix)
+
+
+class RaceClock(rio.Actor):
+    async def receive_reminder(self, name: str) -> None:
+        """Never runs: the pollers below deliver to a recorder."""
+
+
+class Recorder:
+    """Stands for a system: records each delivery and answers it at once."""
+
+    def __init__(self, enough: int) -> None:
+        self.calls: list[tuple[tuple[str, str], str]] = []
+        self.enough = enough
+        self.got_enough = asyncio.Event()
+
+    def call(self, key: tuple[str, str], handler: Any, args: Any, kwargs: Any, timeout: Any) -> Any:
+        self.calls.append((key, args[0]))
+        if len(self.calls) >= self.enough:
+            self.got_enough.set()
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+async def test_racing_pollers_deliver_each_firing_once(
+    backend: Backend, open_storage: OpenStorage
+) -> None:
+    """Two Reminders services on one storage: every firing is claimed and delivered once."""
+    storages = [await open_storage(), await open_storage()]
+    claims: list[tuple[tuple[str, str, str], float]] = []
+    lost: list[tuple[tuple[str, str, str], float]] = []  # claims the other poller won
+    for s in {id(s): s for s in storages}.values():  # memory: one instance, spied once
+        advance = s.advance_reminder
+
+        async def spy(t: str, i: str, n: str, expected: float, new: float, advance=advance) -> bool:
+            won = await advance(t, i, n, expected, new)
+            if new > expected + 3:  # a claim moves it to the end of its lease
+                (claims if won else lost).append(((t, i, n), expected))
+            return won
+
+        s.advance_reminder = spy  # type: ignore[method-assign]
+    now = time.time()
+    for i in range(3):
+        await storages[0].upsert_reminder("RaceClock", f"c{i}", "tick", 0.1, now)
+    recorder = Recorder(enough=18)
+    pollers = [Reminders(s, recorder, poll=0.02, timeout=5.0, name="p") for s in storages]  # type: ignore[arg-type]
+    for p in pollers:
+        p.start()
+    try:
+        async with asyncio.timeout(10):
+            await recorder.got_enough.wait()
+    finally:
+        for p in pollers:
+            await p.stop()
+    assert len(recorder.calls) >= 18
+    assert len(claims) == len(set(claims)), "a firing was claimed twice"
+    assert lost, "the pollers never raced for a firing"  # they poll in step: most are raced
+    assert set(lost) <= set(claims)
+    assert len(recorder.calls) == len(claims) == sum(p.delivered for p in pollers)
+    for i in range(3):
+        dues = [due for slot, due in claims if slot == ("RaceClock", f"c{i}", "tick")]
+        assert dues == sorted(dues)
+        assert [(("RaceClock", f"c{i}"), "tick")] * len(dues) == [
+            c for c in recorder.calls if c[0] == ("RaceClock", f"c{i}")
+        ]
