@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,3 +252,13 @@ def test_receive_reminder_is_not_a_handler_refs_offer() -> None:
     assert "receive_reminder" not in RmClock._rio_type.handlers
     assert RmClock._rio_type.reminder is not None
     assert RmDeaf._rio_type.reminder is None
+
+
+def test_reminder_poll_setting(tmp_path: Path) -> None:
+    assert rio.App("a").reminder_poll == 1.0
+    for bad in (0, -1.0, float("inf"), True, "1"):
+        with pytest.raises(rio.ConfigError, match="reminder_poll must be positive seconds"):
+            rio.App("a", reminder_poll=bad)  # type: ignore[arg-type]
+    toml = tmp_path / "rio.toml"
+    toml.write_text('[app]\nname = "t"\nreminder_poll = 0.25\n')
+    assert rio.App.from_toml(toml).reminder_poll == 0.25
