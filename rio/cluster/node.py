@@ -488,8 +488,10 @@ class ClusterNode(System):
         if not self._started or self._stopping:
             return
         self._stopping = True
-        if self.reminders is not None:  # no new firings; those in flight land first
-            await self.reminders.stop(self.app.drain_timeout)
+        if self.reminders is not None:
+            # No new firings; those in flight land during the runtime's drain, which
+            # stops this poller (it is the runtime's reminder_poller).
+            self.reminders.halt()
         await self.core.drain()
         await self.runtime.drain()
         await self.core.leave()

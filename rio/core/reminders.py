@@ -28,6 +28,7 @@ first ``due + k * period`` after now).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from functools import partial
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from loguru import logger
 
+from rio.core.context import CALLER_DEADLINE, CURRENT_TURN
 from rio.core.errors import RemoteError, UnknownActorType
 from rio.core.registry import lookup_type
 from rio.storage.base import StoredReminder, to_ms
@@ -185,6 +187,7 @@ class Reminders:
         #: Firings delivered (answered, or raised in the handler) by this poller.
         self.delivered = 0
         self._task: asyncio.Task[None] | None = None
+        self._halted: asyncio.Task[None] | None = None
         self._inflight: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._failures: dict[tuple[str, str, str], int] = {}
         self._wake = asyncio.Event()
@@ -197,16 +200,28 @@ class Reminders:
     def start(self) -> None:
         """Start polling (in the running event loop)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            # Outside every turn and deadline: each delivery is a call from outside,
+            # as a script's, with this poller's own timeout.
+            ctx = contextvars.copy_context()
+            ctx.run(CURRENT_TURN.set, None)
+            ctx.run(CALLER_DEADLINE.set, None)
+            self._task = asyncio.get_running_loop().create_task(self._run(), context=ctx)
+
+    def halt(self) -> None:
+        """Stop polling at once (deliveries in flight go on); :meth:`stop` finishes."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            self._halted = task
 
     async def stop(self, wait: float = 5.0) -> None:
         """Stop polling; wait up to ``wait`` seconds for deliveries in flight, cancel the rest.
 
         A cancelled delivery keeps its claim: it is fired again when its lease runs out.
         """
-        task, self._task = self._task, None
+        self.halt()
+        task, self._halted = self._halted, None
         if task is not None:
-            task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if self._wake_handle is not None:
             self._wake_handle.cancel()
@@ -260,7 +275,9 @@ class Reminders:
                 pass
             self._wake.clear()
             self._wake_at = math.inf
-            self._wake_handle = None
+            if self._wake_handle is not None:
+                self._wake_handle.cancel()
+                self._wake_handle = None
 
     async def poll_once(self) -> int:
         """Read the due reminders and start delivering those no one else claims.
@@ -355,14 +372,19 @@ class Reminders:
             now = time.time()
             backoff = min(self.poll * 2.0 ** min(failures, 16), MAX_BACKOFF)
             retry = min(now + backoff, next_after(row.next_due, row.period, now))
-            logger.warning(
-                "{}: delivering reminder {!r} to {}/{} failed ({}: {}); retrying in {:.2f}s",
+            # Told on the 1st, 2nd, 4th, 8th... failure in a row: a reminder that cannot
+            # be delivered for long does not flood the log.
+            log = logger.warning if failures & (failures - 1) == 0 else logger.debug
+            log(
+                "{}: delivering reminder {!r} to {}/{} failed ({}: {}; {} time(s) in a row); "
+                "retrying in {:.2f}s",
                 self.name,
                 n,
                 t,
                 i,
                 type(e).__name__,
                 e,
+                failures,
                 retry - now,
             )
             return retry

@@ -180,8 +180,7 @@ class Runtime(Lifecycle, System):
                 name=self.name,
             )
             self.reminder_poller = poller
-            # Outside every turn: its deliveries are calls from outside, as a script's.
-            ctx.run(poller.start)
+            poller.start()
 
     @property
     def running(self) -> bool:
@@ -206,8 +205,8 @@ class Runtime(Lifecycle, System):
             return
         self._stopping = True
         poller = self.reminder_poller
-        if poller is not None and poller.running:  # no new firings; the last ones land
-            await poller.stop(self.drain_timeout)
+        if poller is not None:
+            poller.halt()  # no new firings; those in flight land during the drain
         loop = self._loop_()
         deadline = loop.time() + self.drain_timeout
         while self._acts and loop.time() < deadline:
@@ -233,6 +232,8 @@ class Runtime(Lifecycle, System):
             await asyncio.gather(*stuck_tasks, return_exceptions=True)
             for act in list(self._acts.values()):
                 self._discard(act, SystemStopping(f"{self.name} stopped before this call ran"))
+        if poller is not None:  # their turns ran: reschedule them (storage is still open)
+            await poller.stop(max(deadline - loop.time(), 1.0))
 
     async def close(self) -> None:
         """Stop the idle sweeper and close storage (after :meth:`drain`)."""

@@ -507,8 +507,8 @@ class PoolSystem(System):
             return
         self._stopping = True
         reminders = self.reminders
-        if reminders is not None:  # no new firings; those in flight land first
-            await reminders.stop(self.app.drain_timeout)
+        if reminders is not None:
+            reminders.halt()  # no new firings; those in flight land during the drain
         if self.node is not None:
             await self.node.drain()
         for task in list(self._tasks):  # a restart in progress stops here
@@ -524,6 +524,8 @@ class PoolSystem(System):
                     await self._drained[w.index].wait()
         except TimeoutError:
             logger.warning("{}: workers did not drain in time; stopping them", self.name)
+        if reminders is not None:  # their turns ran: reschedule them
+            await reminders.stop(5.0)
         if self.node is not None:
             await self.node.leave()
         self.streams.close()  # after the drain: events of on_deactivate hooks got through
