@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import rio
@@ -57,6 +58,10 @@ class CrClock(rio.Actor[None], idle_ttl=None):
 
     async def receive_reminder(self, name: str) -> None:
         FIRINGS.add(self._rio_system)
+
+
+class CrCount(msgspec.Struct):
+    n: int = 0
 
 
 Nodes = Callable[[int], Awaitable[list[ClusterNode]]]
@@ -121,3 +126,47 @@ async def test_a_reminder_keeps_firing_after_its_node_dies(nodes: Nodes) -> None
     assert b.reminders is not None
     assert b.reminders.delivered >= 3  # only b's poller runs now
     assert await b.ref(CrClock, "c").stop() is True
+
+
+class CrTally(rio.Actor[CrCount]):
+    async def start(self, period: float) -> None:
+        await self.register_reminder("tally", period, due=0)
+
+    async def stop(self) -> bool:
+        return await self.unregister_reminder("tally")
+
+    async def count(self) -> int:
+        return self.state.n
+
+    async def receive_reminder(self, name: str) -> None:
+        self.state.n += 1
+        await self.save()
+
+
+async def test_a_pool_node_fires_reminders_from_its_driver(tmp_path: Path) -> None:
+    settings = rio.ClusterSettings(
+        url=f"sqlite:///{tmp_path}/cluster.db",
+        secret=SECRET,
+        **FAST,  # type: ignore[arg-type]
+    )
+    app = rio.App(
+        "crp",
+        actors=[CrTally],
+        storage=f"sqlite:///{tmp_path}/state.db",
+        workers=1,
+        cluster=settings,
+        reminder_poll=0.05,
+        drain_timeout=2.0,
+    )
+    pool = await app.start()
+    try:
+        tally = pool.ref(CrTally, "t")
+        await tally.start(0.05)  # in the worker; fired by the driver, through the cluster
+        for _ in range(200):
+            if await tally.count() >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert await tally.count() >= 3
+        assert await tally.stop() is True
+    finally:
+        await app.stop()
