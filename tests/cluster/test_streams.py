@@ -252,7 +252,8 @@ async def test_a_subscription_follows_its_object_when_its_node_dies(nodes: Nodes
             assert await pub.emit(0) == victim.core.member_id
             assert ticks(await take(sub, 1)) == [0]
             # The victim stops answering, as a crashed node would (see test_nodes.py).
-            assert victim.core._agent is not None and victim.core.server is not None
+            assert victim.core._agent is not None
+            assert victim.core.server is not None
             victim.core._agent._on_dead = lambda: None
             await victim.core._agent.stop()
             await victim.core.server.close()
@@ -281,7 +282,8 @@ async def test_a_node_with_workers_relays_what_they_publish_and_they_subscribe(
         drain_timeout=5,
     )
     pool = await pool_app.start()
-    assert isinstance(pool, PoolSystem) and pool.node is not None
+    assert isinstance(pool, PoolSystem)
+    assert pool.node is not None
     try:
         await b.core.link.view.refresh()
         member = pool.node.member_id
@@ -316,14 +318,13 @@ async def test_a_node_with_workers_relays_what_they_publish_and_they_subscribe(
 
 async def test_a_member_that_joins_later_is_registered_with(nodes: Nodes, url: str) -> None:
     (a,) = await nodes(1)
-    async with rio.connect(url, secret=SECRET) as client:
-        async with client.subscribe("late") as sub:
-            assert relays([a]) == [1]
-            (b,) = await nodes(1)
-            await client.view.refresh()
-            await until(lambda: relays([a, b]) == [1, 1])
-            await b.ref(StPub, "x").shout("late", 0, 3)
-            assert ticks(await take(sub, 3)) == [0, 1, 2]
+    async with rio.connect(url, secret=SECRET) as client, client.subscribe("late") as sub:
+        assert relays([a]) == [1]
+        (b,) = await nodes(1)
+        await client.view.refresh()
+        await until(lambda: relays([a, b]) == [1, 1])
+        await b.ref(StPub, "x").shout("late", 0, 3)
+        assert ticks(await take(sub, 3)) == [0, 1, 2]
 
 
 async def test_unsubscribing_frees_the_relays_on_every_node(nodes: Nodes, url: str) -> None:
@@ -406,28 +407,33 @@ async def test_a_subscriber_whose_connection_backs_up_gets_the_count_and_the_pub
 ) -> None:
     (a,) = await nodes(1)
     count, size = 400, 50_000  # 20 MB: far more than the socket buffers hold
-    async with rio.connect(url, secret=SECRET) as client:
-        async with client.ref(StPub, "b").subscribe(buffer=count) as sub:
-            conn = client.router.connected(a.core.member_id)
-            assert conn is not None and conn._transport is not None
-            conn._transport.pause_reading()  # the subscriber stops reading
-            try:
-                # Published on the node itself: the call does not cross the stalled link.
-                seconds = await a.ref(StPub, "b").blobs(count, size)
-            finally:
-                conn._transport.resume_reading()
-            assert seconds < 5  # the publisher never waited for the subscriber
-            events = missed = 0
-            notices = []
-            async with asyncio.timeout(20):
-                while events + missed < count:
-                    item = await anext(sub)
-                    if isinstance(item, rio.Lagged):
-                        notices.append(item)
-                        missed += item.missed
-                    else:
-                        assert isinstance(item, StBlob)
-                        events += 1
-            assert notices and all(n.reason == "slow" for n in notices)
-            assert missed > 0 and events > 0
-            assert events + missed == count
+    async with (
+        rio.connect(url, secret=SECRET) as client,
+        client.ref(StPub, "b").subscribe(buffer=count) as sub,
+    ):
+        conn = client.router.connected(a.core.member_id)
+        assert conn is not None
+        assert conn._transport is not None
+        conn._transport.pause_reading()  # the subscriber stops reading
+        try:
+            # Published on the node itself: the call does not cross the stalled link.
+            seconds = await a.ref(StPub, "b").blobs(count, size)
+        finally:
+            conn._transport.resume_reading()
+        assert seconds < 5  # the publisher never waited for the subscriber
+        events = missed = 0
+        notices = []
+        async with asyncio.timeout(20):
+            while events + missed < count:
+                item = await anext(sub)
+                if isinstance(item, rio.Lagged):
+                    notices.append(item)
+                    missed += item.missed
+                else:
+                    assert isinstance(item, StBlob)
+                    events += 1
+        assert notices
+        assert all(n.reason == "slow" for n in notices)
+        assert missed > 0
+        assert events > 0
+        assert events + missed == count
