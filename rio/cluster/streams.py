@@ -114,20 +114,6 @@ Oneway = StreamEvents | RelaysClosed | PublishMsg
 oneway_decoder: msgspec.msgpack.Decoder[Oneway] = msgspec.msgpack.Decoder(Oneway)
 
 
-def _encodable(event: Any, name: str) -> bool:
-    try:
-        msgspec.msgpack.encode(event)
-    except Exception as e:
-        logger.error(
-            "{}: a published {} cannot cross nodes and was dropped: {}",
-            name,
-            type(event).__qualname__,
-            e,
-        )
-        return False
-    return True
-
-
 def send_runs(
     conn: Connection,
     events: list[Any],
@@ -138,32 +124,29 @@ def send_runs(
     """Send ``events`` as one-way ``make(missed, type_name, run)`` messages.
 
     Each holds at most :data:`CHUNK` events of one class; the first carries
-    ``missed``. Events that cannot be encoded are dropped (logged) and counted in
-    the next ``missed``.
+    ``missed``. A message the connection refuses (an event that cannot be encoded,
+    or over ``max_frame_size``) is split in halves down to single events; an event
+    that cannot go on its own is dropped (logged) and counted in the next ``missed``.
 
     Raises:
         rio.NodeUnreachable: the connection closed.
     """
+
+    def send(type_name: str, chunk: list[Any], missed: int) -> int:
+        """Send ``chunk``; returns the count of dropped events still to report."""
+        try:
+            conn.send_oneway_nowait(make(missed, type_name, chunk))
+        except BadArguments as e:
+            if len(chunk) == 1:
+                logger.error("{}: a published event was dropped: {}", name, e)
+                return missed + 1
+            half = len(chunk) // 2
+            return send(type_name, chunk[half:], send(type_name, chunk[:half], missed))
+        return 0
+
     for type_name, run in event_runs(events) if events else []:
         for i in range(0, len(run), CHUNK):
-            chunk = run[i : i + CHUNK]
-            try:
-                conn.send_oneway_nowait(make(missed, type_name, chunk))
-            except BadArguments:  # an event that cannot be encoded, or a huge batch
-                good = [e for e in chunk if _encodable(e, name)]
-                dropped = len(chunk) - len(good)
-                if good:
-                    try:
-                        conn.send_oneway_nowait(make(missed + dropped, type_name, good))
-                    except BadArguments as e:
-                        logger.error("{}: events dropped: {}", name, e)
-                        missed += len(chunk)
-                        continue
-                    missed = 0
-                else:
-                    missed += dropped
-                continue
-            missed = 0
+            missed = send(type_name, run[i : i + CHUNK], missed)
     if missed:
         conn.send_oneway_nowait(make(missed, "", []))
 
@@ -516,8 +499,10 @@ class ClusterSubscriptions(StreamUplink):
     def _subscribed(self, peer: _Peer, link_id: int, fut: asyncio.Future[Any]) -> None:
         if not fut.cancelled():
             e = fut.exception()
-            # A closed connection is renewed by its watcher; say why for anything else.
-            if e is not None and not isinstance(e, NodeUnreachable) and link_id in self._subs:
+            # A closed connection is renewed by its watcher, a leaving member is soon
+            # gone: say why for anything else.
+            quiet = isinstance(e, NodeUnreachable | SystemStopping)
+            if e is not None and not quiet and link_id in self._subs:
                 logger.warning(
                     "{}: member {} did not register {}: {}",
                     self.name,

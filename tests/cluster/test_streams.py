@@ -22,6 +22,7 @@ import pytest
 
 import rio
 from rio.cluster.node import ClusterNode
+from rio.cluster.streams import StreamEvents, oneway_decoder, send_runs
 from rio.local.pool import PoolSystem
 
 SECRET = "stream-secret"
@@ -437,3 +438,38 @@ async def test_a_subscriber_whose_connection_backs_up_gets_the_count_and_the_pub
         assert missed > 0
         assert events > 0
         assert events + missed == count
+
+
+class _FakeConn:
+    """Takes one-way messages up to ``limit`` bytes, as a connection would."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent: list[Any] = []
+
+    def send_oneway_nowait(self, body: Any) -> None:
+        try:
+            data = msgspec.msgpack.encode(body)
+        except (TypeError, msgspec.EncodeError) as e:
+            raise rio.BadArguments(f"cannot be encoded: {e}") from None
+        if len(data) > self.limit:
+            raise rio.BadArguments(f"{len(data)} bytes is over max_frame_size")
+        self.sent.append(oneway_decoder.decode(data))
+
+
+def test_a_refused_batch_is_split_and_only_what_cannot_go_alone_is_dropped() -> None:
+    conn = _FakeConn(limit=2_500)
+    blobs: list[Any] = [StBlob(n, b"x" * 1_000) for n in range(7)]
+    blobs.insert(3, StBlob(99, b"x" * 5_000))  # too large on its own
+    events = [*blobs, object()]  # and one that cannot be encoded at all
+
+    def make(missed: int, type_name: str, run: Any) -> StreamEvents:
+        return StreamEvents(1, missed, type_name, run)
+
+    send_runs(conn, events, 0, make, "test")  # type: ignore[arg-type]
+    sent = [(m.missed, len(msgspec.msgpack.decode(m.events))) for m in conn.sent]
+    assert sum(n for _, n in sent) == 7  # every blob that fits went, in messages of 2
+    assert max(n for _, n in sent) == 2
+    assert sum(m for m, _ in sent) == 2  # the big one and the object, counted
+    got = [StBlob(**b) for m in conn.sent for b in msgspec.msgpack.decode(m.events)]
+    assert [b.n for b in got] == [0, 1, 2, 3, 4, 5, 6]
