@@ -11,8 +11,9 @@ type); the receiving process appends them to the log its subscribers share.
 
 Events travel as msgpack with their class named (``module:qualname``); the
 receiving process decodes them into that class when it has it (workers import the
-modules that define the actors, where event types usually live too), else into
-builtins, with a warning.
+modules that define the actors, where event types usually live too; a file that
+``rio run`` loaded is found under its plain name or as the main script too), else
+into builtins, with a warning.
 
 Publishers never wait: when more than :data:`BACKLOG` bytes already wait to enter a
 process's ring, events for it are dropped and counted, and the count reaches its
@@ -24,6 +25,7 @@ are renewed with the replacement worker.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -64,11 +66,34 @@ def event_type_name(cls: type) -> str:
 
 _ANY_LIST: msgspec.msgpack.Decoder[list[Any]] = msgspec.msgpack.Decoder(list[Any])
 _MAIN_ALIASES = {"__main__": "__mp_main__", "__mp_main__": "__main__"}
+#: How ``rio run app.py`` names the module of a file (rio.cli.loader.FILE_MODULE_PREFIX).
+_FILE_PREFIX = "__rio_app__"
+
+
+def _module_names(module_name: str) -> list[str]:
+    """Where this process may have the module a sender named ``module_name``.
+
+    ``__main__`` and ``__mp_main__`` stand for each other; a file that ``rio run``
+    loaded (``__rio_app__<stem>``) may be imported here as ``<stem>``, or run as the
+    main script.
+    """
+    names = [module_name]
+    alias = _MAIN_ALIASES.get(module_name)
+    if alias is not None:
+        names.append(alias)
+    if module_name.startswith(_FILE_PREFIX):
+        stem = module_name[len(_FILE_PREFIX) :]
+        names.append(stem)
+        for main in ("__main__", "__mp_main__"):
+            path = getattr(sys.modules.get(main), "__file__", None)
+            if path and os.path.splitext(os.path.basename(path))[0] == stem:
+                names.append(main)
+    return names
 
 
 def _resolve(name: str) -> type | None:
     module_name, _, qualname = name.partition(":")
-    for mod in (module_name, _MAIN_ALIASES.get(module_name)):
+    for mod in _module_names(module_name):
         module = sys.modules.get(mod) if mod else None
         obj: Any = module
         for part in qualname.split("."):

@@ -29,8 +29,7 @@ from rio.cluster import transport
 from rio.cluster.client import ClusterClient
 
 sys.path.insert(0, str(Path(__file__).parent / "apps"))
-from cluster_app import Counter, Relay, Ticker
-from cluster_events import Tick
+from cluster_app import Counter, Relay, Tick, Ticker
 
 pytestmark = pytest.mark.slow
 

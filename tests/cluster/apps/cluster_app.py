@@ -13,7 +13,6 @@ import os
 import uuid
 
 import msgspec
-from cluster_events import Tick
 
 import rio
 
@@ -54,6 +53,18 @@ class Relay(rio.Actor[None]):
         ref = Counter.ref(target)
         value = await ref.incr(by)
         return [os.environ.get("RIO_NODE_LABEL", "?"), await ref.where(), str(value)]
+
+
+class Tick(msgspec.Struct, frozen=True):
+    """Published by ``Ticker.tick``: its number and the node label that published it.
+
+    Nodes name it ``__rio_app__cluster_app:Tick`` (``rio run`` loads this file under
+    that name); the test process, which imports this file as ``cluster_app``, finds
+    the class under that name.
+    """
+
+    n: int
+    node: str
 
 
 class Ticker(rio.Actor[None]):
