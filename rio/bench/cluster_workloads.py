@@ -4,7 +4,10 @@
 paths, run by a :func:`rio.connect` client against one node (a separate process,
 ``workers=0``, membership in a SQLite file). ``hop`` is node-to-node: an object on
 one node calls an object on another (the two nodes host different types, so every
-call crosses), timed inside the calling node.
+call crosses), timed inside the calling node. ``pubsub-1`` and ``pubsub-100``: the
+client calls a publisher on the node (1,000 calls in flight), each call publishes
+one event, and 1 or 100 subscriptions in the client read them all (the node relays
+each event once to the client, whose subscriptions share it).
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from loguru import logger
 
 import rio
 from rio.bench.core import Measurement, workload
-from rio.bench.workloads import BenchCounter, register_call_suite, seq_calls
+from rio.bench.workloads import (
+    BenchCounter,
+    BenchPublisher,
+    register_call_suite,
+    register_pubsub,
+    seq_calls,
+)
 
 __all__ = ["BenchHopper", "node_main"]
 
@@ -42,11 +51,16 @@ class BenchHopper(rio.Actor[None], name="rio.bench.Hopper", idle_ttl=None):
 
 
 def node_main(argv: list[str] | None = None) -> None:
-    """A bench node: ``node_main([cluster_url, "Counter"|"Hopper", label])``."""
+    """A bench node: ``node_main([cluster_url, "Counter"|"Hopper"|"Publisher", label])``."""
     url, hosts, label = argv if argv is not None else sys.argv[1:4]
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
-    actors: list[type[rio.Actor]] = [BenchCounter] if hosts == "Counter" else [BenchHopper]  # type: ignore[type-arg]
+    hosted: dict[str, type[rio.Actor]] = {  # type: ignore[type-arg]
+        "Counter": BenchCounter,
+        "Hopper": BenchHopper,
+        "Publisher": BenchPublisher,
+    }
+    actors = [hosted[hosts]]
     app = rio.App(
         f"bench-node-{label}",
         storage="memory://",
@@ -116,3 +130,11 @@ async def cluster_hop(n: int) -> Measurement:
     async with _nodes("Counter", "Hopper") as client:
         out = await client.ref(BenchHopper, "h").with_timeout(600).run("target", n)
         return Measurement(n, out[0], out[1:])
+
+
+register_pubsub(
+    "cluster",
+    lambda: _nodes("Publisher"),
+    {"pubsub-1": (100_000, 20_000), "pubsub-100": (20_000, 5_000)},
+    where="on a node, subscribed to by an external client over TCP",
+)

@@ -68,20 +68,34 @@ class BenchPublisher(rio.Actor[None], name="rio.bench.Publisher", idle_ttl=None)
 PUBSUB_BUFFER = 1 << 16
 
 
-def register_pubsub(path: str, workers: int, sizes: dict[str, tuple[int, int]]) -> None:
+#: Makes the system a call suite runs against: ``async with make() as system``.
+SystemFactory = Callable[[], AbstractAsyncContextManager[rio.System]]
+
+
+def register_pubsub(
+    path: str,
+    workers: int | SystemFactory,
+    sizes: dict[str, tuple[int, int]],
+    where: str | None = None,
+) -> None:
     """Register ``pubsub-1`` and ``pubsub-100`` on ``path``.
 
-    The driver calls a publisher actor, 1,000 calls in flight at a time; each call
-    publishes one event on the actor's stream. 1 or 100 subscriptions in the
-    driver read every event with ``async for``; the run ends when each has counted
-    all ``n`` (a ``rio.Lagged`` notice fails the run). Events per second are
-    ``n`` over that time.
+    The driver (or a cluster client) calls a publisher actor, 1,000 calls in flight
+    at a time; each call publishes one event on the actor's stream. 1 or 100
+    subscriptions in the calling process read every event with ``async for``; the
+    run ends when each has counted all ``n`` (a ``rio.Lagged`` notice fails the
+    run). Events per second are ``n`` over that time. ``workers`` is as for
+    :func:`register_call_suite`.
     """
+    if callable(workers):
+        app: SystemFactory = workers
+    else:
+        nworkers = workers
 
-    def app() -> rio.App:
-        return rio.App(
-            f"bench-{path}", storage="memory://", actors=[BenchPublisher], workers=workers
-        )
+        def app() -> AbstractAsyncContextManager[rio.System]:
+            return rio.App(
+                f"bench-{path}", storage="memory://", actors=[BenchPublisher], workers=nworkers
+            )
 
     async def pubsub(n: int, subscribers: int) -> Measurement:
         async with app() as system:
@@ -119,7 +133,8 @@ def register_pubsub(path: str, workers: int, sizes: dict[str, tuple[int, int]]) 
                 raise RuntimeError(f"deliveries lost: counted {counts}, published {n} each")
             return Measurement(n, elapsed, lat)
 
-    where = "in the caller's own process" if workers == 0 else f"in {workers} worker processes"
+    if where is None:
+        where = "in the caller's own process" if workers == 0 else f"in {workers} worker processes"
     for subscribers in (1, 100):
 
         async def fn(n: int, subscribers: int = subscribers) -> Measurement:
@@ -129,7 +144,7 @@ def register_pubsub(path: str, workers: int, sizes: dict[str, tuple[int, int]]) 
         fn.__doc__ = (
             f"Events published by an actor {where}, one per call, 1,000 calls in flight, "
             f"each delivered to {subscribers} subscriber{'s' if subscribers > 1 else ''} "
-            "in the driver (all counted)."
+            "in the calling process (all counted)."
         )
         workload(path, name, n=sizes[name][0], quick_n=sizes[name][1])(fn)
 
@@ -151,10 +166,6 @@ async def seq_calls(ref: Any, n: int) -> Measurement:
             await ref.incr(1)
             append(perf() - t0)
     return Measurement(n, perf() - start, lat)
-
-
-#: Makes the system a call suite runs against: ``async with make() as system``.
-SystemFactory = Callable[[], AbstractAsyncContextManager[rio.System]]
 
 
 def register_call_suite(

@@ -13,4 +13,6 @@
   claims and releases of the objects it hosts (in-process or in a worker pool).
 * :mod:`rio.cluster.client` — :func:`rio.connect`, the external client.
 * :mod:`rio.cluster.settings` — :class:`rio.ClusterSettings`.
+* :mod:`rio.cluster.streams` — pub/sub across nodes: subscribers register with every
+  member, members relay what is published there.
 """

@@ -166,6 +166,25 @@ class Connection(asyncio.BufferedProtocol):
             await self.wait_writable()
         self._send_checked((_ONEWAY, body), "one-way message")
 
+    def send_oneway_nowait(self, body: Any) -> None:
+        """Send a one-way message now, even while the peer reads slower (see :attr:`writable`).
+
+        For senders that must not wait: check :attr:`writable` first and drop (and
+        count) what the peer cannot take, rather than queue without bound.
+
+        Raises:
+            rio.NodeUnreachable: the connection is not open.
+            rio.BadArguments: the body cannot be encoded or is over ``max_frame_size``.
+        """
+        if self._state != _READY:
+            raise NodeUnreachable(f"node {self.peer}: {self._reason or 'not connected'}")
+        self._send_checked((_ONEWAY, body), "one-way message")
+
+    @property
+    def writable(self) -> bool:
+        """True while the connection is open and the peer keeps up with what is sent."""
+        return self._state == _READY and not self._write_paused
+
     async def wait_writable(self) -> None:
         """Wait until the peer has read enough of what was sent to take more.
 

@@ -9,6 +9,12 @@ The client reads the membership from the store (or, given only ``seeds``, from a
 node it can reach), keeps a placement cache, follows redirects, and retries a call
 whose node died on the object's new home within the call's deadline. With no live
 member hosting the type, calls fail with :class:`rio.NoNodesAvailable`.
+
+It subscribes too: ``async for event in Table.ref("t1").subscribe()`` (or
+``cluster.subscribe("topic")``) registers the stream with every live member, so
+events come from wherever the object is active, and keep coming when it moves
+(see :mod:`rio.cluster.streams`). ``cluster.publish(event, topic=...)`` publishes
+through one member.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Sequence
+from functools import partial
 from ssl import SSLContext
 from typing import Any
 
@@ -27,11 +34,13 @@ from rio.cluster.node import deactivate_anywhere
 from rio.cluster.routing import MembersReq, Router, members_decoder
 from rio.cluster.settings import client_context, split_address
 from rio.cluster.store import ClusterStore, Member, cluster_store_from_url
+from rio.cluster.streams import ClusterSubscriptions
 from rio.cluster.transport import connect as dial
 from rio.core.context import fresh_deadline, reset_system, set_default_system, system_token
 from rio.core.errors import ConfigError, NoNodesAvailable, RioError, SystemStopping
 from rio.core.registry import Handler
-from rio.core.system import System, key_of
+from rio.core.streams import Streams
+from rio.core.system import System, _topic, key_of
 
 __all__ = ["ClientStats", "ClusterClient", "connect"]
 
@@ -41,6 +50,10 @@ class ClientStats(msgspec.Struct, frozen=True):
 
     members: list[str]
     cached_placements: int
+    #: Streams this client subscribes to (registered with the members).
+    streams: int = 0
+    #: Subscriptions in this client.
+    subscribers: int = 0
 
 
 class ClusterClient(System):
@@ -85,6 +98,9 @@ class ClusterClient(System):
             ssl=ssl,
         )
         self.ssl = ssl
+        #: Pub/sub: this client's subscriptions, fed by the members' relays.
+        self.streams = Streams(name, self.default_timeout)
+        self.subscriptions = ClusterSubscriptions(self.streams, self.router, self.view, None, name)
         self._started = False
         self._stopping = False
         self._token: Any = None
@@ -119,6 +135,7 @@ class ClusterClient(System):
             return
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
+        self.streams.start()
         if self.store is not None:
             await self.store.open()
         try:
@@ -134,6 +151,8 @@ class ClusterClient(System):
         if not self._started or self._stopping:
             return
         self._stopping = True
+        await self.subscriptions.close()
+        self.streams.close()
         await self.view.stop()
         await self.router.close()
         if self.store is not None:
@@ -166,13 +185,25 @@ class ClusterClient(System):
         deadline = fresh_deadline(now, timeout, self.default_timeout)
         return self.router.call(key, handler, args, kwargs, (key,), deadline, now)
 
+    def publish(self, event: Any, *, topic: str) -> None:
+        """Publish ``event`` on the named topic, through one live member (never blocks).
+
+        Every subscriber in the cluster gets it, this client's own included (it comes
+        back through the member, like the others).
+        """
+        if threading.get_ident() != self._thread_id:
+            self._loop.call_soon_threadsafe(partial(self.publish, event, topic=topic))
+            return
+        self.subscriptions.publish_topic(_topic(topic), event)
+
     async def deactivate(self, actor: Any, object_id: Any = None) -> bool:
         """Deactivate one object wherever it is active."""
         return await deactivate_anywhere(self.router, key_of(actor, object_id))
 
     def stats(self) -> ClientStats:
         """Live members and the size of the placement cache."""
-        return ClientStats(sorted(self.view.live), len(self.router.cache))
+        streams, subscribers = self.streams.stats()
+        return ClientStats(sorted(self.view.live), len(self.router.cache), streams, subscribers)
 
     def members(self) -> list[Member]:
         """Every member row as last read."""

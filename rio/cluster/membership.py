@@ -57,6 +57,7 @@ class MembershipView:
         self._accepting: dict[str, list[Member]] = {}
         self._all_accepting: list[Member] = []
         self._on_gone: list[Callable[[str], None]] = []
+        self._on_joined: list[Callable[[str], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._failed_since: float | None = None
@@ -65,6 +66,10 @@ class MembershipView:
     def on_gone(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(member_id)`` when a member turns dead or leaves."""
         self._on_gone.append(callback)
+
+    def on_joined(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(member_id)`` when a member appears live (after the first read)."""
+        self._on_joined.append(callback)
 
     async def start(self) -> None:
         """Read the table once (raising if that fails), then keep refreshing."""
@@ -97,13 +102,18 @@ class MembershipView:
         self._accepting = by_type
         self.loaded = True
         for gone in old_live.keys() - self.live.keys():
-            for cb in self._on_gone:
-                try:
-                    cb(gone)
-                except Exception as e:  # a listener's bug must not stop the view
-                    logger.opt(exception=e).error("{}: membership listener failed", self.name)
+            self._tell(self._on_gone, gone)
+        for joined in self.live.keys() - old_live.keys():
+            self._tell(self._on_joined, joined)
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _tell(self, listeners: list[Callable[[str], None]], member_id: str) -> None:
+        for cb in listeners:
+            try:
+                cb(member_id)
+            except Exception as e:  # a listener's bug must not stop the view
+                logger.opt(exception=e).error("{}: membership listener failed", self.name)
 
     async def changed(self) -> None:
         """Wait for the next refresh."""

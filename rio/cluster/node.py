@@ -12,6 +12,12 @@ A call from another member reaches the hosting worker through at most one local
 shared-memory hop (the gateway hands it to the worker that owns the object on this
 box); calls that actors make go from their own process straight to the member
 hosting the target.
+
+Pub/sub (:mod:`rio.cluster.streams`): the gateway keeps a relay per stream and
+subscribing process elsewhere (:class:`~rio.cluster.streams.StreamRelays`), fed by
+the node's main process's streams; every process that subscribes registers its
+streams with the other members (:class:`~rio.cluster.streams.ClusterSubscriptions`,
+kept by its :class:`ClusterLink`).
 """
 
 from __future__ import annotations
@@ -34,10 +40,13 @@ from rio.cluster.routing import (
     Redirect,
     Router,
     StatsReq,
+    SubscribeReq,
+    UnsubscribeReq,
     request_decoder,
 )
 from rio.cluster.settings import ClusterSettings, advertised
 from rio.cluster.store import ClusterStore, Key, Member, cluster_store_from_url
+from rio.cluster.streams import ClusterSubscriptions, StreamRelays
 from rio.cluster.transport import Connection, Server, serve
 from rio.core.errors import (
     BadArguments,
@@ -46,6 +55,7 @@ from rio.core.errors import (
 )
 from rio.core.registry import Handler, lookup_type
 from rio.core.reminders import Reminders
+from rio.core.streams import Streams
 from rio.core.system import System, key_of
 from rio.core.turns import ACTIVE
 from rio.local.protocol import decode_args
@@ -152,6 +162,8 @@ class NodeStats(msgspec.Struct, frozen=True):
     status: str
     activations: int
     by_type: dict[str, int]
+    #: Relays this node keeps: one per stream and subscribing process elsewhere.
+    relays: int = 0
 
 
 def strategy_table(app: App, default: str) -> Callable[[str], str]:
@@ -195,6 +207,15 @@ class ClusterLink:
             ssl=settings.client_ssl(),
         )
         self.placement = Placement(self.store, member_id, name)
+        #: This process's subscriptions to streams published on other nodes.
+        self.subscriptions: ClusterSubscriptions | None = None
+
+    def attach_streams(self, streams: Streams) -> ClusterSubscriptions:
+        """Register ``streams``' subscriptions with the other members from now on."""
+        self.subscriptions = ClusterSubscriptions(
+            streams, self.router, self.view, self.member_id, self.name
+        )
+        return self.subscriptions
 
     async def start(self) -> None:
         """Open the store and start the view."""
@@ -204,6 +225,8 @@ class ClusterLink:
     async def stop(self) -> None:
         """Write pending releases, stop the view, close connections and the store."""
         await self.placement.flush()
+        if self.subscriptions is not None:
+            await self.subscriptions.close()
         await self.view.stop()
         await self.router.close()
         await self.store.close()
@@ -225,6 +248,7 @@ class Gateway:
         stats: Callable[[], tuple[int, dict[str, int]]],
         deactivate: Callable[[Key], Awaitable[bool]],
         name: str,
+        relays: StreamRelays,
     ) -> None:
         self.member_id = member_id
         self.view = view
@@ -232,6 +256,7 @@ class Gateway:
         self._stats = stats
         self._deactivate = deactivate
         self.name = name
+        self.relays = relays
 
     def handle(self, conn: Connection, body: msgspec.Raw) -> Any:
         """Serve one request (the transport's handler)."""
@@ -247,9 +272,13 @@ class Gateway:
             return self.member_id
         if isinstance(req, MembersReq):
             return list(self.view.members.values())
+        if isinstance(req, SubscribeReq):
+            return self.relays.subscribe(conn, req)
+        if isinstance(req, UnsubscribeReq):
+            return self.relays.unsubscribe(conn, req)
         if isinstance(req, StatsReq):
             n, by_type = self._stats()
-            return {"activations": n, "by_type": by_type}
+            return {"activations": n, "by_type": by_type, "relays": len(self.relays)}
         if isinstance(req, DeactivateReq):
             return self._deactivate((req.type_name, req.object_id))
         raise BadArguments(f"{self.name}: unknown request {type(req).__name__}")
@@ -279,6 +308,8 @@ class NodeCore:
         stats: ``(activations, per type)`` of this node.
         deactivate_here: deactivates an object if this node hosts it.
         local: runs a call on this node (the router's shortcut).
+        streams: the pub/sub streams of this process (relays feed on them; its
+            subscribers register with the other members).
     """
 
     def __init__(
@@ -290,9 +321,12 @@ class NodeCore:
         stats: Callable[[], tuple[int, dict[str, int]]],
         deactivate_here: Callable[[Key], Awaitable[bool]],
         local: Any,
+        streams: Streams,
     ) -> None:
         self.app = app
         self.settings = settings
+        self.streams = streams
+        self.relays = StreamRelays(streams, app.name)
         self._deliver = deliver
         self._stats = stats
         self._deactivate_here = deactivate_here
@@ -324,7 +358,12 @@ class NodeCore:
         """Listen, register as ``joining``, start the view and the agent."""
         s = self.settings
         self.server = await serve(
-            self._handle, secret=s.secret, host=s.host, port=s.port, ssl=s.server_ssl()
+            self._handle,
+            secret=s.secret,
+            host=s.host,
+            port=s.port,
+            ssl=s.server_ssl(),
+            on_oneway=self.relays.on_oneway,
         )
         address = s.advertise or advertised(s.host, self.server.port)
         node = s.node or address
@@ -355,7 +394,9 @@ class NodeCore:
             self._stats,
             self._deactivate_here,
             node,
+            self.relays,
         )
+        link.attach_streams(self.streams)
         try:
             await link.start()
             self._agent = MembershipAgent(
@@ -407,9 +448,11 @@ class NodeCore:
         self.left = True
         assert self._agent is not None
         await self._agent.leave()
+        await self.relays.close()  # what this node published went out: goodbye
 
     async def close(self) -> None:
         """Close the listener, the connections and the store."""
+        await self.relays.close()
         if self.server is not None:
             await self.server.close()
         if self._link is not None:
@@ -417,6 +460,7 @@ class NodeCore:
 
     async def abort(self) -> None:
         """Undo a failed start."""
+        await self.relays.close()
         if self._agent is not None:
             await self._agent.stop()
         if self.server is not None:
@@ -442,7 +486,7 @@ class ClusterNode(System):
         # Reminders are fired from this node once it serves (not from runtime.start).
         self.runtime: Runtime = app.make_runtime(poll_reminders=False)
         self.runtime.system = self
-        #: Pub/sub among this node's subscribers (not yet across nodes).
+        #: Pub/sub: this node's subscribers, and relays for subscribers elsewhere.
         self.streams = self.runtime.streams
         self._handlers: dict[tuple[str, str], Handler] = {}
         self._started = False
@@ -457,6 +501,7 @@ class ClusterNode(System):
             stats=self._stats,
             deactivate_here=self.runtime.deactivate_key,
             local=self._local,
+            streams=self.streams,
         )
 
     async def start(self) -> None:
@@ -563,6 +608,7 @@ class ClusterNode(System):
             core.status,
             n,
             by_type,
+            len(core.relays),
         )
 
 
@@ -581,6 +627,7 @@ class PoolNode(NodeCore):
             stats=lambda: self._counts,
             deactivate_here=pool.deactivate_here,
             local=pool.local_route,
+            streams=pool.streams,
         )
 
     def _forward(self, req: CallReq) -> asyncio.Future[Any]:

@@ -28,7 +28,7 @@ import msgspec
 from rio.cluster.membership import MembershipView
 from rio.cluster.settings import split_address
 from rio.cluster.store import Key, Member
-from rio.cluster.transport import Connection, TransportOptions, connect
+from rio.cluster.transport import Connection, OnewayHandler, TransportOptions, connect
 from rio.core.errors import (
     CallTimeout,
     NodeUnreachable,
@@ -51,6 +51,8 @@ __all__ = [
     "Request",
     "Router",
     "StatsReq",
+    "SubscribeReq",
+    "UnsubscribeReq",
     "choose",
 ]
 
@@ -104,7 +106,27 @@ class DeactivateReq(msgspec.Struct, array_like=True, tag=5):
     object_id: str
 
 
-Request = CallReq | ProbeReq | MembersReq | StatsReq | DeactivateReq
+class SubscribeReq(msgspec.Struct, array_like=True, tag=6):
+    """Send the events of a stream published on this node back on this connection.
+
+    They are tagged ``sub`` (see :mod:`rio.cluster.streams`); the reply (True) comes
+    once the node's processes registered the stream.
+    """
+
+    type_name: str
+    object_id: str
+    sub: int
+
+
+class UnsubscribeReq(msgspec.Struct, array_like=True, tag=7):
+    """Stop what :class:`SubscribeReq` ``sub`` asked; the reply is whether it was there."""
+
+    type_name: str
+    object_id: str
+    sub: int
+
+
+Request = CallReq | ProbeReq | MembersReq | StatsReq | DeactivateReq | SubscribeReq | UnsubscribeReq
 request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)
 members_decoder = msgspec.msgpack.Decoder(list[Member])
 
@@ -223,6 +245,9 @@ class Router:
         self._refusing: set[str] = set()
         #: Set by :meth:`close`: calls still routing fail instead of waiting or redialing.
         self._closed = False
+        #: Takes the one-way messages members send on this router's connections
+        #: (events for this process's subscribers; see rio.cluster.streams).
+        self.on_oneway: OnewayHandler | None = None
         view.on_gone(self._member_gone)
 
     # -- calls ------------------------------------------------------------------------
@@ -482,12 +507,22 @@ class Router:
             name=f"{m.node} ({m.address})",
             options=self.options,
             ssl=self.ssl,
+            on_oneway=self._take_oneway,
         )
         if not self.view.is_live(member_id):  # declared gone while we dialed
             await conn.close()
             raise NodeUnreachable(f"member {member_id} left the cluster while being dialed")
         self._conns[member_id] = conn
         return conn
+
+    def _take_oneway(self, conn: Connection, body: msgspec.Raw) -> object:
+        handler = self.on_oneway
+        return None if handler is None else handler(conn, body)
+
+    def connected(self, member_id: str) -> Connection | None:
+        """The open connection to ``member_id``, if there is one (no dialing)."""
+        conn = self._conns.get(member_id)
+        return conn if conn is not None and not conn.is_closed else None
 
     def _member_gone(self, member_id: str) -> None:
         self.cache.forget_member(member_id)

@@ -21,6 +21,13 @@ registrations and events between processes. Nothing is kept for a stream without
 subscribers anywhere: publishing to it costs one dict lookup. Subscriptions belong
 to the stream, not to an activation: subscribing neither needs nor keeps the
 object active.
+
+In a cluster, a :class:`StreamUplink` carries the same registrations to the other
+nodes (see :mod:`rio.cluster.streams`): a process with subscribers to a stream
+registers it with every other node, and each node feeds the events published there
+to a :class:`StreamRelay` per subscribing process, which sends them on. Events that
+arrive from another node enter the log through :meth:`Streams.receive_from_node`,
+and never reach the relays: only what is published on a node leaves it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ __all__ = [
     "Lagged",
     "StreamKey",
     "StreamLink",
+    "StreamRelay",
+    "StreamUplink",
     "Streams",
     "Subscription",
     "stream_name",
@@ -83,6 +92,53 @@ class StreamLink(abc.ABC):
         """Send one event to the log ``link_id`` in process ``dst`` (batched)."""
 
 
+class StreamRelay(abc.ABC):
+    """Takes one stream's events published on this node, for a subscriber on another.
+
+    Attached with :meth:`Streams.add_relay`, it gets every event published in this
+    process or received from the other processes of this box, never events that
+    came from other nodes. It must not block: it queues and sends later.
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def push(self, event: Any) -> None:
+        """One event published here."""
+
+    @abc.abstractmethod
+    def push_many(self, events: list[Any], missed: int) -> None:
+        """Events from another process of this box, after ``missed`` dropped ones."""
+
+    @abc.abstractmethod
+    def dropped(self, missed: int, lost: bool = False) -> None:
+        """``missed`` events were dropped on their way here.
+
+        ``lost``: a publishing process died, so an unknown number may be missing.
+        """
+
+
+class StreamUplink(abc.ABC):
+    """How one process's subscribers get the events published on other cluster nodes.
+
+    :class:`Streams` calls it when a stream gets its first subscriber here and when
+    it loses its last; it calls back :meth:`Streams.confirmed` (with a member id)
+    and :meth:`Streams.receive_from_node`.
+    """
+
+    @abc.abstractmethod
+    def register(self, key: StreamKey, link_id: int) -> tuple[str, ...]:
+        """Ask the other nodes for ``key``'s events, tagged ``link_id``.
+
+        Returns the member ids asked; each confirms later (never during this call)
+        through :meth:`Streams.confirmed`.
+        """
+
+    @abc.abstractmethod
+    def unregister(self, key: StreamKey, link_id: int) -> None:
+        """Tell the other nodes to stop sending ``key``'s events tagged ``link_id``."""
+
+
 class Streams:
     """The streams of one process: their logs, subscribers and registrations.
 
@@ -96,6 +152,8 @@ class Streams:
         self.timeout = timeout
         #: Routes to other processes; None: every stream is kept here.
         self.link: StreamLink | None = None
+        #: Routes to other cluster nodes; None: not in a cluster.
+        self.uplink: StreamUplink | None = None
         self._logs: dict[StreamKey, Log] = {}
         #: Logs registered with other processes, by link id.
         self._registered: dict[int, Log] = {}
@@ -141,6 +199,9 @@ class Streams:
             deliver = self.link.deliver  # type: ignore[union-attr]  # remote implies a link
             for dst, link_id in log.remote.items():
                 deliver(dst, link_id, event)
+        if log.relays:
+            for relay in log.relays:
+                relay.push(event)
 
     def publish_topic(self, topic: str, event: Any) -> None:
         """Publish ``event`` on the named topic from this process."""
@@ -167,43 +228,74 @@ class Streams:
             log = self._logs[key] = Log(key, buffer)
         else:
             log.grow(buffer)
-        link = self.link
-        if not log.link_id and link is not None:
-            self._register(log, link, loop)
+        if self.link is not None or self.uplink is not None:
+            self._register(log, loop, cluster=True)
         log.nsubs += 1
         return Subscription(self, log, buffer)
 
     async def _subscribed(self, key: StreamKey, buffer: int) -> Subscription[Any]:
         return await self.subscribe(key, buffer)
 
-    def _register(self, log: Log, link: StreamLink, loop: asyncio.AbstractEventLoop) -> None:
-        """Register ``log`` with the processes where its stream may be published."""
-        peers = link.peers(log.key)
-        if not peers:
-            return
-        log.peers = peers
-        log.awaiting = set(peers)
-        log.link_id = next(self._ids)
-        log.ready = loop.create_future()
-        self._registered[log.link_id] = log
-        for peer in peers:
-            if link.reachable(peer):
-                link.subscribe(peer, log.link_id, log.key)
-            else:
-                log.lost.add(peer)  # registered when it serves again
+    def _register(self, log: Log, loop: asyncio.AbstractEventLoop, *, cluster: bool) -> None:
+        """Register ``log`` where its stream may be published.
+
+        That is the other processes of this box (once), and with ``cluster`` the
+        other nodes (once).
+        """
+        awaiting: list[int | str] = []
+        if not log.link_id:
+            log.link_id = next(self._ids)
+            self._registered[log.link_id] = log
+            link = self.link
+            if link is not None:
+                peers = link.peers(log.key)
+                log.peers = peers
+                awaiting.extend(peers)
+                for peer in peers:
+                    if link.reachable(peer):
+                        link.subscribe(peer, log.link_id, log.key)
+                    else:
+                        log.lost.add(peer)  # registered when it serves again
+        uplink = self.uplink
+        if cluster and not log.uplinked and uplink is not None:
+            log.uplinked = True
+            awaiting.extend(uplink.register(log.key, log.link_id))
+        if awaiting:
+            log.awaiting.update(awaiting)
+            if log.ready is None or log.ready.done():
+                log.ready = loop.create_future()
 
     def _leave(self, log: Log) -> None:
         log.nsubs -= 1
-        if log.nsubs <= 0:
-            self._unregister(log)
-            if log.remote:  # still published to other processes: keep no events here
-                log.buf = [None]
-                log.mask = 0
-            else:
-                self._drop(log)
+        if log.nsubs > 0:
+            return
+        if log.uplinked:
+            self._unlink(log)
+        if log.relays:  # still relayed to other nodes: keep no events here
+            log.buf = [None]
+            log.mask = 0
+            return
+        self._unregister(log)
+        if log.remote:  # still published to other processes: keep no events here
+            log.buf = [None]
+            log.mask = 0
+        else:
+            self._drop(log)
+
+    def _unlink(self, log: Log) -> None:
+        """No subscriber here any more: stop the events published on other nodes."""
+        log.uplinked = False
+        uplink = self.uplink
+        if uplink is not None and not self._closed:
+            uplink.unregister(log.key, log.link_id)
+        log.awaiting = {w for w in log.awaiting if isinstance(w, int)}
+        if not log.awaiting and log.ready is not None and not log.ready.done():
+            log.ready.set_result(None)
 
     def _unregister(self, log: Log) -> None:
-        """No subscriber here any more: stop the events published elsewhere."""
+        """No subscriber or relay here any more: stop the events published elsewhere."""
+        if log.uplinked:
+            self._unlink(log)
         if log.link_id and self._registered.pop(log.link_id, None) is log:
             link = self.link
             if not self._closed and link is not None:
@@ -231,6 +323,8 @@ class Streams:
         for log in list(self._logs.values()):
             log.closed = True
             log.remote.clear()
+            log.relays.clear()
+            log.uplinked = False
             log.wake()
             if log.ready is not None and not log.ready.done():
                 log.ready.set_result(None)
@@ -241,6 +335,45 @@ class Streams:
         """``(streams, subscribers)``: logs kept here; subscriptions and processes subscribed."""
         subs = sum(log.nsubs + len(log.remote) for log in self._logs.values())
         return len(self._logs), subs
+
+    def relay_count(self) -> int:
+        """Relays attached here (subscribers on other nodes, per stream)."""
+        return sum(len(log.relays) for log in self._logs.values())
+
+    # -- relays: this node's events for subscribers on other nodes ---------------------
+
+    def add_relay(self, key: StreamKey, relay: StreamRelay) -> asyncio.Future[None] | None:
+        """Feed ``relay`` the events of ``key`` published on this node from now on.
+
+        Returns a future done once the other processes of this box registered the
+        stream (None when there is nothing to wait for).
+
+        Raises:
+            SystemStopping: the system is stopping.
+        """
+        loop = self._loop_()
+        if self._closed:
+            raise SystemStopping(f"{self.name} is stopping: no new subscriptions")
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = Log(key, 1)
+        log.relays.append(relay)
+        if self.link is not None:
+            self._register(log, loop, cluster=False)
+        ready = log.ready
+        return ready if ready is not None and not ready.done() else None
+
+    def remove_relay(self, key: StreamKey, relay: StreamRelay) -> None:
+        """Detach ``relay`` (its subscriber left); the log goes with its last user."""
+        log = self._logs.get(key)
+        if log is None or relay not in log.relays:
+            return
+        log.relays.remove(relay)
+        if log.relays or log.nsubs > 0:
+            return
+        self._unregister(log)
+        if not log.remote:
+            self._drop(log)
 
     # -- called by the link with what other processes send ----------------------------
 
@@ -273,6 +406,31 @@ class Streams:
         log = self._registered.get(link_id)
         if log is None:
             return
+        self._append(log, events, missed)
+        if log.relays:
+            for relay in log.relays:
+                relay.push_many(events, missed)
+
+    def receive_from_node(
+        self, link_id: int, events: list[Any], missed: int = 0, *, lost: bool = False
+    ) -> None:
+        """Events published on another cluster node, for the subscribers of log ``link_id``.
+
+        They go to the subscribers here, not to relays (see :class:`StreamUplink`).
+
+        ``missed`` events were dropped on the way (a :class:`Lagged` notice takes
+        their place); ``lost``: events from that node may be missing (a
+        ``Lagged(0, "lost")`` notice). Unknown ids are stale: dropped.
+        """
+        log = self._registered.get(link_id)
+        if log is None or not log.uplinked:
+            return
+        if lost:
+            log.append(Lagged(0, "lost"))
+        self._append(log, events, missed)
+
+    @staticmethod
+    def _append(log: Log, events: list[Any], missed: int) -> None:
         buf, mask, head = log.buf, log.mask, log.head
         if missed:
             buf[head & mask] = Lagged(missed)
@@ -284,8 +442,8 @@ class Streams:
         if log.waiters:
             log.wake()
 
-    def confirmed(self, link_id: int, src: int) -> None:
-        """Process ``src`` registered log ``link_id``."""
+    def confirmed(self, link_id: int, src: int | str) -> None:
+        """Process ``src`` (or cluster member ``src``) registered log ``link_id``."""
         log = self._registered.get(link_id)
         if log is None:
             return
@@ -299,6 +457,8 @@ class Streams:
             if peer in log.peers and peer not in log.lost:
                 log.lost.add(peer)
                 log.append(Lagged(0, "lost"))
+                for relay in log.relays:
+                    relay.dropped(0, lost=True)
 
     def peer_back(self, peer: int) -> None:
         """Process ``peer`` serves again: register there again the logs it lost."""

@@ -21,7 +21,7 @@ import msgspec
 from rio.core.errors import CallTimeout
 
 if TYPE_CHECKING:
-    from rio.core.streams import Streams
+    from rio.core.streams import StreamRelay, Streams
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -57,10 +57,11 @@ class Lagged(msgspec.Struct, frozen=True):
 
     Attributes:
         missed: how many events were dropped; 0 when unknown (``reason="lost"``).
-        reason: ``"slow"``: this subscriber (or its process) fell more than its
-            buffer behind; ``"lost"``: a worker where the stream is published died,
-            so events in flight from it may be lost; the subscription was renewed
-            with its replacement.
+        reason: ``"slow"``: this subscriber (or its process, or the connection from
+            the node publishing) fell more than its buffer behind; ``"lost"``: a
+            worker or cluster node where the stream is published died or could not
+            be reached, so events in flight from it may be lost; the subscription
+            was renewed with its replacement (or with the node, once it answers).
 
     Example::
 
@@ -95,7 +96,9 @@ class Log:
         "nsubs",
         "peers",
         "ready",
+        "relays",
         "remote",
+        "uplinked",
         "waiters",
     )
 
@@ -109,12 +112,17 @@ class Log:
         self.nsubs = 0
         #: Processes subscribed to events published here -> their log's link id.
         self.remote: dict[int, int] = {}
-        #: The processes this log registered with (for its local subscribers), under
-        #: ``link_id``; those that have not confirmed yet; those that died since.
+        #: Subscribers on other cluster nodes, fed what this node publishes.
+        self.relays: list[StreamRelay] = []
+        #: The processes this log registered with (for its local subscribers and
+        #: relays), under ``link_id``; those that died since.
         self.peers = peers
         self.link_id = 0
-        self.awaiting: set[int] = set(peers)
         self.lost: set[int] = set()
+        #: Registered with the other cluster nodes too (for its local subscribers).
+        self.uplinked = False
+        #: Processes (ints) and cluster members (member ids) yet to confirm.
+        self.awaiting: set[int | str] = set(peers)
         self.ready: asyncio.Future[None] | None = None
         self.closed = False
 
@@ -299,10 +307,13 @@ class Subscription(Generic[E]):
             timeout = self._hub.timeout
             done, _ = await asyncio.wait({ready}, timeout=timeout)
             if not done:
-                waiting = ", ".join(map(str, sorted(self._log.awaiting)))
+                waiting = ", ".join(
+                    f"process {w}" if isinstance(w, int) else f"member {w}"
+                    for w in sorted(self._log.awaiting, key=str)
+                )
                 raise CallTimeout(
                     f"subscribing to {stream_name(self._log.key)} was not confirmed within "
-                    f"{timeout:g}s (by process {waiting})"
+                    f"{timeout:g}s (by {waiting})"
                 )
         return self
 

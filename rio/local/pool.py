@@ -74,6 +74,8 @@ class PoolStats(msgspec.Struct, frozen=True):
     streams: int = 0
     #: Subscriptions in this process.
     subscribers: int = 0
+    #: Relays this node keeps for subscribers on other cluster nodes.
+    relays: int = 0
 
 
 class _Worker:
@@ -328,7 +330,10 @@ class PoolSystem(System):
         """Workers, their pids, restarts so far, calls in flight from this process."""
         pids = [w.proc.pid if w.proc is not None else 0 for w in self._workers]
         streams, subscribers = self.streams.stats()
-        return PoolStats(self.n, pids, self._restarts, len(self.remote), streams, subscribers)
+        relays = len(self.node.relays) if self.node is not None else 0
+        return PoolStats(
+            self.n, pids, self._restarts, len(self.remote), streams, subscribers, relays
+        )
 
     @property
     def running(self) -> bool:

@@ -11,8 +11,9 @@ type); the receiving process appends them to the log its subscribers share.
 
 Events travel as msgpack with their class named (``module:qualname``); the
 receiving process decodes them into that class when it has it (workers import the
-modules that define the actors, where event types usually live too), else into
-builtins, with a warning.
+modules that define the actors, where event types usually live too; a file that
+``rio run`` loaded is found under its plain name or as the main script too), else
+into builtins, with a warning.
 
 Publishers never wait: when more than :data:`BACKLOG` bytes already wait to enter a
 process's ring, events for it are dropped and counted, and the count reaches its
@@ -24,6 +25,7 @@ are renewed with the replacement worker.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -43,7 +45,7 @@ from rio.local.protocol import (
 )
 from rio.local.transport import Hub
 
-__all__ = ["BACKLOG", "StreamLinks", "event_type_name"]
+__all__ = ["BACKLOG", "EventDecoders", "StreamLinks", "event_runs", "event_type_name"]
 
 #: Bytes waiting to enter a process's ring beyond which events for it are dropped.
 BACKLOG = 8 << 20
@@ -64,11 +66,34 @@ def event_type_name(cls: type) -> str:
 
 _ANY_LIST: msgspec.msgpack.Decoder[list[Any]] = msgspec.msgpack.Decoder(list[Any])
 _MAIN_ALIASES = {"__main__": "__mp_main__", "__mp_main__": "__main__"}
+#: How ``rio run app.py`` names the module of a file (rio.cli.loader.FILE_MODULE_PREFIX).
+_FILE_PREFIX = "__rio_app__"
+
+
+def _module_names(module_name: str) -> list[str]:
+    """Where this process may have the module a sender named ``module_name``.
+
+    ``__main__`` and ``__mp_main__`` stand for each other; a file that ``rio run``
+    loaded (``__rio_app__<stem>``) may be imported here as ``<stem>``, or run as the
+    main script.
+    """
+    names = [module_name]
+    alias = _MAIN_ALIASES.get(module_name)
+    if alias is not None:
+        names.append(alias)
+    if module_name.startswith(_FILE_PREFIX):
+        stem = module_name[len(_FILE_PREFIX) :]
+        names.append(stem)
+        for main in ("__main__", "__mp_main__"):
+            path = getattr(sys.modules.get(main), "__file__", None)
+            if path and os.path.splitext(os.path.basename(path))[0] == stem:
+                names.append(main)
+    return names
 
 
 def _resolve(name: str) -> type | None:
     module_name, _, qualname = name.partition(":")
-    for mod in (module_name, _MAIN_ALIASES.get(module_name)):
+    for mod in _module_names(module_name):
         module = sys.modules.get(mod) if mod else None
         obj: Any = module
         for part in qualname.split("."):
@@ -76,6 +101,70 @@ def _resolve(name: str) -> type | None:
         if isinstance(obj, type):
             return obj
     return None
+
+
+def event_runs(events: list[Any]) -> list[tuple[str, list[Any]]]:
+    """``events`` as runs of one class each, in order: ``[(event_type_name, run)...]``."""
+    first = type(events[0])
+    if all(type(e) is first for e in events):
+        return [(event_type_name(first), events)]
+    runs: list[tuple[str, list[Any]]] = []
+    for e in events:
+        name = event_type_name(type(e))
+        if runs and runs[-1][0] == name:
+            runs[-1][1].append(e)
+        else:
+            runs.append((name, [e]))
+    return runs
+
+
+class EventDecoders:
+    """Rebuilds arriving runs of events as their class (one cached decoder per class).
+
+    A class this process cannot find (not imported, or not at module level) decodes
+    into builtins, with one warning per class.
+
+    Args:
+        name: a label for logs.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._decoders: dict[str, msgspec.msgpack.Decoder[list[Any]]] = {"": _ANY_LIST}
+
+    def decode(self, type_name: str, raw: msgspec.Raw, where: object) -> list[Any] | None:
+        """The events of ``raw``; None (logged, naming ``where``) when unreadable."""
+        decoder = self._decoders.get(type_name)
+        if decoder is None:
+            decoder = self._decoders[type_name] = self._decoder_for(type_name)
+        try:
+            return decoder.decode(raw)
+        except msgspec.DecodeError as e:
+            logger.error("{}: events for {} could not be decoded: {}", self.name, where, e)
+            return None
+
+    def _decoder_for(self, type_name: str) -> msgspec.msgpack.Decoder[list[Any]]:
+        cls = _resolve(type_name)
+        if cls is not None:
+            try:
+                return msgspec.msgpack.Decoder(list[cls])  # type: ignore[valid-type]
+            except TypeError:
+                pass
+        logger.warning(
+            "{}: events of type {} arrive as builtins: this process cannot find that class "
+            "(define event types at module level, in a module the app imports)",
+            self.name,
+            type_name,
+        )
+        return _ANY_LIST
+
+    @staticmethod
+    def count(raw: msgspec.Raw) -> int:
+        """How many events ``raw`` holds (0 when unreadable)."""
+        try:
+            return len(_ANY_LIST.decode(raw))
+        except msgspec.DecodeError:
+            return 0
 
 
 def _events(link_id: int, missed: int, event_type: str, events: Any) -> Events:
@@ -114,7 +203,7 @@ class StreamLinks(StreamLink):
         self._everyone_else = tuple(p for p in range(nworkers + 1) if p != me)
         self._scheduled = False
         self._retry_armed = False
-        self._decoders: dict[str, msgspec.msgpack.Decoder[list[Any]]] = {"": _ANY_LIST}
+        self._decoders = EventDecoders(name)
         streams.link = self
 
     # -- StreamLink ------------------------------------------------------------------
@@ -193,18 +282,7 @@ class StreamLinks(StreamLink):
         if not events:
             self.hub.send(dst, encode(make(missed, "", [])))
             return
-        first = type(events[0])
-        if all(type(e) is first for e in events):
-            runs = [(event_type_name(first), events)]
-        else:
-            runs = []
-            for e in events:
-                name = event_type_name(type(e))
-                if runs and runs[-1][0] == name:
-                    runs[-1][1].append(e)
-                else:
-                    runs.append((name, [e]))
-        for name, run in runs:
+        for name, run in event_runs(events):
             try:
                 data = encode(make(missed, name, run))
             except Exception:  # some event cannot be encoded: send the others
@@ -236,9 +314,9 @@ class StreamLinks(StreamLink):
     def on_message(self, src: int, msg: Any) -> None:
         """Handle one of :data:`~rio.local.protocol.STREAM_MESSAGES` from process ``src``."""
         if isinstance(msg, Events):
-            events = self._decode(msg.event_type, msg.events, msg.link)
+            events = self._decoders.decode(msg.event_type, msg.events, f"log {msg.link}")
             if events is None:
-                self.streams.receive(msg.link, [], msg.missed + self._count(msg.events))
+                self.streams.receive(msg.link, [], msg.missed + self._decoders.count(msg.events))
             else:
                 self.streams.receive(msg.link, events, msg.missed)
         elif isinstance(msg, Subscribe):
@@ -248,38 +326,6 @@ class StreamLinks(StreamLink):
             self.streams.remove_remote((msg.type_name, msg.object_id), src, msg.link)
         elif isinstance(msg, Subscribed):
             self.streams.confirmed(msg.link, src)
-
-    def _decode(self, type_name: str, raw: msgspec.Raw, link_id: int) -> list[Any] | None:
-        decoder = self._decoders.get(type_name)
-        if decoder is None:
-            decoder = self._decoders[type_name] = self._decoder_for(type_name)
-        try:
-            return decoder.decode(raw)
-        except msgspec.DecodeError as e:
-            logger.error("{}: events for log {} could not be decoded: {}", self.name, link_id, e)
-            return None
-
-    def _decoder_for(self, type_name: str) -> msgspec.msgpack.Decoder[list[Any]]:
-        cls = _resolve(type_name)
-        if cls is not None:
-            try:
-                return msgspec.msgpack.Decoder(list[cls])  # type: ignore[valid-type]
-            except TypeError:
-                pass
-        logger.warning(
-            "{}: events of type {} arrive as builtins: this process cannot find that class "
-            "(define event types at module level, in a module the app imports)",
-            self.name,
-            type_name,
-        )
-        return _ANY_LIST
-
-    @staticmethod
-    def _count(raw: msgspec.Raw) -> int:
-        try:
-            return len(_ANY_LIST.decode(raw))
-        except msgspec.DecodeError:
-            return 0
 
     # -- peers die and come back -----------------------------------------------------
 

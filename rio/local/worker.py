@@ -305,6 +305,7 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
                 system.local_route,
                 f"{cfg.member_id}/worker-{cfg.index}",
             )
+            link.attach_streams(runtime.streams)  # subscribers here reach other nodes
             await link.start()
             runtime.placement = link.placement
             system.link = link

@@ -2,7 +2,7 @@
 
 Membership, placement and state live on a real server (Redis, PostgreSQL) or, for the
 fast run, a SQLite file the nodes share. The app is tests/cluster/apps/cluster_app.py:
-a persisted counter that records a token per activation.
+a persisted counter that records a token per activation, and a ticker that publishes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from rio.cluster import transport
 from rio.cluster.client import ClusterClient
 
 sys.path.insert(0, str(Path(__file__).parent / "apps"))
-from cluster_app import Counter, Relay
+from cluster_app import Counter, Relay, Tick, Ticker
 
 pytestmark = pytest.mark.slow
 
@@ -354,3 +354,35 @@ async def test_bad_input_to_a_node_port_is_refused_and_the_node_keeps_serving(
         logs = cluster.logs()
         assert "too large" in logs or "exceeds" in logs or "max_frame_size" in logs, logs
         assert "truncated frame" in logs, logs
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+async def test_a_subscription_survives_the_kill_9_of_its_publishers_node(cluster: Cluster) -> None:
+    cluster.add("n1")
+    cluster.add("n2", workers=1)  # a node with a worker pool: its driver relays
+    cluster.add("n3")
+    async with rio.connect(cluster.url, secret=SECRET) as client:
+        await wait_active(client, {"n1", "n2", "n3"})
+        # A ticker living on the pool node n2 (the client spreads objects by hashing).
+        for i in range(100):
+            ref = client.ref(Ticker, f"t{i}")
+            if await ref.tick(-1) == "n2":
+                break
+        else:
+            raise AssertionError("no ticker landed on n2")
+        victim = next(n for n in cluster.nodes if n.label == "n2")
+        async with ref.subscribe() as sub:
+            assert [await ref.tick(n) for n in range(5)] == ["n2"] * 5
+            async with asyncio.timeout(10):
+                first = [await anext(sub) for _ in range(5)]
+            assert first == [Tick(n, "n2") for n in range(5)]
+            victim.kill()
+            # Calls retry on the object's new home; the subscription hears it there.
+            homes = [await ref.with_timeout(30).tick(n) for n in range(5, 10)]
+            assert "n2" not in homes, cluster.logs()
+            got: list[object] = []
+            async with asyncio.timeout(10):
+                while len([e for e in got if isinstance(e, Tick)]) < 5:
+                    got.append(await anext(sub))
+        # The connection to n2 dropped without a goodbye: one notice, then the events.
+        assert got == [rio.Lagged(0, "lost"), *(Tick(n, homes[n - 5]) for n in range(5, 10))]

@@ -157,3 +157,20 @@ async def test_topics_register_with_every_other_process(workers: int) -> None:
     assert sorted(dst for dst, _ in hub.take()) == [p for p in range(workers + 1) if p != 1]
     sub.close()  # unsubscribes from each
     assert sorted(dst for dst, _ in hub.take()) == [p for p in range(workers + 1) if p != 1]
+
+
+def test_a_class_in_a_file_rio_run_loaded_is_found_under_its_plain_name() -> None:
+    import sys
+    import types
+
+    from rio.local.streams import _resolve
+
+    module = types.ModuleType("lk_plain_app")
+    module.LkEvent = LkEvent  # type: ignore[attr-defined]
+    sys.modules["lk_plain_app"] = module
+    try:
+        # A node ran `rio run lk_plain_app.py`; this process imported the file.
+        assert _resolve("__rio_app__lk_plain_app:LkEvent") is LkEvent
+        assert _resolve("__rio_app__lk_other:LkEvent") is None
+    finally:
+        del sys.modules["lk_plain_app"]

@@ -3,7 +3,8 @@
 ``Counter`` persists every increment before answering, and records a token per
 activation in its state, so a test can tell how many activations there were and
 check that no two were live at once (each save is a compare-and-set on the version:
-a second live activation would fail its save with StateConflict).
+a second live activation would fail its save with StateConflict). ``Ticker``
+publishes an event per call (pub/sub across nodes).
 """
 
 from __future__ import annotations
@@ -54,4 +55,25 @@ class Relay(rio.Actor[None]):
         return [os.environ.get("RIO_NODE_LABEL", "?"), await ref.where(), str(value)]
 
 
-app = rio.App("clustered", actors=[Counter, Relay])
+class Tick(msgspec.Struct, frozen=True):
+    """Published by ``Ticker.tick``: its number and the node label that published it.
+
+    Nodes name it ``__rio_app__cluster_app:Tick`` (``rio run`` loads this file under
+    that name); the test process, which imports this file as ``cluster_app``, finds
+    the class under that name.
+    """
+
+    n: int
+    node: str
+
+
+class Ticker(rio.Actor[None]):
+    """Publishes a :class:`Tick` on its own stream per call."""
+
+    async def tick(self, n: int) -> str:
+        node = os.environ.get("RIO_NODE_LABEL", "?")
+        self.publish(Tick(n, node))
+        return node
+
+
+app = rio.App("clustered", actors=[Counter, Relay, Ticker])
