@@ -130,9 +130,26 @@ class Background:
                 waits.append(job)
             else:
                 waits.append(job)
+        threads = [job.thread.name for job in jobs if isinstance(job, _Thread)]
         try:
             async with asyncio.timeout(self._rt.drain_timeout):
-                await asyncio.gather(*waits, return_exceptions=True)
+                everything = asyncio.gather(*waits, return_exceptions=True)
+                if threads:
+                    done, _ = await asyncio.wait(
+                        [everything], timeout=min(1.0, self._rt.drain_timeout)
+                    )
+                    if not done:
+                        logger.warning(
+                            "{}: thread(s) {} of {!r} still run 1s after their stop event was "
+                            "set; deactivation waits for them (up to {}s). A thread blocked on "
+                            "a call to its own actor waits behind this deactivation: check the "
+                            "stop event between calls, or wait on them with a timeout",
+                            self._rt.name,
+                            ", ".join(threads),
+                            act,
+                            self._rt.drain_timeout,
+                        )
+                await everything
         except TimeoutError:
             logger.warning(
                 "{}: background work of {!r} did not stop within {}s",
