@@ -37,11 +37,11 @@ from rio.local.protocol import (
     Drain,
     Drained,
     Exit,
+    Message,
     Ready,
     Reply,
     ResetDone,
     Up,
-    decode,
     encode,
 )
 from rio.local.remote import RemoteCalls
@@ -310,12 +310,7 @@ class PoolSystem(System):
 
     # -- messages ----------------------------------------------------------------------
 
-    def _on_message(self, src: int, data: bytes) -> None:
-        try:
-            msg = decode(data)
-        except msgspec.DecodeError as e:
-            logger.error("{}: unreadable message from worker {}: {}", self.name, src, e)
-            return
+    def _on_message(self, src: int, msg: Message) -> None:
         if isinstance(msg, Reply):
             self.remote.on_reply(msg)
         elif isinstance(msg, Ready):
@@ -342,7 +337,7 @@ class PoolSystem(System):
         data = encode(msg)
         for w in self._workers:
             if w.index != skip and not self.remote.is_down(w.index):
-                self.hub.send(w.index, data)
+                self.hub.send_encoded(w.index, data)
 
     # -- supervision -------------------------------------------------------------------
 
@@ -473,7 +468,7 @@ class PoolSystem(System):
         live = [w for w in self._workers if not self.remote.is_down(w.index)]
         self._drained = {w.index: asyncio.Event() for w in live}
         for w in live:
-            self.hub.send(w.index, encode(Drain()))
+            self.hub.send(w.index, Drain())
         try:
             async with asyncio.timeout(self.app.drain_timeout + 5.0):
                 for w in live:
@@ -482,10 +477,9 @@ class PoolSystem(System):
             logger.warning("{}: workers did not drain in time; stopping them", self.name)
         if self.node is not None:
             await self.node.leave()
-        exit_msg = encode(Exit())
         for w in self._workers:  # every live process, restarted or not
             if w.proc is not None and w.proc.poll() is None:
-                self.hub.send(w.index, exit_msg)
+                self.hub.send(w.index, Exit())
         try:
             async with asyncio.timeout(5.0):
                 for w in self._workers:

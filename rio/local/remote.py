@@ -1,7 +1,7 @@
 """Calls to actors in another process of the box, and the answers to them.
 
 Both the driver and every worker keep one :class:`RemoteCalls`: it encodes a call
-once, writes it to the owner's ring, keeps a future with a deadline timer per call,
+once into the batch for the owner's ring, keeps a future with a deadline timer per call,
 and resolves it from the :class:`~rio.local.protocol.Reply`. When a worker dies, every
 call in flight to it fails at once with :class:`rio.WorkerLost`; calls made while it
 restarts wait for it (within their deadline).
@@ -19,7 +19,7 @@ from loguru import logger
 from rio.core.deadlines import Deadlines
 from rio.core.errors import BadArguments, CallTimeout, RemoteError, WorkerLost, error_from_wire
 from rio.core.registry import Handler
-from rio.local.protocol import Call, Reply, decode_result, encode, positional_args
+from rio.local.protocol import Reply, decode_result, encode, positional_args
 from rio.local.transport import Hub
 
 __all__ = ["RemoteCalls", "unencodable"]
@@ -40,6 +40,7 @@ def unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> BadA
 
 
 Key = tuple[str, str]
+_CALL = 1  # the tag of protocol.Call: calls travel as tuples laid out like it
 _wire_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 
@@ -89,25 +90,26 @@ class RemoteCalls:
         return annotation is ``msgspec.Raw`` gets the encoded answer as it came).
         """
         req = next(self._ids)
+        budget = deadline - now
+        msg = (_CALL, req, key[0], key[1], handler.name, budget, chain, args)  # a Call
+        held = self._down.get(dst)
         try:
-            data = encode(
-                Call(req, key[0], key[1], handler.name, deadline - now, list(chain), args)  # type: ignore[arg-type]
-            )
+            if held is None:
+                self.hub.send(dst, msg)
+            else:
+                data = encode(msg)
         except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
             if isinstance(args, msgspec.Raw):
                 raise
             raise unencodable(handler, args, e) from None
-        loop = self.hub.loop
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._pending[req] = (fut, handler, dst, deadline - now, key)
-        self._deadlines.add(loop, deadline, req)
-        held = self._down.get(dst)
         if held is not None:
             if len(held) >= 1024:  # drop those whose deadline passed meanwhile
                 held[:] = [h for h in held if h[0] in self._pending]
             held.append((req, data))
-        else:
-            self.hub.send(dst, data)
+        loop = self.hub.loop
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending[req] = (fut, handler, dst, budget, key)
+        self._deadlines.add(loop, deadline, req)
         return fut
 
     def on_reply(self, msg: Reply) -> None:
@@ -180,7 +182,7 @@ class RemoteCalls:
         """Send the calls held while ``dst`` restarted (those still waiting)."""
         for req, data in self._down.pop(dst, ()):
             if req in self._pending:
-                self.hub.send(dst, data)
+                self.hub.send_encoded(dst, data)
 
     def is_down(self, dst: int) -> bool:
         """True while ``dst`` is dead or restarting."""

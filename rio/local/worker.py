@@ -19,7 +19,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from loguru import logger
 
 from rio.core.context import set_default_system
 from rio.core.errors import RemoteError, SystemStopping, UnknownActorType, error_to_wire
@@ -34,13 +33,12 @@ from rio.local.protocol import (
     Drain,
     Drained,
     Exit,
+    Message,
     Ready,
     Reply,
     ResetDone,
     Up,
-    decode,
     decode_args,
-    encode,
 )
 from rio.local.remote import RemoteCalls
 from rio.local.transport import Fabric, Hub
@@ -54,7 +52,7 @@ __all__ = ["WorkerSystem", "main"]
 DEACTIVATE = "$deactivate"
 #: The driver asks a worker for its activation counts (cluster heartbeats).
 STATS = "$stats"
-_encode_raw = msgspec.msgpack.Encoder().encode
+_REPLY = 2  # the tag of protocol.Reply: replies travel as tuples laid out like it
 
 
 class WorkerSystem(System):
@@ -152,20 +150,15 @@ class WorkerSystem(System):
 
     # -- messages --------------------------------------------------------------------
 
-    def on_message(self, src: int, data: bytes) -> None:
-        """Dispatch one message from process ``src``."""
-        try:
-            msg = decode(data)
-        except msgspec.DecodeError as e:
-            logger.error("{}: unreadable message from process {}: {}", self.name, src, e)
-            return
+    def on_message(self, src: int, msg: Message) -> None:
+        """Dispatch one (decoded) message from process ``src``."""
         if isinstance(msg, Call):
             self._on_call(src, msg)
         elif isinstance(msg, Reply):
             self.remote.on_reply(msg)
         elif isinstance(msg, Down):
             self.remote.peer_down(msg.index, msg.pid, msg.reason)
-            self.hub.send(0, encode(ResetDone(msg.index, msg.gen, self.me)))
+            self.hub.send(0, ResetDone(msg.index, msg.gen, self.me))
         elif isinstance(msg, Up):
             self.remote.peer_up(msg.index)
         elif isinstance(msg, Drain):
@@ -216,7 +209,7 @@ class WorkerSystem(System):
             self._send_error(src, msg.req, exc)
             return
         try:
-            data = encode(Reply(msg.req, True, fut.result()))
+            self.hub.send(src, (_REPLY, msg.req, True, fut.result()))  # a Reply
         except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
             err = RemoteError(
                 "msgspec.EncodeError",
@@ -224,11 +217,9 @@ class WorkerSystem(System):
                 f"cannot cross processes: {e}",
             )
             self._send_error(src, msg.req, err)
-            return
-        self.hub.send(src, data)
 
     def _send_error(self, src: int, req: int, exc: BaseException) -> None:
-        self.hub.send(src, encode(Reply(req, False, error_to_wire(exc))))  # type: ignore[arg-type]
+        self.hub.send(src, (_REPLY, req, False, error_to_wire(exc)))
 
     async def _drain(self) -> None:
         link = self.link
@@ -237,7 +228,7 @@ class WorkerSystem(System):
         await self.runtime.drain()
         if link is not None:
             await link.placement.flush()
-        self.hub.send(0, encode(Drained(self.me)))
+        self.hub.send(0, Drained(self.me))
 
 
 def _lookup(type_name: str, me: int) -> ActorType:
@@ -296,11 +287,11 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
             runtime.placement = link.placement
             system.link = link
     except Exception as e:  # tell the driver why, then wait to be stopped
-        system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid(), error=error_to_wire(e))))
+        system.hub.send(0, Ready(cfg.index, cfg.gen, os.getpid(), error=error_to_wire(e)))
         await system.exit.wait()
         return
     set_default_system(system)
-    system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid(), problems or [])))
+    system.hub.send(0, Ready(cfg.index, cfg.gen, os.getpid(), problems or []))
     await system.exit.wait()
     await runtime.drain()
     if system.link is not None:
