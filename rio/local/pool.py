@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from loguru import logger
 
-from rio.core.context import fresh_deadline
+from rio.core.context import CALLER_DEADLINE
 from rio.core.errors import ConfigError, RioError, SystemStopping, WorkerLost, error_from_wire
 from rio.core.registry import Handler
 from rio.core.system import System, key_of
@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["PoolStats", "PoolSystem"]
 
 START_TIMEOUT = 60.0
+#: Keys whose owning worker the driver remembers (the cache is emptied when full).
+OWNER_CACHE = 1 << 16
 
 
 class PoolStats(msgspec.Struct, frozen=True):
@@ -131,6 +133,7 @@ class PoolSystem(System):
         self._reset_events: dict[tuple[int, int], asyncio.Event] = {}
         self._drained: dict[int, asyncio.Event] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        self._owners: dict[tuple[str, str], int] = {}
 
     # -- start -------------------------------------------------------------------------
 
@@ -153,7 +156,7 @@ class PoolSystem(System):
         self.doorbells = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nprocs)]
         self._lifeline_r, self._lifeline_w = os.pipe()
         self.hub = Hub(
-            self.fabric, 0, self.doorbells, self._on_message, spin=self.spin, recheck=self.recheck
+            self.fabric, 0, self.doorbells, self._on_messages, spin=self.spin, recheck=self.recheck
         )
         self.remote = RemoteCalls(self.hub, self.name)
         self.hub.start()
@@ -250,11 +253,26 @@ class PoolSystem(System):
             )
         args, kwargs = handler.check(args, kwargs)
         now = self._loop.time()
-        deadline = fresh_deadline(now, timeout, self.default_timeout)
+        deadline = now + (timeout or self.default_timeout)  # fresh_deadline(), inlined
+        outer = CALLER_DEADLINE.get()
+        if outer is not None and outer < deadline:
+            deadline = outer
         if self.node is not None:
             return self.node.link.router.call(key, handler, args, kwargs, (key,), deadline, now)
-        dst = owner_of(key, self.n)
-        return self.remote.call(dst, key, handler, args, kwargs, (key,), deadline, now)
+        dst = self._owners.get(key)
+        if dst is None:
+            dst = self._owner(key)
+        if kwargs or len(args) != len(handler.param_names) or not handler.wire_ok:
+            return self.remote.call(dst, key, handler, args, kwargs, (key,), deadline, now)
+        return self.remote.send(dst, key, handler, args, (key,), deadline, now)
+
+    def _owner(self, key: tuple[str, str]) -> int:
+        """``owner_of(key)``, remembered (up to :data:`OWNER_CACHE` keys)."""
+        owners = self._owners
+        if len(owners) >= OWNER_CACHE:
+            owners.clear()
+        dst = owners[key] = owner_of(key, self.n)
+        return dst
 
     def local_route(
         self,
@@ -309,6 +327,19 @@ class PoolSystem(System):
         return owner_of(key, self.n)
 
     # -- messages ----------------------------------------------------------------------
+
+    def _on_messages(self, src: int, msgs: list[Message]) -> None:
+        on_reply = self.remote.on_reply
+        for msg in msgs:
+            try:
+                if msg.__class__ is Reply:
+                    on_reply(msg)
+                else:
+                    self._on_message(src, msg)
+            except Exception:  # one bad message must never stop this process reading
+                logger.opt(exception=True).error(
+                    "{}: handling a message from worker {} failed", self.name, src
+                )
 
     def _on_message(self, src: int, msg: Message) -> None:
         if isinstance(msg, Reply):

@@ -67,7 +67,7 @@ class Call(msgspec.Struct, array_like=True, tag=1):
     object_id: str
     method: str
     budget: float
-    chain: list[tuple[str, str]]
+    chain: tuple[tuple[str, str], ...]
     args: msgspec.Raw
 
 

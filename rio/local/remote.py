@@ -19,7 +19,7 @@ from loguru import logger
 from rio.core.deadlines import Deadlines
 from rio.core.errors import BadArguments, CallTimeout, RemoteError, WorkerLost, error_from_wire
 from rio.core.registry import Handler
-from rio.local.protocol import Reply, decode_result, encode, positional_args
+from rio.local.protocol import Reply, encode, positional_args
 from rio.local.transport import Hub
 
 __all__ = ["RemoteCalls", "unencodable"]
@@ -54,8 +54,11 @@ class RemoteCalls:
         # req -> (future, handler, destination, budget, key)
         self._pending: dict[int, tuple[asyncio.Future[Any], Handler, int, float, Key]] = {}
         self._deadlines = Deadlines(self._expire, self._pending.__contains__)
-        self._down: dict[int, list[tuple[int, bytes]]] = {}
+        #: Peers that are dead or restarting, with the calls held for them (req, encoded).
+        self.down: dict[int, list[tuple[int, bytes]]] = {}
         self.pids: dict[int, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hub_send = hub.send
 
     def call(
         self,
@@ -92,25 +95,28 @@ class RemoteCalls:
         req = next(self._ids)
         budget = deadline - now
         msg = (_CALL, req, key[0], key[1], handler.name, budget, chain, args)  # a Call
-        held = self._down.get(dst)
         try:
-            if held is None:
-                self.hub.send(dst, msg)
+            if dst in self.down:
+                self._hold(dst, req, encode(msg))
             else:
-                data = encode(msg)
+                self._hub_send(dst, msg)
         except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
             if isinstance(args, msgspec.Raw):
                 raise
             raise unencodable(handler, args, e) from None
-        if held is not None:
-            if len(held) >= 1024:  # drop those whose deadline passed meanwhile
-                held[:] = [h for h in held if h[0] in self._pending]
-            held.append((req, data))
-        loop = self.hub.loop
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = self.hub.loop
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[req] = (fut, handler, dst, budget, key)
         self._deadlines.add(loop, deadline, req)
         return fut
+
+    def _hold(self, dst: int, req: int, data: bytes) -> None:
+        held = self.down[dst]
+        if len(held) >= 1024:  # drop those whose deadline passed meanwhile
+            held[:] = [h for h in held if h[0] in self._pending]
+        held.append((req, data))
 
     def on_reply(self, msg: Reply) -> None:
         """Resolve the call ``msg`` answers (a late answer after a timeout is dropped)."""
@@ -122,7 +128,7 @@ class RemoteCalls:
             return
         if msg.ok:
             try:
-                fut.set_result(decode_result(handler, msg.value))
+                fut.set_result(handler.result_decoder.decode(msg.value))
             except msgspec.DecodeError as e:
                 fut.set_exception(
                     RemoteError(
@@ -157,8 +163,8 @@ class RemoteCalls:
 
         Returns how many calls failed.
         """
-        if dst not in self._down:
-            self._down[dst] = []
+        if dst not in self.down:
+            self.down[dst] = []
         failed = 0
         for req, (fut, handler, d, _, key) in list(self._pending.items()):
             if d != dst:
@@ -180,13 +186,13 @@ class RemoteCalls:
 
     def peer_up(self, dst: int) -> None:
         """Send the calls held while ``dst`` restarted (those still waiting)."""
-        for req, data in self._down.pop(dst, ()):
+        for req, data in self.down.pop(dst, ()):
             if req in self._pending:
                 self.hub.send_encoded(dst, data)
 
     def is_down(self, dst: int) -> bool:
         """True while ``dst`` is dead or restarting."""
-        return dst in self._down
+        return dst in self.down
 
     def fail_all(self, exc_factory: Any) -> None:
         """Fail every pending call (the pool is going away)."""

@@ -99,7 +99,7 @@ class Fabric:
 class Hub:
     """One process's end of the fabric.
 
-    Reads its inbound rings and hands each message to ``on_message(src, message)``;
+    Reads its inbound rings and hands each batch to ``on_messages(src, messages)``;
     :meth:`send` adds a message to the batch for a peer. A batch goes into the
     peer's ring as one frame, with at most one doorbell, when the event loop pass
     that started it ends (or at once when it reaches ``flush_bytes``): a process
@@ -113,7 +113,9 @@ class Hub:
         fabric: the shared rings.
         me: this process's index.
         doorbells: the eventfd of every process, by index.
-        on_message: called for every decoded message, in order per sender.
+        on_messages: called with every decoded batch, in order per sender; it must
+            handle each message's failure itself (one bad message must not cost the
+            rest of its batch).
         spin: seconds to keep polling after the last message before sleeping.
         recheck: seconds a sleeping hub waits before re-checking its rings anyway.
         flush_bytes: a batch this large is written at once, not at the end of the pass.
@@ -124,7 +126,7 @@ class Hub:
         fabric: Fabric,
         me: int,
         doorbells: list[int],
-        on_message: Callable[[int, Any], None],
+        on_messages: Callable[[int, list[Message]], None],
         *,
         spin: float = 0.0002,
         recheck: float = 0.02,
@@ -133,7 +135,7 @@ class Hub:
         self.fabric = fabric
         self.me = me
         self.doorbells = doorbells
-        self.on_message = on_message
+        self.on_messages = on_messages
         self.spin = spin
         self.recheck = recheck
         self.flush_bytes = flush_bytes
@@ -282,7 +284,7 @@ class Hub:
         if self._closed:
             return
         got = False
-        on_message = self.on_message
+        on_messages = self.on_messages
         for src, reader in self._readers:
             if reader.empty():
                 continue
@@ -304,13 +306,12 @@ class Hub:
                         e,
                     )
                     continue
-                for m in msgs:
-                    try:
-                        on_message(src, m)
-                    except Exception:  # one bad message must never stop this process reading
-                        logger.opt(exception=True).error(
-                            "process {}: handling a message from process {} failed", self.me, src
-                        )
+                try:
+                    on_messages(src, msgs)
+                except Exception:  # the owner isolates messages; this is the last resort
+                    logger.opt(exception=True).error(
+                        "process {}: handling messages from process {} failed", self.me, src
+                    )
         if self._dirty:  # the answers to what was just handled go out now, as one batch each
             self._flush_all()
         if self._blocked:
