@@ -60,7 +60,11 @@ __all__ = [
 
 
 class Call(msgspec.Struct, array_like=True, tag=1):
-    """A call to ``type_name/object_id.method(*args)``."""
+    """A call to ``type_name/object_id.method(*args)``.
+
+    ``chain`` is the call chain ending with this target, or empty when it would be
+    just the target (a call from outside any turn).
+    """
 
     req: int
     type_name: str

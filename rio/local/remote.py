@@ -94,7 +94,17 @@ class RemoteCalls:
         """
         req = next(self._ids)
         budget = deadline - now
-        msg = (_CALL, req, key[0], key[1], handler.name, budget, chain, args)  # a Call
+        # A Call; a chain of just the target travels empty (the receiver restores it).
+        msg = (
+            _CALL,
+            req,
+            key[0],
+            key[1],
+            handler.name,
+            budget,
+            chain if len(chain) > 1 else (),
+            args,
+        )
         try:
             if dst in self.down:
                 self._hold(dst, req, encode(msg))
