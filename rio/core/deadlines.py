@@ -83,6 +83,15 @@ class Deadlines:
         if self._timer is None or when < self._timer_at:
             self._arm(loop, when)
 
+    def sweep(self) -> None:
+        """Drop every entry that is no longer live now (it happens by itself as they pile up)."""
+        self._sweep_heap()
+        live = self._is_live
+        self._fifo = fifo = deque(e for e in self._fifo if live(e[1]))
+        if not fifo:
+            self._last = float("-inf")
+        self._fifo_sweep_at = max(_MIN_SWEEP, 2 * len(fifo))
+
     def clear(self) -> None:
         """Forget everything and stop the timer."""
         if self._timer is not None:

@@ -10,7 +10,6 @@ restarts wait for it (within their deadline).
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 
 import msgspec
@@ -41,6 +40,8 @@ def unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> BadA
 
 Key = tuple[str, str]
 _CALL = 1  # the tag of protocol.Call: calls travel as tuples laid out like it
+_NO_BUCKET = float("nan")  # equal to no deadline
+_OPEN = -1  # the last request of the bucket calls still join
 _wire_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 
@@ -50,10 +51,17 @@ class RemoteCalls:
     def __init__(self, hub: Hub, name: str) -> None:
         self.hub = hub
         self.name = name
-        self._ids = itertools.count(1)
         # req -> (future, handler, destination, budget, key)
         self._pending: dict[int, tuple[asyncio.Future[Any], Handler, int, float, Key]] = {}
-        self._deadlines = Deadlines(self._expire, self._pending.__contains__)
+        # Deadlines are watched per bucket: the run of consecutive calls sent with the
+        # same deadline (a loop pass's calls with the same timeout: uvloop's clock is
+        # per pass). Request ids are consecutive, so a bucket is just [first, last]
+        # (last is _OPEN while calls still join it): a call that joins the current
+        # bucket costs one comparison, and answered calls cost no memory.
+        self._next_req = 1
+        self._deadlines = Deadlines(self._expire_bucket, self._bucket_live)
+        self._bucket_at = _NO_BUCKET
+        self._bucket: list[int] = [0, 0]
         #: Peers that are dead or restarting, with the calls held for them (req, encoded).
         self.down: dict[int, list[tuple[int, bytes]]] = {}
         self.pids: dict[int, int] = {}
@@ -92,7 +100,8 @@ class RemoteCalls:
         The answer is decoded with ``handler``'s return annotation (a handler whose
         return annotation is ``msgspec.Raw`` gets the encoded answer as it came).
         """
-        req = next(self._ids)
+        req = self._next_req
+        self._next_req = req + 1
         budget = deadline - now
         # A Call; a chain of just the target travels empty (the receiver restores it).
         msg = (
@@ -119,8 +128,36 @@ class RemoteCalls:
             loop = self._loop = self.hub.loop
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[req] = (fut, handler, dst, budget, key)
-        self._deadlines.add(loop, deadline, req)
+        if deadline != self._bucket_at:
+            self._new_bucket(loop, deadline, req)
         return fut
+
+    def _new_bucket(self, loop: asyncio.AbstractEventLoop, deadline: float, req: int) -> None:
+        bucket = self._bucket
+        if bucket[1] == _OPEN:
+            bucket[1] = req - 1  # close the current bucket: it ends before this call
+        self._bucket_at = deadline
+        self._bucket = bucket = [req, _OPEN]
+        self._deadlines.add(loop, deadline, bucket)
+
+    def _bucket_live(self, bucket: list[int]) -> bool:
+        """True if a call of ``bucket`` still waits; skips its answered first calls for good."""
+        first, last = bucket
+        if last == _OPEN:
+            last = self._next_req - 1
+        pending = self._pending
+        while first <= last and first not in pending:
+            first += 1
+        bucket[0] = first
+        return first <= last
+
+    def _expire_bucket(self, bucket: list[int]) -> None:
+        first, last = bucket
+        if last == _OPEN:  # its deadline passed: later calls need a bucket of their own
+            last = bucket[1] = self._next_req - 1
+            self._bucket_at = _NO_BUCKET
+        for req in range(first, last + 1):
+            self._expire(req)
 
     def _hold(self, dst: int, req: int, data: bytes) -> None:
         held = self.down[dst]
@@ -211,6 +248,8 @@ class RemoteCalls:
             if not fut.done():
                 fut.set_exception(exc_factory())
         self._deadlines.clear()
+        self._bucket_at = _NO_BUCKET
+        self._bucket = [0, 0]
 
     def __len__(self) -> int:
         return len(self._pending)
