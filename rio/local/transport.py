@@ -5,18 +5,23 @@ other process, all in one ``mmap`` of a ``memfd``: anonymous memory passed to th
 workers as a file descriptor, so nothing is ever named in ``/dev/shm`` and nothing can
 leak, whatever kills whom.
 
-Batches. What a process sends to one peer during one pass of its event loop travels
-as one ring frame (a msgpack array of messages, see :mod:`rio.local.protocol`), so
-the ring write, the doorbell decision and the decode call are paid per batch, not
-per message.
+Batches. The first message a process sends in a pass of its event loop is written at
+once (a lone call waits for nothing); what it sends to the same peer during the rest
+of the pass travels as one ring frame (a msgpack array of messages, see
+:mod:`rio.local.protocol`), written when the pass ends, when the batch reaches
+``flush_bytes``, or right after the hub handled inbound messages (the replies to
+them). So the ring write, the doorbell decision and the decode call are paid per
+batch, not per message.
 
 Wake-ups. Each process has an eventfd doorbell. After handling messages a
 :class:`Hub` keeps polling its inbound rings for a short spin window (busy links make
-no system call per message); then it marks its inbound rings "consumer sleeping",
-checks them once more and sleeps on the doorbell. A producer rings the doorbell only
-when the ring says its consumer sleeps, once per batch. Python has no memory fence,
-so that handshake can (rarely) miss on x86's store buffer: a sleeping hub therefore
-also wakes on a timer and re-checks (see :mod:`rio.local.ring`).
+no system call per message; an empty poll yields the core with ``sched_yield``, so a
+spinning process does not starve a busy one when there are more processes than
+cores); then it marks its inbound rings "consumer sleeping", checks them once more and
+sleeps on the doorbell. A producer rings the doorbell only when the ring says its
+consumer sleeps, once per batch. Python has no memory fence, so that handshake can
+(rarely) miss on x86's store buffer: a sleeping hub therefore also wakes on a timer
+and re-checks (see :mod:`rio.local.ring`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ __all__ = ["Fabric", "Hub"]
 #: Default bytes of each ring's data area.
 DEFAULT_CAPACITY = 1 << 20
 #: Default size at which a batch is written before its loop pass ends.
-DEFAULT_FLUSH_BYTES = int(os.environ.get("RIO_FLUSH_BYTES", "8192"))
+DEFAULT_FLUSH_BYTES = 8192
 
 _encode_into = msgspec.msgpack.Encoder().encode_into
 _decode_batch = msgspec.msgpack.Decoder(list[Message]).decode
@@ -201,9 +206,8 @@ class Hub:
         if count == 1:
             self._dirty.append(dst)
             if not self._flush_scheduled:
-                self._flush_scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._flush_soon)
+                self._start_pass(dst)
+                return
         if len(buf) >= self.flush_bytes:
             self._flush(dst)
 
@@ -218,11 +222,20 @@ class Hub:
         if count == 1:
             self._dirty.append(dst)
             if not self._flush_scheduled:
-                self._flush_scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._flush_soon)
+                self._start_pass(dst)
+                return
         if len(buf) >= self.flush_bytes:
             self._flush(dst)
+
+    def _start_pass(self, dst: int) -> None:
+        """Write the first message of a loop pass at once, alone: a lone call waits for nothing.
+
+        What follows in the same pass is batched until the pass ends.
+        """
+        self._flush_scheduled = True
+        assert self._loop is not None
+        self._loop.call_soon(self._flush_soon)
+        self._flush(dst)
 
     def flush(self) -> None:
         """Write every batch now (they are written at the end of the loop pass anyway)."""
@@ -330,6 +343,8 @@ class Hub:
         if got:
             self._last = now
         if now - self._last < self.spin or self._blocked:
+            if not got:  # an idle spin: let a process waiting for this core run first
+                os.sched_yield()
             self._schedule_poll()
         else:
             self._sleep()
