@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from loguru import logger
 
-from rio.core.context import fresh_deadline
+from rio.core.context import CALLER_DEADLINE
 from rio.core.errors import ConfigError, RioError, SystemStopping, WorkerLost, error_from_wire
 from rio.core.registry import Handler
 from rio.core.reminders import Reminders
@@ -40,11 +40,11 @@ from rio.local.protocol import (
     Drain,
     Drained,
     Exit,
+    Message,
     Ready,
     Reply,
     ResetDone,
     Up,
-    decode,
     encode,
 )
 from rio.local.remote import RemoteCalls
@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 __all__ = ["PoolStats", "PoolSystem"]
 
 START_TIMEOUT = 60.0
+#: Keys whose owning worker the driver remembers (the cache is emptied when full).
+OWNER_CACHE = 1 << 16
 
 
 class PoolStats(msgspec.Struct, frozen=True):
@@ -147,6 +149,7 @@ class PoolSystem(System):
         #: Fires the durable reminders (storage shared with the workers, opened here
         #: for this alone); None when the storage is each worker's own (memory).
         self.reminders: Reminders | None = None
+        self._owners: dict[tuple[str, str], int] = {}
 
     # -- start -------------------------------------------------------------------------
 
@@ -169,7 +172,7 @@ class PoolSystem(System):
         self.doorbells = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nprocs)]
         self._lifeline_r, self._lifeline_w = os.pipe()
         self.hub = Hub(
-            self.fabric, 0, self.doorbells, self._on_message, spin=self.spin, recheck=self.recheck
+            self.fabric, 0, self.doorbells, self._on_messages, spin=self.spin, recheck=self.recheck
         )
         self.remote = RemoteCalls(self.hub, self.name)
         self.links = StreamLinks(self.streams, self.hub, 0, self.n, self.remote.is_down, self.name)
@@ -287,11 +290,26 @@ class PoolSystem(System):
             )
         args, kwargs = handler.check(args, kwargs)
         now = self._loop.time()
-        deadline = fresh_deadline(now, timeout, self.default_timeout)
+        deadline = now + (timeout or self.default_timeout)  # fresh_deadline(), inlined
+        outer = CALLER_DEADLINE.get()
+        if outer is not None and outer < deadline:
+            deadline = outer
         if self.node is not None:
             return self.node.link.router.call(key, handler, args, kwargs, (key,), deadline, now)
-        dst = owner_of(key, self.n)
-        return self.remote.call(dst, key, handler, args, kwargs, (key,), deadline, now)
+        dst = self._owners.get(key)
+        if dst is None:
+            dst = self._owner(key)
+        if kwargs or len(args) != len(handler.param_names) or not handler.wire_ok:
+            return self.remote.call(dst, key, handler, args, kwargs, (key,), deadline, now)
+        return self.remote.send(dst, key, handler, args, (key,), deadline, now)
+
+    def _owner(self, key: tuple[str, str]) -> int:
+        """``owner_of(key)``, remembered (up to :data:`OWNER_CACHE` keys)."""
+        owners = self._owners
+        if len(owners) >= OWNER_CACHE:
+            owners.clear()
+        dst = owners[key] = owner_of(key, self.n)
+        return dst
 
     def local_route(
         self,
@@ -351,12 +369,20 @@ class PoolSystem(System):
 
     # -- messages ----------------------------------------------------------------------
 
-    def _on_message(self, src: int, data: bytes) -> None:
-        try:
-            msg = decode(data)
-        except msgspec.DecodeError as e:
-            logger.error("{}: unreadable message from worker {}: {}", self.name, src, e)
-            return
+    def _on_messages(self, src: int, msgs: list[Message]) -> None:
+        on_reply = self.remote.on_reply
+        for msg in msgs:
+            try:
+                if msg.__class__ is Reply:
+                    on_reply(msg)
+                else:
+                    self._on_message(src, msg)
+            except Exception:  # one bad message must never stop this process reading
+                logger.opt(exception=True).error(
+                    "{}: handling a message from worker {} failed", self.name, src
+                )
+
+    def _on_message(self, src: int, msg: Message) -> None:
         if isinstance(msg, Reply):
             self.remote.on_reply(msg)
         elif isinstance(msg, STREAM_MESSAGES):
@@ -385,7 +411,7 @@ class PoolSystem(System):
         data = encode(msg)
         for w in self._workers:
             if w.index != skip and not self.remote.is_down(w.index):
-                self.hub.send(w.index, data)
+                self.hub.send_encoded(w.index, data)
 
     # -- supervision -------------------------------------------------------------------
 
@@ -522,7 +548,7 @@ class PoolSystem(System):
         live = [w for w in self._workers if not self.remote.is_down(w.index)]
         self._drained = {w.index: asyncio.Event() for w in live}
         for w in live:
-            self.hub.send(w.index, encode(Drain()))
+            self.hub.send(w.index, Drain())
         try:
             async with asyncio.timeout(self.app.drain_timeout + 5.0):
                 for w in live:
@@ -534,10 +560,9 @@ class PoolSystem(System):
         if self.node is not None:
             await self.node.leave()
         self.streams.close()  # after the drain: events of on_deactivate hooks got through
-        exit_msg = encode(Exit())
         for w in self._workers:  # every live process, restarted or not
             if w.proc is not None and w.proc.poll() is None:
-                self.hub.send(w.index, exit_msg)
+                self.hub.send(w.index, Exit())
         try:
             async with asyncio.timeout(5.0):
                 for w in self._workers:

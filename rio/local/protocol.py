@@ -4,6 +4,23 @@ Each message is a tagged array (the tag is its first element), so one decoder re
 any of them. Call arguments and reply values travel as :class:`msgspec.Raw` and are
 decoded a second time with the handler's own annotations: that decode is the
 argument check on the receiving side, and rebuilds ``Struct`` messages.
+
+Batches. A ring frame holds one *batch*: every message a process sent to one peer
+during one pass of its event loop, as a single msgpack array (``array32`` header
+``0xdd`` + big-endian u32 count, then the messages back to back). A sender appends
+each message to its batch with :func:`encode_into` (so an unencodable value fails
+at the call, not later), seals it with :func:`seal`, and the receiver decodes the
+whole batch with one :func:`decode_batch` call. The hot messages may be sent as
+plain tuples laid out like their struct (:func:`call_tuple`, :func:`reply_tuple`):
+they encode to the same bytes and are decoded as the struct.
+
+Example::
+
+    buf = new_batch()
+    encode_into(Exit(), buf)
+    encode_into(reply_tuple(7, True, 42), buf)
+    seal(buf, 2)
+    assert decode_batch(bytes(buf)) == [Exit(), Reply(7, True, msgspec.Raw(b"*"))]
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ from rio.core.errors import BadArguments
 from rio.core.registry import Handler
 
 __all__ = [
+    "BATCH_HEADER",
     "STREAM_MESSAGES",
     "Call",
     "Down",
@@ -32,23 +50,33 @@ __all__ = [
     "Subscribed",
     "Unsubscribe",
     "Up",
+    "call_tuple",
     "decode",
     "decode_args",
+    "decode_batch",
     "decode_result",
     "encode",
+    "encode_into",
+    "new_batch",
     "positional_args",
+    "reply_tuple",
+    "seal",
 ]
 
 
 class Call(msgspec.Struct, array_like=True, tag=1):
-    """A call to ``type_name/object_id.method(*args)``."""
+    """A call to ``type_name/object_id.method(*args)``.
+
+    ``chain`` is the call chain ending with this target, or empty when it would be
+    just the target (a call from outside any turn).
+    """
 
     req: int
     type_name: str
     object_id: str
     method: str
     budget: float
-    chain: list[tuple[str, str]]
+    chain: tuple[tuple[str, str], ...]
     args: msgspec.Raw
 
 
@@ -166,12 +194,69 @@ STREAM_MESSAGES = (Events, Subscribe, Unsubscribe, Subscribed)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
+_batch_decoder: msgspec.msgpack.Decoder[list[Message]] = msgspec.msgpack.Decoder(list[Message])
 encode = _encoder.encode
+
+#: The start of every batch: a msgpack ``array32`` whose count :func:`seal` fills in.
+BATCH_HEADER = b"\xdd\x00\x00\x00\x00"
+_CALL_TAG = 1
+_REPLY_TAG = 2
 
 
 def decode(data: bytes) -> Message:
     """Decode one message (raises ``msgspec.DecodeError`` on garbage)."""
     return _decoder.decode(data)
+
+
+def new_batch() -> bytearray:
+    """An empty batch: the array header, with a count of 0 until :func:`seal`."""
+    return bytearray(BATCH_HEADER)
+
+
+def encode_into(msg: Any, buf: bytearray) -> None:
+    """Append one message (a struct above, or its tuple) to batch ``buf``.
+
+    On failure (a value msgspec cannot encode) ``buf`` is left as it was and the
+    error is raised: ``TypeError``, ``msgspec.EncodeError``, ``OverflowError``...
+    """
+    mark = len(buf)
+    try:
+        _encoder.encode_into(msg, buf, -1)
+    except BaseException:
+        del buf[mark:]
+        raise
+
+
+def seal(buf: bytearray, count: int) -> None:
+    """Write the message count of batch ``buf`` into its header."""
+    buf[1:5] = count.to_bytes(4, "big")
+
+
+def decode_batch(data: bytes) -> list[Message]:
+    """Decode a sealed batch into its messages, in order (``msgspec.DecodeError`` on garbage)."""
+    return _batch_decoder.decode(data)
+
+
+def call_tuple(
+    req: int,
+    type_name: str,
+    object_id: str,
+    method: str,
+    budget: float,
+    chain: tuple[tuple[str, str], ...] | list[tuple[str, str]],
+    args: tuple[Any, ...] | msgspec.Raw,
+) -> tuple[Any, ...]:
+    """A :class:`Call` as a plain tuple: the same bytes, cheaper to build.
+
+    ``args`` are the argument values themselves (encoded as an array) or already
+    encoded as ``Raw``.
+    """
+    return (_CALL_TAG, req, type_name, object_id, method, budget, chain, args)
+
+
+def reply_tuple(req: int, ok: bool, value: Any) -> tuple[Any, ...]:
+    """A :class:`Reply` as a plain tuple; ``value`` is the result itself (or the error dict)."""
+    return (_REPLY_TAG, req, ok, value)
 
 
 def positional_args(

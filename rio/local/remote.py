@@ -1,7 +1,7 @@
 """Calls to actors in another process of the box, and the answers to them.
 
 Both the driver and every worker keep one :class:`RemoteCalls`: it encodes a call
-once, writes it to the owner's ring, keeps a future with a deadline timer per call,
+once into the batch for the owner's ring, keeps a future with a deadline timer per call,
 and resolves it from the :class:`~rio.local.protocol.Reply`. When a worker dies, every
 call in flight to it fails at once with :class:`rio.WorkerLost`; calls made while it
 restarts wait for it (within their deadline).
@@ -10,7 +10,6 @@ restarts wait for it (within their deadline).
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 
 import msgspec
@@ -19,7 +18,7 @@ from loguru import logger
 from rio.core.deadlines import Deadlines
 from rio.core.errors import BadArguments, CallTimeout, RemoteError, WorkerLost, error_from_wire
 from rio.core.registry import Handler
-from rio.local.protocol import Call, Reply, decode_result, encode, positional_args
+from rio.local.protocol import Reply, encode, positional_args
 from rio.local.transport import Hub
 
 __all__ = ["RemoteCalls", "unencodable"]
@@ -40,6 +39,9 @@ def unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> BadA
 
 
 Key = tuple[str, str]
+_CALL = 1  # the tag of protocol.Call: calls travel as tuples laid out like it
+_NO_BUCKET = float("nan")  # equal to no deadline
+_OPEN = -1  # the last request of the bucket calls still join
 _wire_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 
@@ -49,12 +51,22 @@ class RemoteCalls:
     def __init__(self, hub: Hub, name: str) -> None:
         self.hub = hub
         self.name = name
-        self._ids = itertools.count(1)
         # req -> (future, handler, destination, budget, key)
         self._pending: dict[int, tuple[asyncio.Future[Any], Handler, int, float, Key]] = {}
-        self._deadlines = Deadlines(self._expire, self._pending.__contains__)
-        self._down: dict[int, list[tuple[int, bytes]]] = {}
+        # Deadlines are watched per bucket: the run of consecutive calls sent with the
+        # same deadline (a loop pass's calls with the same timeout: uvloop's clock is
+        # per pass). Request ids are consecutive, so a bucket is just [first, last]
+        # (last is _OPEN while calls still join it): a call that joins the current
+        # bucket costs one comparison, and answered calls cost no memory.
+        self._next_req = 1
+        self._deadlines = Deadlines(self._expire_bucket, self._bucket_live)
+        self._bucket_at = _NO_BUCKET
+        self._bucket: list[int] = [0, 0]
+        #: Peers that are dead or restarting, with the calls held for them (req, encoded).
+        self.down: dict[int, list[tuple[int, bytes]]] = {}
         self.pids: dict[int, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hub_send = hub.send
 
     def call(
         self,
@@ -88,27 +100,70 @@ class RemoteCalls:
         The answer is decoded with ``handler``'s return annotation (a handler whose
         return annotation is ``msgspec.Raw`` gets the encoded answer as it came).
         """
-        req = next(self._ids)
+        req = self._next_req
+        self._next_req = req + 1
+        budget = deadline - now
+        # A Call; a chain of just the target travels empty (the receiver restores it).
+        msg = (
+            _CALL,
+            req,
+            key[0],
+            key[1],
+            handler.name,
+            budget,
+            chain if len(chain) > 1 else (),
+            args,
+        )
         try:
-            data = encode(
-                Call(req, key[0], key[1], handler.name, deadline - now, list(chain), args)  # type: ignore[arg-type]
-            )
+            if dst in self.down:
+                self._hold(dst, req, encode(msg))
+            else:
+                self._hub_send(dst, msg)
         except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
             if isinstance(args, msgspec.Raw):
                 raise
             raise unencodable(handler, args, e) from None
-        loop = self.hub.loop
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = self.hub.loop
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending[req] = (fut, handler, dst, deadline - now, key)
-        self._deadlines.add(loop, deadline, req)
-        held = self._down.get(dst)
-        if held is not None:
-            if len(held) >= 1024:  # drop those whose deadline passed meanwhile
-                held[:] = [h for h in held if h[0] in self._pending]
-            held.append((req, data))
-        else:
-            self.hub.send(dst, data)
+        self._pending[req] = (fut, handler, dst, budget, key)
+        if deadline != self._bucket_at:
+            self._new_bucket(loop, deadline, req)
         return fut
+
+    def _new_bucket(self, loop: asyncio.AbstractEventLoop, deadline: float, req: int) -> None:
+        bucket = self._bucket
+        if bucket[1] == _OPEN:
+            bucket[1] = req - 1  # close the current bucket: it ends before this call
+        self._bucket_at = deadline
+        self._bucket = bucket = [req, _OPEN]
+        self._deadlines.add(loop, deadline, bucket)
+
+    def _bucket_live(self, bucket: list[int]) -> bool:
+        """True if a call of ``bucket`` still waits; skips its answered first calls for good."""
+        first, last = bucket
+        if last == _OPEN:
+            last = self._next_req - 1
+        pending = self._pending
+        while first <= last and first not in pending:
+            first += 1
+        bucket[0] = first
+        return first <= last
+
+    def _expire_bucket(self, bucket: list[int]) -> None:
+        first, last = bucket
+        if last == _OPEN:  # its deadline passed: later calls need a bucket of their own
+            last = bucket[1] = self._next_req - 1
+            self._bucket_at = _NO_BUCKET
+        for req in range(first, last + 1):
+            self._expire(req)
+
+    def _hold(self, dst: int, req: int, data: bytes) -> None:
+        held = self.down[dst]
+        if len(held) >= 1024:  # drop those whose deadline passed meanwhile
+            held[:] = [h for h in held if h[0] in self._pending]
+        held.append((req, data))
 
     def on_reply(self, msg: Reply) -> None:
         """Resolve the call ``msg`` answers (a late answer after a timeout is dropped)."""
@@ -120,7 +175,7 @@ class RemoteCalls:
             return
         if msg.ok:
             try:
-                fut.set_result(decode_result(handler, msg.value))
+                fut.set_result(handler.result_decoder.decode(msg.value))
             except msgspec.DecodeError as e:
                 fut.set_exception(
                     RemoteError(
@@ -155,8 +210,8 @@ class RemoteCalls:
 
         Returns how many calls failed.
         """
-        if dst not in self._down:
-            self._down[dst] = []
+        if dst not in self.down:
+            self.down[dst] = []
         failed = 0
         for req, (fut, handler, d, _, key) in list(self._pending.items()):
             if d != dst:
@@ -178,13 +233,13 @@ class RemoteCalls:
 
     def peer_up(self, dst: int) -> None:
         """Send the calls held while ``dst`` restarted (those still waiting)."""
-        for req, data in self._down.pop(dst, ()):
+        for req, data in self.down.pop(dst, ()):
             if req in self._pending:
-                self.hub.send(dst, data)
+                self.hub.send_encoded(dst, data)
 
     def is_down(self, dst: int) -> bool:
         """True while ``dst`` is dead or restarting."""
-        return dst in self._down
+        return dst in self.down
 
     def fail_all(self, exc_factory: Any) -> None:
         """Fail every pending call (the pool is going away)."""
@@ -193,6 +248,8 @@ class RemoteCalls:
             if not fut.done():
                 fut.set_exception(exc_factory())
         self._deadlines.clear()
+        self._bucket_at = _NO_BUCKET
+        self._bucket = [0, 0]
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -349,12 +349,15 @@ class RingWriter:
     def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Enqueue one message; True when it and everything before it is in the ring.
 
-        On False the rest stays pending here (copied if it was mutable); call
-        :meth:`flush` again after the reader made room.
+        On False the rest stays pending here (copied if it was mutable: the caller
+        may reuse its buffer at once either way); call :meth:`flush` again after
+        the reader made room.
         """
         n = len(data)
-        # The hot path: bytes, nothing pending, one WHOLE frame before the end of the ring.
-        if data.__class__ is bytes and n <= self._fast_max:
+        # The hot path: bytes (or a bytearray, copied into the ring right here), nothing
+        # pending, one WHOLE frame before the end of the ring.
+        cls = data.__class__
+        if (cls is bytes or cls is bytearray) and n <= self._fast_max:
             tail = self._tail
             size = (n + 15) & -8
             pos = tail & self._mask

@@ -221,12 +221,12 @@ class StreamLinks(StreamLink):
 
     def subscribe(self, peer: int, link_id: int, key: StreamKey) -> None:
         """Send :class:`Subscribe` to ``peer``."""
-        self.hub.send(peer, encode(Subscribe(link_id, key[0], key[1])))
+        self.hub.send(peer, Subscribe(link_id, key[0], key[1]))
 
     def unsubscribe(self, peer: int, link_id: int, key: StreamKey) -> None:
         """Send :class:`Unsubscribe` to ``peer`` unless it is down."""
         if not self.is_down(peer):
-            self.hub.send(peer, encode(Unsubscribe(link_id, key[0], key[1])))
+            self.hub.send(peer, Unsubscribe(link_id, key[0], key[1]))
 
     def deliver(self, dst: int, link_id: int, event: Any) -> None:
         """Queue ``event`` for log ``link_id`` in ``dst``; sent at the end of this pass."""
@@ -280,7 +280,7 @@ class StreamLinks(StreamLink):
     ) -> None:
         """Send ``events`` as one message per run of one type; the first carries ``missed``."""
         if not events:
-            self.hub.send(dst, encode(make(missed, "", [])))
+            self.hub.send(dst, make(missed, "", []))
             return
         for name, run in event_runs(events):
             try:
@@ -291,10 +291,10 @@ class StreamLinks(StreamLink):
                 if not good:
                     continue
                 data = encode(make(missed, name, good))
-            self.hub.send(dst, data)
+            self.hub.send_encoded(dst, data)
             missed = 0
         if missed:
-            self.hub.send(dst, encode(make(missed, "", [])))
+            self.hub.send(dst, make(missed, "", []))
 
     def _encodable(self, event: Any) -> bool:
         try:
@@ -321,7 +321,7 @@ class StreamLinks(StreamLink):
                 self.streams.receive(msg.link, events, msg.missed)
         elif isinstance(msg, Subscribe):
             self.streams.add_remote((msg.type_name, msg.object_id), src, msg.link)
-            self.hub.send(src, encode(Subscribed(msg.link)))
+            self.hub.send(src, Subscribed(msg.link))
         elif isinstance(msg, Unsubscribe):
             self.streams.remove_remote((msg.type_name, msg.object_id), src, msg.link)
         elif isinstance(msg, Subscribed):

@@ -5,13 +5,23 @@ other process, all in one ``mmap`` of a ``memfd``: anonymous memory passed to th
 workers as a file descriptor, so nothing is ever named in ``/dev/shm`` and nothing can
 leak, whatever kills whom.
 
+Batches. The first message a process sends in a pass of its event loop is written at
+once (a lone call waits for nothing); what it sends to the same peer during the rest
+of the pass travels as one ring frame (a msgpack array of messages, see
+:mod:`rio.local.protocol`), written when the pass ends, when the batch reaches
+``flush_bytes``, or right after the hub handled inbound messages (the replies to
+them). So the ring write, the doorbell decision and the decode call are paid per
+batch, not per message.
+
 Wake-ups. Each process has an eventfd doorbell. After handling messages a
 :class:`Hub` keeps polling its inbound rings for a short spin window (busy links make
-no system call per message); then it marks its inbound rings "consumer sleeping",
-checks them once more and sleeps on the doorbell. A producer rings the doorbell only
-when the ring says its consumer sleeps, once per batch. Python has no memory fence,
-so that handshake can (rarely) miss on x86's store buffer: a sleeping hub therefore
-also wakes on a timer and re-checks (see :mod:`rio.local.ring`).
+no system call per message; an empty poll yields the core with ``sched_yield``, so a
+spinning process does not starve a busy one when there are more processes than
+cores); then it marks its inbound rings "consumer sleeping", checks them once more and
+sleeps on the doorbell. A producer rings the doorbell only when the ring says its
+consumer sleeps, once per batch. Python has no memory fence, so that handshake can
+(rarely) miss on x86's store buffer: a sleeping hub therefore also wakes on a timer
+and re-checks (see :mod:`rio.local.ring`).
 """
 
 from __future__ import annotations
@@ -22,15 +32,23 @@ import mmap
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
+import msgspec
 from loguru import logger
 
+from rio.local.protocol import BATCH_HEADER, Message, new_batch
 from rio.local.ring import Ring, RingReader, RingWriter, ring_size
 
 __all__ = ["Fabric", "Hub"]
 
 #: Default bytes of each ring's data area.
 DEFAULT_CAPACITY = 1 << 20
+#: Default size at which a batch is written before its loop pass ends.
+DEFAULT_FLUSH_BYTES = 8192
+
+_encode_into = msgspec.msgpack.Encoder().encode_into
+_decode_batch = msgspec.msgpack.Decoder(list[Message]).decode
 
 
 class Fabric:
@@ -86,16 +104,26 @@ class Fabric:
 class Hub:
     """One process's end of the fabric.
 
-    Reads its inbound rings and hands each message to ``on_message(src, data)``;
-    :meth:`send` writes to a peer's ring and rings its doorbell when it sleeps.
+    Reads its inbound rings and hands each batch to ``on_messages(src, messages)``;
+    :meth:`send` adds a message to the batch for a peer. A batch goes into the
+    peer's ring as one frame, with at most one doorbell, when the event loop pass
+    that started it ends (or at once when it reaches ``flush_bytes``): a process
+    that sends many messages to a peer in one pass (pipelined calls, a fan-out, the
+    replies to a ring full of calls) pays one ring write and one wake-up for all
+    of them, and the peer decodes them in one call (see :mod:`rio.local.protocol`).
+    Replies made while handling inbound messages are flushed as soon as those
+    messages are handled, without waiting for the next loop pass.
 
     Args:
         fabric: the shared rings.
         me: this process's index.
         doorbells: the eventfd of every process, by index.
-        on_message: called for every message, in order per sender.
+        on_messages: called with every decoded batch, in order per sender; it must
+            handle each message's failure itself (one bad message must not cost the
+            rest of its batch).
         spin: seconds to keep polling after the last message before sleeping.
         recheck: seconds a sleeping hub waits before re-checking its rings anyway.
+        flush_bytes: a batch this large is written at once, not at the end of the pass.
     """
 
     def __init__(
@@ -103,27 +131,33 @@ class Hub:
         fabric: Fabric,
         me: int,
         doorbells: list[int],
-        on_message: Callable[[int, bytes], None],
+        on_messages: Callable[[int, list[Message]], None],
         *,
         spin: float = 0.0002,
         recheck: float = 0.02,
+        flush_bytes: int = DEFAULT_FLUSH_BYTES,
     ) -> None:
         self.fabric = fabric
         self.me = me
         self.doorbells = doorbells
-        self.on_message = on_message
+        self.on_messages = on_messages
         self.spin = spin
         self.recheck = recheck
+        self.flush_bytes = flush_bytes
         peers = [p for p in range(fabric.nprocs) if p != me]
         self._writers: dict[int, RingWriter] = {p: RingWriter(fabric.ring(me, p)) for p in peers}
         self._readers: list[tuple[int, RingReader]] = [
             (p, RingReader(fabric.ring(p, me))) for p in peers
         ]
-        self._ring_soon: set[int] = set()
+        # The batch being built for each peer (by index; our own slot stays empty),
+        # how many messages it holds, and the peers whose batch may be non-empty.
+        self._bufs: list[bytearray] = [new_batch() for _ in range(fabric.nprocs)]
+        self._counts: list[int] = [0] * fabric.nprocs
+        self._dirty: list[int] = []
+        self._flush_scheduled = False
         self._blocked: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poll_scheduled = False
-        self._doorbells_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._closed = False
@@ -142,7 +176,9 @@ class Hub:
         self._schedule_poll()
 
     def close(self) -> None:
-        """Stop reading; the fabric itself is closed by its owner."""
+        """Write what is batched, then stop reading; the fabric is closed by its owner."""
+        if not self._closed:
+            self._flush_all()
         self._closed = True
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self.doorbells[self.me])
@@ -151,33 +187,94 @@ class Hub:
 
     # -- sending -----------------------------------------------------------------------
 
-    def send(self, dst: int, data: bytes) -> None:
-        """Queue ``data`` for process ``dst``; it arrives whole and in order."""
-        writer = self._writers[dst]
-        if not writer.send(data):
-            self._blocked.add(dst)
-            writer.ring.producer_waiting = True
-            if writer.flush():  # the reader freed space meanwhile
-                self._blocked.discard(dst)
-                writer.ring.producer_waiting = False
-        self._ring_soon.add(dst)
-        if not self._doorbells_scheduled:
-            self._doorbells_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._ring_doorbells)
+    def send(self, dst: int, msg: Any) -> None:
+        """Add ``msg`` (a protocol struct or its tuple) to the batch for process ``dst``.
+
+        It arrives whole and in order. A value that cannot be encoded raises here
+        (``TypeError``, ``msgspec.EncodeError``, ``OverflowError``...) and leaves the
+        batch as it was.
+        """
+        buf = self._bufs[dst]
+        mark = len(buf)
+        try:
+            _encode_into(msg, buf, -1)
+        except BaseException:
+            del buf[mark:]
+            raise
+        # What _added() does, inlined: this is the hot path of every message.
+        count = self._counts[dst] = self._counts[dst] + 1
+        if count == 1:
+            self._dirty.append(dst)
+            if not self._flush_scheduled:
+                self._start_pass(dst)
+                return
+        if len(buf) >= self.flush_bytes:
+            self._flush(dst)
+
+    def send_encoded(self, dst: int, data: bytes) -> None:
+        """Like :meth:`send`, for one message already encoded (with ``protocol.encode``)."""
+        buf = self._bufs[dst]
+        buf += data
+        self._added(dst, buf)
+
+    def _added(self, dst: int, buf: bytearray) -> None:
+        count = self._counts[dst] = self._counts[dst] + 1
+        if count == 1:
+            self._dirty.append(dst)
+            if not self._flush_scheduled:
+                self._start_pass(dst)
+                return
+        if len(buf) >= self.flush_bytes:
+            self._flush(dst)
+
+    def _start_pass(self, dst: int) -> None:
+        """Write the first message of a loop pass at once, alone: a lone call waits for nothing.
+
+        What follows in the same pass is batched until the pass ends.
+        """
+        self._flush_scheduled = True
+        assert self._loop is not None
+        self._loop.call_soon(self._flush_soon)
+        self._flush(dst)
+
+    def flush(self) -> None:
+        """Write every batch now (they are written at the end of the loop pass anyway)."""
+        self._flush_all()
 
     def pending_bytes(self, dst: int) -> int:
         """Bytes queued for ``dst`` that did not fit in its ring yet."""
         return self._writers[dst].pending_bytes
 
-    def _ring_doorbells(self) -> None:
-        self._doorbells_scheduled = False
-        if self._closed:
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        if self._dirty and not self._closed:
+            self._flush_all()
+
+    def _flush_all(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for dst in dirty:
+            self._flush(dst)
+
+    def _flush(self, dst: int) -> None:
+        """Write the batch for ``dst`` as one frame; ring its doorbell if it sleeps."""
+        count = self._counts[dst]
+        if not count:
             return
-        targets, self._ring_soon = self._ring_soon, set()
-        for dst in targets:
-            if self._writers[dst].ring.consumer_sleeping:
-                self._ring(dst)
+        buf = self._bufs[dst]
+        buf[1:5] = count.to_bytes(4, "big")  # seal: the message count
+        self._counts[dst] = 0
+        writer = self._writers[dst]
+        ok = writer.send(buf)  # copies buf (into the ring, or aside when it must wait)
+        del buf[5:]
+        ring = writer.ring
+        if not ok:
+            self._blocked.add(dst)
+            ring.producer_waiting = True
+            if writer.flush():  # the reader freed space meanwhile
+                self._blocked.discard(dst)
+                ring.producer_waiting = False
+        if ring.consumer_sleeping:
+            self._ring(dst)
 
     def _ring(self, dst: int) -> None:
         with contextlib.suppress(OSError):
@@ -208,26 +305,37 @@ class Hub:
         self._poll_scheduled = False
         if self._closed:
             return
-        loop = self._loop
-        assert loop is not None
         got = False
-        on_message = self.on_message
+        on_messages = self.on_messages
         for src, reader in self._readers:
             if reader.empty():
                 continue
-            msgs = reader.read()
+            frames = reader.read()
             ring = reader.ring
             if ring.producer_waiting:
                 ring.producer_waiting = False
                 self._ring(src)
             got = True
-            for m in msgs:
+            for frame in frames:
                 try:
-                    on_message(src, m)
-                except Exception:  # one bad message must never stop this process reading
-                    logger.opt(exception=True).error(
-                        "process {}: handling a message from process {} failed", self.me, src
+                    msgs = _decode_batch(frame)
+                except msgspec.DecodeError as e:
+                    logger.error(
+                        "process {}: unreadable batch of {} bytes from process {}: {}",
+                        self.me,
+                        len(frame),
+                        src,
+                        e,
                     )
+                    continue
+                try:
+                    on_messages(src, msgs)
+                except Exception:  # the owner isolates messages; this is the last resort
+                    logger.opt(exception=True).error(
+                        "process {}: handling messages from process {} failed", self.me, src
+                    )
+        if self._dirty:  # the answers to what was just handled go out now, as one batch each
+            self._flush_all()
         if self._blocked:
             self._flush_blocked()
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds.
@@ -235,6 +343,8 @@ class Hub:
         if got:
             self._last = now
         if now - self._last < self.spin or self._blocked:
+            if not got:  # an idle spin: let a process waiting for this core run first
+                os.sched_yield()
             self._schedule_poll()
         else:
             self._sleep()
@@ -245,11 +355,8 @@ class Hub:
             if writer.flush():
                 self._blocked.discard(dst)
                 writer.ring.producer_waiting = False
-            self._ring_soon.add(dst)
-        if self._ring_soon and not self._doorbells_scheduled:
-            self._doorbells_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._ring_doorbells)
+            if writer.ring.consumer_sleeping:
+                self._ring(dst)
 
     def _sleep(self) -> None:
         for _, reader in self._readers:
@@ -274,4 +381,5 @@ class Hub:
         self._writers[peer] = RingWriter(out)
         self._readers = [(p, RingReader(inn) if p == peer else r) for p, r in self._readers]
         self._blocked.discard(peer)
-        self._ring_soon.discard(peer)
+        del self._bufs[peer][len(BATCH_HEADER) :]
+        self._counts[peer] = 0

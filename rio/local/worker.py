@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -35,13 +36,12 @@ from rio.local.protocol import (
     Drain,
     Drained,
     Exit,
+    Message,
     Ready,
     Reply,
     ResetDone,
     Up,
-    decode,
     decode_args,
-    encode,
 )
 from rio.local.remote import RemoteCalls
 from rio.local.streams import StreamLinks
@@ -56,7 +56,8 @@ __all__ = ["WorkerSystem", "main"]
 DEACTIVATE = "$deactivate"
 #: The driver asks a worker for its activation counts (cluster heartbeats).
 STATS = "$stats"
-_encode_raw = msgspec.msgpack.Encoder().encode
+_REPLY = 2  # the tag of protocol.Reply: replies travel as tuples laid out like it
+_NO_KWARGS: dict[str, Any] = {}  # shared, never written to
 
 
 class WorkerSystem(System):
@@ -74,7 +75,7 @@ class WorkerSystem(System):
             fabric,
             cfg.index,
             cfg.doorbells,
-            self.on_message,
+            self.on_messages,
             spin=cfg.spin,
             recheck=cfg.recheck,
         )
@@ -85,7 +86,8 @@ class WorkerSystem(System):
         )
         self.exit = asyncio.Event()
         self._draining: asyncio.Future[None] | None = None
-        self._handlers: dict[tuple[str, str], Handler] = {}
+        # (type, method) -> (handler, its arguments' decode, its positional count)
+        self._handlers: dict[tuple[str, str], tuple[Handler, Callable[[bytes], Any], int]] = {}
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
         #: Set when the pool is a cluster node.
@@ -158,13 +160,67 @@ class WorkerSystem(System):
 
     # -- messages --------------------------------------------------------------------
 
-    def on_message(self, src: int, data: bytes) -> None:
-        """Dispatch one message from process ``src``."""
-        try:
-            msg = decode(data)
-        except msgspec.DecodeError as e:
-            logger.error("{}: unreadable message from process {}: {}", self.name, src, e)
-            return
+    def on_messages(self, src: int, msgs: list[Message]) -> None:
+        """Handle a batch of (decoded) messages from process ``src``, in order.
+
+        The common case, a call to a handler this worker has seen before, is handled
+        right here (one arrival time for the whole batch); anything else goes
+        through :meth:`on_message`.
+        """
+        handlers = self._handlers
+        runtime = self.runtime
+        deliver = runtime.deliver
+        send = self.hub.send
+        down = self.remote.down
+        reply = self._reply
+        now = self._loop.time()
+        for msg in msgs:
+            try:
+                if msg.__class__ is not Call or runtime._stopping:
+                    self.on_message(src, msg)
+                    continue
+                entry = handlers.get((msg.type_name, msg.method))
+                if entry is None:
+                    self.on_message(src, msg)
+                    continue
+                handler, decode, npos = entry
+                try:
+                    values = decode(msg.args)
+                except msgspec.DecodeError:
+                    self.on_message(src, msg)  # answers BadArguments naming the argument
+                    continue
+                key = (msg.type_name, msg.object_id)
+                chain = msg.chain or (key,)
+                try:
+                    if len(values) == npos:
+                        fut = deliver(
+                            key, handler, values, _NO_KWARGS, chain, now + msg.budget, now
+                        )
+                    else:
+                        args, kwargs = handler.split_wire_args(values)
+                        fut = deliver(key, handler, args, kwargs, chain, now + msg.budget, now)
+                except BaseException as e:  # a handler raising CancelledError at once, too
+                    self._send_error(src, msg.req, e)
+                    if not isinstance(e, Exception | asyncio.CancelledError):
+                        raise
+                    continue
+                if not fut.done():
+                    fut.add_done_callback(partial(reply, src, msg))
+                elif src not in down:
+                    if not fut.cancelled() and fut.exception() is None:
+                        try:
+                            send(src, (_REPLY, msg.req, True, fut.result()))
+                            continue
+                        except Exception:  # _reply explains it to the caller
+                            pass
+                    reply(src, msg, fut)
+            except Exception:  # one bad message must never stop this process reading
+                logger.opt(exception=True).error(
+                    "{}: handling a message from process {} failed", self.name, src
+                )
+
+    def on_message(self, src: int, msg: Message) -> None:
+        """Dispatch one (decoded) message from process ``src``."""
         if isinstance(msg, Call):
             self._on_call(src, msg)
         elif isinstance(msg, Reply):
@@ -174,7 +230,7 @@ class WorkerSystem(System):
         elif isinstance(msg, Down):
             self.remote.peer_down(msg.index, msg.pid, msg.reason)
             self.links.peer_down(msg.index)
-            self.hub.send(0, encode(ResetDone(msg.index, msg.gen, self.me)))
+            self.hub.send(0, ResetDone(msg.index, msg.gen, self.me))
         elif isinstance(msg, Up):
             self.links.peer_up(msg.index)  # subscriptions first: held calls may publish
             self.remote.peer_up(msg.index)
@@ -193,12 +249,19 @@ class WorkerSystem(System):
                 fut = self._loop.create_future()
                 fut.set_result([st.activations, st.by_type])
             else:
-                handler = self._handlers.get((msg.type_name, msg.method))
-                if handler is None:
+                entry = self._handlers.get((msg.type_name, msg.method))
+                if entry is None:
                     handler = _lookup(msg.type_name, self.me).handler(msg.method)
-                    self._handlers[(msg.type_name, msg.method)] = handler
+                    decode = handler.args_decoder.decode  # BadArguments for *args handlers
+                    self._handlers[(msg.type_name, msg.method)] = (
+                        handler,
+                        decode,
+                        handler.n_positional,
+                    )
+                else:
+                    handler = entry[0]
                 args, kwargs = handler.split_wire_args(decode_args(handler, msg.args))
-                chain = tuple(msg.chain) or (key,)  # msgspec decoded its pairs as tuples
+                chain = msg.chain or (key,)
                 if len(chain) == 1 and self.runtime._stopping and self.link is None:
                     raise SystemStopping(
                         f"{self.name} is stopping: call to {key[0]}/{key[1]}.{msg.method}() refused"
@@ -216,7 +279,7 @@ class WorkerSystem(System):
             fut.add_done_callback(partial(self._reply, src, msg))
 
     def _reply(self, src: int, msg: Call, fut: asyncio.Future[Any]) -> None:
-        if self.remote.is_down(src):
+        if src in self.remote.down:
             return  # the caller died; its replacement did not ask
         if fut.cancelled():
             self._send_error(src, msg.req, SystemStopping(f"{self.name}: the call was cancelled"))
@@ -226,7 +289,7 @@ class WorkerSystem(System):
             self._send_error(src, msg.req, exc)
             return
         try:
-            data = encode(Reply(msg.req, True, fut.result()))
+            self.hub.send(src, (_REPLY, msg.req, True, fut.result()))  # a Reply
         except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
             err = RemoteError(
                 "msgspec.EncodeError",
@@ -234,11 +297,9 @@ class WorkerSystem(System):
                 f"cannot cross processes: {e}",
             )
             self._send_error(src, msg.req, err)
-            return
-        self.hub.send(src, data)
 
     def _send_error(self, src: int, req: int, exc: BaseException) -> None:
-        self.hub.send(src, encode(Reply(req, False, error_to_wire(exc))))  # type: ignore[arg-type]
+        self.hub.send(src, (_REPLY, req, False, error_to_wire(exc)))
 
     async def _drain(self) -> None:
         link = self.link
@@ -247,7 +308,7 @@ class WorkerSystem(System):
         await self.runtime.drain()
         if link is not None:
             await link.placement.flush()
-        self.hub.send(0, encode(Drained(self.me)))
+        self.hub.send(0, Drained(self.me))
 
 
 def _lookup(type_name: str, me: int) -> ActorType:
@@ -310,11 +371,11 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
             runtime.placement = link.placement
             system.link = link
     except Exception as e:  # tell the driver why, then wait to be stopped
-        system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid(), error=error_to_wire(e))))
+        system.hub.send(0, Ready(cfg.index, cfg.gen, os.getpid(), error=error_to_wire(e)))
         await system.exit.wait()
         return
     set_default_system(system)
-    system.hub.send(0, encode(Ready(cfg.index, cfg.gen, os.getpid(), problems or [])))
+    system.hub.send(0, Ready(cfg.index, cfg.gen, os.getpid(), problems or []))
     await system.exit.wait()
     await runtime.drain()
     if system.link is not None:

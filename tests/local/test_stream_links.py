@@ -28,7 +28,11 @@ class FakeHub:
         self.backlog = 0
         self.got = asyncio.Event()
 
-    def send(self, dst: int, data: bytes) -> None:
+    def send(self, dst: int, msg: Any) -> None:
+        self.sent.append((dst, decode(msgspec.msgpack.encode(msg))))  # as the ring would
+        self.got.set()
+
+    def send_encoded(self, dst: int, data: bytes) -> None:
         self.sent.append((dst, decode(data)))
         self.got.set()
 
