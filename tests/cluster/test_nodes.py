@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from cluster.inproc import Nodes, node_launcher
 from cluster.tls import self_signed
 
 import rio
@@ -23,13 +24,6 @@ from rio.cluster.routing import choose
 from rio.cluster.store import Member
 
 SECRET = "test-secret"
-FAST = {
-    "probe_period": 0.1,
-    "probe_timeout": 0.5,
-    "refresh": 0.1,
-    "heartbeat_period": 0.2,
-    "suspicion_window": 5.0,
-}
 
 
 class CnState(msgspec.Struct):
@@ -59,9 +53,6 @@ class CnOther(rio.Actor[None]):
         return "pong"
 
 
-Nodes = Callable[..., Awaitable[list[ClusterNode]]]
-
-
 @pytest.fixture
 def urls(tmp_path: Path) -> tuple[str, str]:
     """(cluster store URL, state storage URL), both SQLite files in the test's folder."""
@@ -70,33 +61,9 @@ def urls(tmp_path: Path) -> tuple[str, str]:
 
 @pytest.fixture
 async def nodes(urls: tuple[str, str]) -> AsyncIterator[Nodes]:
-    """``await nodes(n, **settings)``: n started nodes, stopped at teardown."""
-    apps: list[rio.App] = []
-    cluster_url, state_url = urls
-
-    async def start(
-        n: int, actors: list[type[rio.Actor]] | None = None, **kw: object
-    ) -> list[ClusterNode]:  # type: ignore[type-arg]
-        out = []
-        for _ in range(n):
-            opts = {"url": cluster_url, **FAST, **kw}
-            settings = rio.ClusterSettings(secret=SECRET, **opts)  # type: ignore[arg-type]
-            app = rio.App(
-                "cn",
-                actors=actors or [CnCounter, CnRelay],
-                storage=state_url,
-                workers=0,
-                cluster=settings,
-            )
-            apps.append(app)
-            system = await app.start()
-            assert isinstance(system, ClusterNode)
-            out.append(system)
-        return out
-
-    yield start
-    for app in reversed(apps):
-        await app.stop()
+    """``await nodes(n, actors=None, **settings)``: n started nodes, stopped at teardown."""
+    async with node_launcher("cn", [CnCounter, CnRelay], *urls, SECRET) as start:
+        yield start
 
 
 def hosting(nodes: list[ClusterNode], key: tuple[str, str]) -> list[int]:

@@ -5,24 +5,17 @@ firing, and a reminder keeps firing after the node that registered it died.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from cluster.inproc import FAST, Nodes, node_launcher
 
 import rio
-from rio.cluster.node import ClusterNode
 
 SECRET = "test-secret"
-FAST = {
-    "probe_period": 0.1,
-    "probe_timeout": 0.5,
-    "refresh": 0.1,
-    "heartbeat_period": 0.2,
-    "suspicion_window": 5.0,
-}
 
 
 class Firings:
@@ -64,41 +57,20 @@ class CrCount(msgspec.Struct):
     n: int = 0
 
 
-Nodes = Callable[[int], Awaitable[list[ClusterNode]]]
-
-
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
-    """``await nodes(n)``: n started nodes polling reminders every 0.05 s."""
-    apps: list[rio.App] = []
-
-    async def start(n: int) -> list[ClusterNode]:
-        out = []
-        for _ in range(n):
-            settings = rio.ClusterSettings(
-                url=f"sqlite:///{tmp_path}/cluster.db",
-                secret=SECRET,
-                **FAST,  # type: ignore[arg-type]
-            )
-            app = rio.App(
-                "cr",
-                actors=[CrClock],
-                storage=f"sqlite:///{tmp_path}/state.db",
-                workers=0,
-                cluster=settings,
-                reminder_poll=0.05,
-                default_timeout=2.0,  # a claim dies with its node for 3 s at most
-                drain_timeout=2.0,
-            )
-            apps.append(app)
-            system = await app.start()
-            assert isinstance(system, ClusterNode)
-            out.append(system)
-        return out
-
-    yield start
-    for app in reversed(apps):
-        await app.stop()
+    """``await nodes(n)``: n started nodes hosting CrClock, stopped at teardown."""
+    async with node_launcher(
+        "cr",
+        [CrClock],
+        f"sqlite:///{tmp_path}/cluster.db",
+        f"sqlite:///{tmp_path}/state.db",
+        SECRET,
+        reminder_poll=0.05,
+        default_timeout=2.0,  # a claim dies with its node for 3 s at most
+        drain_timeout=2.0,
+    ) as start:
+        yield start
 
 
 async def test_a_reminder_keeps_firing_after_its_node_dies(nodes: Nodes) -> None:

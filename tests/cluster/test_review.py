@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from cluster.inproc import FAST, Nodes, node_launcher
 
 import rio
 from rio.cluster.node import ClusterNode
 
 SECRET = "review-secret"
-FAST = {
-    "probe_period": 0.1,
-    "probe_timeout": 0.5,
-    "refresh": 0.1,
-    "heartbeat_period": 0.2,
-    "suspicion_window": 5.0,
-}
 
 
 class RvState(msgspec.Struct):
@@ -51,9 +45,6 @@ class RvCaller(rio.Actor[None]):
         return await self.system.ref(RvCounter, target).get()
 
 
-Nodes = Callable[..., Awaitable[list[ClusterNode]]]
-
-
 @pytest.fixture
 def urls(tmp_path: Path) -> tuple[str, str]:
     """(cluster store URL, state storage URL), both SQLite files in the test's folder."""
@@ -63,30 +54,8 @@ def urls(tmp_path: Path) -> tuple[str, str]:
 @pytest.fixture
 async def nodes(urls: tuple[str, str]) -> AsyncIterator[Nodes]:
     """``await nodes(n, **settings)``: n started nodes, stopped at teardown."""
-    apps: list[rio.App] = []
-    cluster_url, state_url = urls
-
-    async def start(n: int, **kw: object) -> list[ClusterNode]:
-        out = []
-        for _ in range(n):
-            opts = {"url": cluster_url, **FAST, **kw}
-            settings = rio.ClusterSettings(secret=SECRET, **opts)  # type: ignore[arg-type]
-            app = rio.App(
-                "rv",
-                actors=[RvCounter, RvCaller],
-                storage=state_url,
-                workers=0,
-                cluster=settings,
-            )
-            apps.append(app)
-            system = await app.start()
-            assert isinstance(system, ClusterNode)
-            out.append(system)
-        return out
-
-    yield start
-    for app in reversed(apps):
-        await app.stop()
+    async with node_launcher("rv", [RvCounter, RvCaller], *urls, SECRET) as start:
+        yield start
 
 
 def hosting(nodes: list[ClusterNode], key: tuple[str, str]) -> list[int]:

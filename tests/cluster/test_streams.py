@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from cluster.inproc import FAST, Nodes, node_launcher
 
 import rio
 from rio.cluster.node import ClusterNode
@@ -26,13 +27,6 @@ from rio.cluster.streams import StreamEvents, oneway_decoder, send_runs
 from rio.local.pool import PoolSystem
 
 SECRET = "stream-secret"
-FAST = {
-    "probe_period": 0.1,
-    "probe_timeout": 0.5,
-    "refresh": 0.1,
-    "heartbeat_period": 0.2,
-    "suspicion_window": 5.0,
-}
 
 
 class StTick(msgspec.Struct, frozen=True):
@@ -111,9 +105,6 @@ class StWatcher(rio.Actor[None], idle_ttl=None):
         return [e for e in self.got if isinstance(e, rio.Lagged)]
 
 
-Nodes = Callable[..., Awaitable[list[ClusterNode]]]
-
-
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     """The cluster store: a SQLite file in the test's folder."""
@@ -123,28 +114,9 @@ def url(tmp_path: Path) -> str:
 @pytest.fixture
 async def nodes(url: str, tmp_path: Path) -> AsyncIterator[Nodes]:
     """``await nodes(n)``: n started nodes hosting StPub and StWatcher, stopped at teardown."""
-    apps: list[rio.App] = []
-
-    async def start(n: int, **kw: Any) -> list[ClusterNode]:
-        out = []
-        for _ in range(n):
-            settings = rio.ClusterSettings(url=url, secret=SECRET, **{**FAST, **kw})
-            app = rio.App(
-                "st",
-                actors=[StPub, StWatcher],
-                storage=f"sqlite:///{tmp_path}/state.db",
-                workers=0,
-                cluster=settings,
-            )
-            apps.append(app)
-            system = await app.start()
-            assert isinstance(system, ClusterNode)
-            out.append(system)
-        return out
-
-    yield start
-    for app in reversed(apps):
-        await app.stop()
+    state = f"sqlite:///{tmp_path}/state.db"
+    async with node_launcher("st", [StPub, StWatcher], url, state, SECRET) as start:
+        yield start
 
 
 async def until(check: Callable[[], Any], within: float = 10.0) -> None:
