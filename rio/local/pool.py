@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 from functools import partial
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -281,7 +282,7 @@ class PoolSystem(System):
         timeout: float | None,
     ) -> Any:
         """Send a call to the worker that owns ``key``."""
-        if threading.get_ident() != self._thread_id:
+        if get_ident() != self._thread_id:
             return self.call_from_thread(self._loop, key, handler, args, kwargs, timeout)
         if self._stopping or not self._started:
             raise SystemStopping(
@@ -370,19 +371,9 @@ class PoolSystem(System):
     # -- messages ----------------------------------------------------------------------
 
     def _on_messages(self, src: int, msgs: list[Message]) -> None:
-        on_reply = self.remote.on_reply
-        for msg in msgs:
-            try:
-                if msg.__class__ is Reply:
-                    on_reply(msg)
-                else:
-                    self._on_message(src, msg)
-            except Exception:  # one bad message must never stop this process reading
-                logger.opt(exception=True).error(
-                    "{}: handling a message from worker {} failed", self.name, src
-                )
+        self.remote.on_messages(msgs, self._on_message)
 
-    def _on_message(self, src: int, msg: Message) -> None:
+    def _on_message(self, msg: Message) -> None:
         if isinstance(msg, Reply):
             self.remote.on_reply(msg)
         elif isinstance(msg, STREAM_MESSAGES):

@@ -10,6 +10,7 @@ restarts wait for it (within their deadline).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -18,7 +19,7 @@ from loguru import logger
 from rio.core.deadlines import Deadlines
 from rio.core.errors import BadArguments, CallTimeout, RemoteError, WorkerLost, error_from_wire
 from rio.core.registry import Handler
-from rio.local.protocol import Reply, encode, positional_args
+from rio.local.protocol import Message, Reply, encode, positional_args
 from rio.local.transport import Hub
 
 __all__ = ["RemoteCalls", "unencodable"]
@@ -39,6 +40,7 @@ def unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> BadA
 
 
 Key = tuple[str, str]
+_Entry = tuple[asyncio.Future[Any], Handler, int, float, Key]
 _CALL = 1  # the tag of protocol.Call: calls travel as tuples laid out like it
 _NO_BUCKET = float("nan")  # equal to no deadline
 _OPEN = -1  # the last request of the bucket calls still join
@@ -52,7 +54,7 @@ class RemoteCalls:
         self.hub = hub
         self.name = name
         # req -> (future, handler, destination, budget, key)
-        self._pending: dict[int, tuple[asyncio.Future[Any], Handler, int, float, Key]] = {}
+        self._pending: dict[int, _Entry] = {}
         # Deadlines are watched per bucket: the run of consecutive calls sent with the
         # same deadline (a loop pass's calls with the same timeout: uvloop's clock is
         # per pass). Request ids are consecutive, so a bucket is just [first, last]
@@ -165,14 +167,42 @@ class RemoteCalls:
             held[:] = [h for h in held if h[0] in self._pending]
         held.append((req, data))
 
+    def on_messages(self, msgs: list[Message], other: Callable[[Message], None]) -> None:
+        """Resolve the calls the replies among ``msgs`` answer; hand the rest to ``other``.
+
+        The driver's inbound batches are nearly all replies: this is :meth:`on_reply`
+        for a whole batch, its common case inlined. A failure is logged per message.
+        """
+        pop = self._pending.pop
+        for msg in msgs:
+            try:
+                if msg.__class__ is not Reply:
+                    other(msg)
+                    continue
+                entry = pop(msg.req, None)
+                if entry is None:
+                    continue  # a late answer after a timeout
+                fut = entry[0]
+                if fut.done():
+                    continue
+                if msg.ok:
+                    try:
+                        fut.set_result(entry[1].result_decoder.decode(msg.value))
+                        continue
+                    except msgspec.DecodeError:
+                        pass
+                self._resolve(entry, msg)  # an error, or a value of the wrong type
+            except Exception:  # one bad message must never stop this process reading
+                logger.opt(exception=True).error("{}: handling a message failed", self.name)
+
     def on_reply(self, msg: Reply) -> None:
         """Resolve the call ``msg`` answers (a late answer after a timeout is dropped)."""
         entry = self._pending.pop(msg.req, None)
-        if entry is None:
-            return
+        if entry is not None and not entry[0].done():
+            self._resolve(entry, msg)
+
+    def _resolve(self, entry: _Entry, msg: Reply) -> None:
         fut, handler, _, _, key = entry
-        if fut.done():
-            return
         if msg.ok:
             try:
                 fut.set_result(handler.result_decoder.decode(msg.value))

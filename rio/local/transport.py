@@ -105,14 +105,15 @@ class Hub:
     """One process's end of the fabric.
 
     Reads its inbound rings and hands each batch to ``on_messages(src, messages)``;
-    :meth:`send` adds a message to the batch for a peer. A batch goes into the
-    peer's ring as one frame, with at most one doorbell, when the event loop pass
-    that started it ends (or at once when it reaches ``flush_bytes``): a process
-    that sends many messages to a peer in one pass (pipelined calls, a fan-out, the
-    replies to a ring full of calls) pays one ring write and one wake-up for all
-    of them, and the peer decodes them in one call (see :mod:`rio.local.protocol`).
-    Replies made while handling inbound messages are flushed as soon as those
-    messages are handled, without waiting for the next loop pass.
+    :meth:`send` adds a message to the batch for a peer. The first message of a loop
+    pass is written at once; the ones after it go into the peer's ring as one frame,
+    with at most one doorbell, when the pass ends (or at once when the batch reaches
+    ``flush_bytes``): a process that sends many messages to a peer in one pass
+    (pipelined calls, a fan-out, the replies to a ring full of calls) pays one ring
+    write and one wake-up for all of them, and the peer decodes them in one call
+    (see :mod:`rio.local.protocol`). Replies made while handling inbound messages
+    are flushed as soon as those messages are handled, without waiting for the
+    pass to end.
 
     Args:
         fabric: the shared rings.
