@@ -371,9 +371,9 @@ class PoolSystem(System):
     # -- messages ----------------------------------------------------------------------
 
     def _on_messages(self, src: int, msgs: list[Message]) -> None:
-        self.remote.on_messages(msgs, self._on_message)
+        self.remote.on_messages(msgs, partial(self._on_message, src))
 
-    def _on_message(self, msg: Message) -> None:
+    def _on_message(self, src: int, msg: Message) -> None:
         if isinstance(msg, Reply):
             self.remote.on_reply(msg)
         elif isinstance(msg, STREAM_MESSAGES):
