@@ -15,13 +15,13 @@ batch, not per message.
 
 Wake-ups. Each process has an eventfd doorbell. After handling messages a
 :class:`Hub` keeps polling its inbound rings for a short spin window (busy links make
-no system call per message; an empty poll yields the core with ``sched_yield``, so a
-spinning process does not starve a busy one when there are more processes than
-cores); then it marks its inbound rings "consumer sleeping", checks them once more and
-sleeps on the doorbell. A producer rings the doorbell only when the ring says its
-consumer sleeps, once per batch. Python has no memory fence, so that handshake can
-(rarely) miss on x86's store buffer: a sleeping hub therefore also wakes on a timer
-and re-checks (see :mod:`rio.local.ring`).
+no system call per message; once it has idled a while, an empty poll yields the core
+with ``sched_yield``, so a spinning process does not starve a busy one when there are
+more processes than cores); then it marks its inbound rings "consumer sleeping",
+checks them once more and sleeps on the doorbell. A producer rings the doorbell only
+when the ring says its consumer sleeps, once per batch. Python has no memory fence,
+so that handshake can (rarely) miss on x86's store buffer: a sleeping hub therefore
+also wakes on a timer and re-checks (see :mod:`rio.local.ring`).
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ class Hub:
         spin: seconds to keep polling after the last message before sleeping.
         recheck: seconds a sleeping hub waits before re-checking its rings anyway.
         flush_bytes: a batch this large is written at once, not at the end of the pass.
+        yield_after: seconds of idle spinning after which each empty poll yields the
+            core (a round trip's short wait never does).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class Hub:
         spin: float = 0.0002,
         recheck: float = 0.02,
         flush_bytes: int = DEFAULT_FLUSH_BYTES,
+        yield_after: float = 0.00005,
     ) -> None:
         self.fabric = fabric
         self.me = me
@@ -145,6 +148,7 @@ class Hub:
         self.spin = spin
         self.recheck = recheck
         self.flush_bytes = flush_bytes
+        self.yield_after = yield_after
         peers = [p for p in range(fabric.nprocs) if p != me]
         self._writers: dict[int, RingWriter] = {p: RingWriter(fabric.ring(me, p)) for p in peers}
         self._readers: list[tuple[int, RingReader]] = [
@@ -344,8 +348,8 @@ class Hub:
         if got:
             self._last = now
         if now - self._last < self.spin or self._blocked:
-            if not got:  # an idle spin: let a process waiting for this core run first
-                os.sched_yield()
+            if now - self._last > self.yield_after:
+                os.sched_yield()  # a long idle spin: let a process waiting for this core run
             self._schedule_poll()
         else:
             self._sleep()
