@@ -219,6 +219,11 @@ class RemoteCalls:
                 err: BaseException = error_from_wire(_wire_decoder.decode(msg.value))
             except msgspec.DecodeError as e:
                 err = RemoteError("msgspec.DecodeError", f"unreadable error reply: {e}")
+            where = f"{key[0]}/{key[1]}"
+            if isinstance(err, CallTimeout) and str(err).startswith(f"{where}.{handler.name}()"):
+                # This call's own deadline, seen first by the worker: the same message
+                # as when it is seen here first, naming the worker.
+                err = CallTimeout.unanswered(where, handler.name, entry[3], f" (worker {entry[2]})")
             fut.set_exception(err)
 
     def _expire(self, req: int) -> None:
