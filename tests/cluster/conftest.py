@@ -59,3 +59,9 @@ async def open_store(backend: Backend, prefix: str) -> AsyncIterator[OpenStore]:
     yield make
     for store in opened:
         await store.close()
+
+
+@pytest.fixture
+def urls(tmp_path: Path) -> tuple[str, str]:
+    """(cluster store URL, state storage URL), both SQLite files in the test's folder."""
+    return f"sqlite:///{tmp_path}/cluster.db", f"sqlite:///{tmp_path}/state.db"

@@ -13,7 +13,7 @@ from typing import Any
 import rio
 from rio.cluster.node import ClusterNode
 
-__all__ = ["FAST", "Nodes", "node_launcher"]
+__all__ = ["FAST", "Nodes", "hosting", "node_launcher"]
 
 #: Membership periods short enough for tests (a silent node is dead in well under 1 s).
 FAST: dict[str, float] = {
@@ -68,3 +68,8 @@ async def node_launcher(
     finally:
         for app in reversed(apps):
             await app.stop()
+
+
+def hosting(nodes: list[ClusterNode], key: tuple[str, str]) -> list[int]:
+    """Indexes of the nodes where ``key`` is active."""
+    return [i for i, n in enumerate(nodes) if key in n.runtime._acts]

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from cluster.inproc import Nodes, node_launcher
+from cluster.inproc import Nodes, hosting, node_launcher
 from cluster.tls import self_signed
 
 import rio
-from rio.cluster.node import ClusterNode
 from rio.cluster.routing import choose
 from rio.cluster.store import Member
 
@@ -54,21 +53,10 @@ class CnOther(rio.Actor[None]):
 
 
 @pytest.fixture
-def urls(tmp_path: Path) -> tuple[str, str]:
-    """(cluster store URL, state storage URL), both SQLite files in the test's folder."""
-    return f"sqlite:///{tmp_path}/cluster.db", f"sqlite:///{tmp_path}/state.db"
-
-
-@pytest.fixture
 async def nodes(urls: tuple[str, str]) -> AsyncIterator[Nodes]:
     """``await nodes(n, actors=None, **settings)``: n started nodes, stopped at teardown."""
     async with node_launcher("cn", [CnCounter, CnRelay], *urls, SECRET) as start:
         yield start
-
-
-def hosting(nodes: list[ClusterNode], key: tuple[str, str]) -> list[int]:
-    """Indexes of the nodes where ``key`` is active."""
-    return [i for i, n in enumerate(nodes) if key in n.runtime._acts]
 
 
 async def test_client_calls_spread_over_nodes_and_each_object_lives_once(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from cluster.inproc import FAST, Nodes, node_launcher
+from cluster.inproc import FAST, Nodes, hosting, node_launcher
 
 import rio
 from rio.cluster.node import ClusterNode
@@ -46,21 +46,10 @@ class RvCaller(rio.Actor[None]):
 
 
 @pytest.fixture
-def urls(tmp_path: Path) -> tuple[str, str]:
-    """(cluster store URL, state storage URL), both SQLite files in the test's folder."""
-    return f"sqlite:///{tmp_path}/cluster.db", f"sqlite:///{tmp_path}/state.db"
-
-
-@pytest.fixture
 async def nodes(urls: tuple[str, str]) -> AsyncIterator[Nodes]:
     """``await nodes(n, **settings)``: n started nodes, stopped at teardown."""
     async with node_launcher("rv", [RvCounter, RvCaller], *urls, SECRET) as start:
         yield start
-
-
-def hosting(nodes: list[ClusterNode], key: tuple[str, str]) -> list[int]:
-    """Indexes of the nodes where ``key`` is active."""
-    return [i for i, n in enumerate(nodes) if key in n.runtime._acts]
 
 
 async def test_a_call_in_flight_to_a_hung_node_moves_once_the_node_is_declared_dead(
