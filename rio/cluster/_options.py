@@ -8,6 +8,7 @@ from rio.core.errors import ConfigError
 
 __all__ = ["ConnectionStatistics", "TransportOptions"]
 
+_KiB = 1 << 10
 _MiB = 1 << 20
 
 
@@ -38,7 +39,8 @@ class TransportOptions:
             gets no more of them, and soon is not read either).
         write_buffer_low: bytes below which they go on again (256 KiB).
         coalesce_bytes: bytes gathered within one loop pass before they are written
-            without waiting for the end of the pass (256 KiB).
+            without waiting for the end of the pass (4 KiB): under a burst the peer
+            starts on the first requests while later ones are still being made.
         read_buffer_size: steady size of the receive buffer (256 KiB); it grows for
             one larger frame at a time, then shrinks back.
     """
@@ -52,7 +54,7 @@ class TransportOptions:
     max_in_flight: int = 10_000
     write_buffer_high: int = _MiB
     write_buffer_low: int = _MiB // 4
-    coalesce_bytes: int = _MiB // 4
+    coalesce_bytes: int = 4 * _KiB
     read_buffer_size: int = _MiB // 4
 
     def __post_init__(self) -> None:

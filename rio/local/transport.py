@@ -45,7 +45,7 @@ __all__ = ["Fabric", "Hub"]
 #: Default bytes of each ring's data area.
 DEFAULT_CAPACITY = 1 << 20
 #: Default size at which a batch is written before its loop pass ends.
-DEFAULT_FLUSH_BYTES = 8192
+DEFAULT_FLUSH_BYTES = 2048
 
 _encode_into = msgspec.msgpack.Encoder().encode_into
 _decode_batch = msgspec.msgpack.Decoder(list[Message]).decode
