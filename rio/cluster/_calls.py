@@ -1,8 +1,10 @@
 """The requests one end of a connection has sent and still waits on.
 
-A future per request id, and one timer for every deadline: a heap of
-``(deadline, id, budget)`` whose answered entries are skipped when they surface (and
-compacted away when they pile up), so a request costs a heap push, not a timer.
+A :class:`Waiter` per request id (a future, or an object of the caller's that takes
+the answer the moment it is read, with no future and no callback in between), and
+one timer for every deadline: a heap of ``(deadline, id, budget)`` whose answered
+entries are skipped when they surface (and compacted away when they pile up), so a
+request costs a heap push, not a timer.
 """
 
 from __future__ import annotations
@@ -10,12 +12,33 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
 from rio.core.errors import CallTimeout
 
-__all__ = ["Pending"]
+__all__ = ["Pending", "Waiter"]
+
+
+class Waiter(Protocol):
+    """What waits for one request's answer: an ``asyncio.Future`` has this shape.
+
+    The connection calls :meth:`set_result` with the reply body, or
+    :meth:`set_exception`, at most once, and only while :meth:`done` is False.
+    """
+
+    def done(self) -> bool:
+        """True once the answer is no longer wanted (or already given)."""
+        ...
+
+    def set_result(self, result: msgspec.Raw, /) -> None:
+        """Take the reply body."""
+        ...
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        """Take the failure (the peer's error, a timeout, the connection lost)."""
+        ...
 
 
 class Pending:
@@ -31,7 +54,7 @@ class Pending:
     def __init__(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
         self._loop = loop
         self.peer = peer
-        self.futures: dict[int, asyncio.Future[msgspec.Raw]] = {}
+        self.futures: dict[int, Waiter] = {}
         self._heap: list[tuple[float, int, float]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -39,8 +62,13 @@ class Pending:
     def track(self, req: int, deadline: float, budget: float) -> asyncio.Future[msgspec.Raw]:
         """The future of request ``req``, failed with CallTimeout at ``deadline``."""
         fut: asyncio.Future[msgspec.Raw] = self._loop.create_future()
+        self.track_into(req, deadline, budget, fut)
+        return fut
+
+    def track_into(self, req: int, deadline: float, budget: float, waiter: Waiter) -> None:
+        """Give the answer of request ``req`` to ``waiter``; CallTimeout at ``deadline``."""
         futures = self.futures
-        futures[req] = fut
+        futures[req] = waiter
         heap = self._heap
         heapq.heappush(heap, (deadline, req, budget))
         if self._timer is None or deadline < self._timer_at:
@@ -48,7 +76,6 @@ class Pending:
         if len(heap) > 2 * len(futures) + 1024:
             self._heap = [e for e in heap if e[1] in futures]
             heapq.heapify(self._heap)
-        return fut
 
     def fail_all(self, make_error: Callable[[int], BaseException]) -> None:
         """Fail every request still waiting with ``make_error(id)``; stop the timer."""

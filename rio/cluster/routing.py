@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from rio.cluster._serving import ENCODE_ERRORS
 from rio.cluster.membership import MembershipView
 from rio.cluster.settings import split_address
 from rio.cluster.store import Key, Member
@@ -83,6 +84,9 @@ class CallReq(msgspec.Struct, array_like=True, tag=1):
     budget: float
     chain: list[tuple[str, str]]
     args: msgspec.Raw
+
+
+_CALL_TAG = 1  # CallReq's tag: the fast path sends it as a tuple laid out like it
 
 
 class ProbeReq(msgspec.Struct, array_like=True, tag=2):
@@ -264,59 +268,36 @@ class Router:
     ) -> asyncio.Future[Any]:
         """Send a checked call; returns the future of its answer.
 
-        A call to an object cached on a member with an open connection goes out at
-        once, with no task: its answer is decoded in a callback. Everything else
-        (first calls, redirects, failover) runs in :meth:`_route`.
+        A call to an object cached on a member with an open, writable connection goes
+        out at once, with no task: its answer is decoded straight into the returned
+        future when the reply is read (see :class:`_Routed`). Everything else (first
+        calls, redirects, failover, a peer that reads slower than we send) runs in
+        :meth:`_route`.
         """
         loop = asyncio.get_running_loop()
         member = self.cache.get(key)
         if member is None or member == self.me:
             body = None if self._local is not None else self.encode_args(handler, args, kwargs)
             return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
-        body = self.encode_args(handler, args, kwargs)
         conn = self._conns.get(member)
-        if conn is None or conn.is_closed or not self.view.is_live(member) or now >= deadline:
+        if conn is None or not conn.writable or not self.view.is_live(member) or now >= deadline:
+            body = self.encode_args(handler, args, kwargs)
             return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
-        req = CallReq(key[0], key[1], handler.name, deadline - now, list(chain), body)
-        sent = conn.request(req, timeout=deadline - now)
+        if not handler.wire_ok:
+            handler.args_decoder  # noqa: B018 - raises BadArguments naming the handler
+        values = positional_args(handler, args, kwargs)
+        budget = deadline - now
         out: asyncio.Future[Any] = loop.create_future()
-        sent.add_done_callback(
-            partial(self._answered, out, member, key, handler, args, kwargs, chain, deadline, body)
-        )
-        return out
-
-    def _answered(
-        self,
-        out: asyncio.Future[Any],
-        member: str,
-        key: Key,
-        handler: Handler,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        chain: tuple[Key, ...],
-        deadline: float,
-        body: msgspec.Raw,
-        sent: asyncio.Future[msgspec.Raw],
-    ) -> None:
-        if out.done():
-            return
-        if sent.cancelled():
-            out.cancel()
-            return
-        exc = sent.exception()
-        if exc is None:
-            try:
-                out.set_result(handler.result_decoder.decode(sent.result()))
-            except msgspec.DecodeError as e:
-                out.set_exception(_bad_answer(key, handler, e))
-        elif isinstance(exc, Redirect) or _route_failed(exc):
-            # The slow road: redirects and failover, then the answer into ``out``.
-            task = asyncio.get_running_loop().create_task(
-                self._route(key, handler, args, kwargs, chain, deadline, body, (member, exc))
+        try:
+            # A CallReq as a tuple: the same bytes, encoded once with the frame.
+            conn.request_into(
+                (_CALL_TAG, key[0], key[1], handler.name, budget, chain, values),
+                budget,
+                _Routed(self, out, member, key, handler, args, kwargs, chain, deadline),
             )
-            task.add_done_callback(partial(_copy_outcome, out))
-        else:
-            out.set_exception(exc)
+        except ENCODE_ERRORS as e:
+            raise unencodable(handler, values, e) from None
+        return out
 
     def encode_args(
         self, handler: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -557,6 +538,71 @@ def _bad_answer(key: Key, handler: Handler, e: Exception) -> RemoteError:
         f"{key[0]}/{key[1]}.{handler.name}() answered a value that does not match its "
         f"return annotation: {e}",
     )
+
+
+class _Routed:
+    """The answer of a call sent on the fast path, taken the moment its reply is read.
+
+    The connection's :class:`~rio.cluster._calls.Waiter` for the request: it decodes a
+    value into ``out``; a redirect or a lost way to the member starts the slow road
+    (:meth:`Router._route`) whose outcome lands in ``out``; any other failure is
+    the call's.
+    """
+
+    __slots__ = ("args", "chain", "deadline", "handler", "key", "kwargs", "member", "out", "router")
+
+    def __init__(
+        self,
+        router: Router,
+        out: asyncio.Future[Any],
+        member: str,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+    ) -> None:
+        self.router = router
+        self.out = out
+        self.member = member
+        self.key = key
+        self.handler = handler
+        self.args = args
+        self.kwargs = kwargs
+        self.chain = chain
+        self.deadline = deadline
+
+    def done(self) -> bool:
+        """True once the caller's future is settled (or cancelled)."""
+        return self.out.done()
+
+    def set_result(self, result: msgspec.Raw, /) -> None:
+        """Decode the reply into the caller's future."""
+        try:
+            self.out.set_result(self.handler.result_decoder.decode(result))
+        except msgspec.DecodeError as e:
+            self.out.set_exception(_bad_answer(self.key, self.handler, e))
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        """Fail the call, or take the slow road when the way to the member failed."""
+        if isinstance(exception, Redirect) or _route_failed(exception):
+            r = self.router
+            task = asyncio.get_running_loop().create_task(
+                r._route(
+                    self.key,
+                    self.handler,
+                    self.args,
+                    self.kwargs,
+                    self.chain,
+                    self.deadline,
+                    None,
+                    (self.member, exception),
+                )
+            )
+            task.add_done_callback(partial(_copy_outcome, self.out))
+        else:
+            self.out.set_exception(exception)
 
 
 def _copy_outcome(out: asyncio.Future[Any], task: asyncio.Future[Any]) -> None:

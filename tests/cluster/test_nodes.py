@@ -12,6 +12,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -45,6 +46,9 @@ class CnRelay(rio.Actor[None]):
 
     async def unreachable(self) -> None:
         raise rio.NodeUnreachable("a node this handler needed is down")
+
+    async def echo(self, value: Any) -> Any:
+        return value
 
 
 class CnOther(rio.Actor[None]):
@@ -171,6 +175,23 @@ async def test_bad_arguments_and_unknown_methods_are_named(
         with pytest.raises(rio.BadArguments, match="by"):
             await client.ref(CnCounter, "a").incr("one")  # type: ignore[arg-type]
         assert await client.ref(CnCounter, "a").incr(1) == 1
+
+
+async def test_an_argument_that_cannot_cross_is_named_and_sends_nothing(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    await nodes(1)
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        ref = client.ref(CnRelay, "e")
+        assert await ref.echo([1, "a"]) == [1, "a"]  # placed: later calls take the fast path
+        with pytest.raises(rio.BadArguments, match="argument 'value' cannot cross"):
+            await ref.echo(object())
+        with pytest.raises(rio.BadArguments, match="argument 'value' cannot cross"):
+            await ref.echo(2**70)
+        big = "x" * (17 << 20)  # over the default max_frame_size of 16 MiB
+        with pytest.raises(rio.BadArguments, match="max_frame_size"):
+            await ref.echo(big)
+        assert await asyncio.gather(*(ref.echo(i) for i in range(100))) == list(range(100))
 
 
 async def test_nodes_and_clients_over_tls(

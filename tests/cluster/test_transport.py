@@ -896,8 +896,9 @@ def test_a_peer_that_never_reads_its_replies_gets_bounded_memory(run: Run) -> No
             assert limit // 2 < stats.queued <= limit + opts.read_buffer_size // len(body)
             transport = flooder._transport
             assert transport is not None
-            # Over the high-water mark by at most one loop pass's worth of replies.
-            bound = opts.write_buffer_high + opts.coalesce_bytes + 2 * len(request)
+            # Over the high-water mark by at most the replies of the requests
+            # already being served when writing paused (max_in_flight of them).
+            bound = opts.write_buffer_high + opts.coalesce_bytes + (limit + 2) * len(request)
             assert transport.get_write_buffer_size() <= bound
             await still_serves(server, good)
 
