@@ -75,6 +75,8 @@ __all__ = [
     "PoolNode",
 ]
 
+_NO_KWARGS: dict[str, Any] = {}  # shared by calls with no keyword arguments; never written
+
 
 class Placement:
     """A hosting process's side of the directory (the runtime's placement hook).
@@ -294,7 +296,13 @@ def resolve(req: CallReq, handlers: dict[tuple[str, str], Handler]) -> tuple[Han
     if handler is None:
         handler = lookup_type(req.type_name).handler(req.method)
         handlers[(req.type_name, req.method)] = handler
-    args, kwargs = handler.split_wire_args(decode_args(handler, req.args))
+    try:
+        values = handler.args_decoder.decode(req.args)
+    except msgspec.DecodeError:
+        values = decode_args(handler, req.args)  # raises BadArguments naming the argument
+    if len(values) == handler.n_positional:
+        return handler, values, _NO_KWARGS
+    args, kwargs = handler.split_wire_args(values)
     return handler, args, kwargs
 
 
@@ -584,11 +592,12 @@ class ClusterNode(System):
     def _deliver(self, req: CallReq) -> Any:
         handler, args, kwargs = resolve(req, self._handlers)
         key = (req.type_name, req.object_id)
-        chain = tuple(req.chain) or (key,)
+        chain = req.chain or (key,)
         if self.runtime._closed:
             raise Redirect(f"{self.name} has stopped", "")
         now = self._loop.time()
-        return self.runtime.deliver(key, handler, args, kwargs, chain, now + req.budget, now)
+        # plain: a turn that finishes at once answers its value, with no future for it
+        return self.runtime.deliver(key, handler, args, kwargs, chain, now + req.budget, now, True)
 
     def _stats(self) -> tuple[int, dict[str, int]]:
         st = self.runtime.stats()
@@ -643,7 +652,7 @@ class PoolNode(NodeCore):
 
         dst = owner_of(key, self.pool.n)
         return self.pool.remote.send(
-            dst, key, handler, req.args, req.chain or [key], now + req.budget, now
+            dst, key, handler, req.args, req.chain or (key,), now + req.budget, now
         )
 
     async def activate(self) -> None:

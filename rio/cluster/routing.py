@@ -82,7 +82,7 @@ class CallReq(msgspec.Struct, array_like=True, tag=1):
     object_id: str
     method: str
     budget: float
-    chain: list[tuple[str, str]]
+    chain: tuple[tuple[str, str], ...]
     args: msgspec.Raw
 
 
@@ -372,7 +372,7 @@ class Router:
                     now = loop.time()
                     if now >= deadline:
                         continue
-                req = CallReq(key[0], key[1], handler.name, deadline - now, list(chain), body)
+                req = CallReq(key[0], key[1], handler.name, deadline - now, chain, body)
                 raw = await conn.request(req, timeout=deadline - now)
             except Redirect as r:
                 last = r

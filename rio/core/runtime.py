@@ -25,7 +25,7 @@ from collections.abc import Coroutine
 from contextvars import copy_context
 from functools import partial
 from sys import getrefcount
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import msgspec
 from loguru import logger
@@ -309,6 +309,7 @@ class Runtime(Lifecycle, System):
             raise self._deadlock(chain, key, handler)
         return (*chain, key), deadline, now
 
+    @overload
     def deliver(
         self,
         key: Key,
@@ -318,11 +319,39 @@ class Runtime(Lifecycle, System):
         chain: tuple[Key, ...],
         deadline: float,
         now: float,
-    ) -> asyncio.Future[Any]:
-        """Hand a checked call to the activation of ``key`` hosted here.
+        plain: Literal[False] = False,
+    ) -> asyncio.Future[Any]: ...
+
+    @overload
+    def deliver(
+        self,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+        now: float,
+        plain: bool,
+    ) -> Any: ...
+
+    def deliver(
+        self,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+        now: float,
+        plain: bool = False,
+    ) -> Any:
+        """Hand a checked call to the activation of ``key`` hosted here; a future of its answer.
 
         ``chain`` ends with ``key``. Used by :meth:`call` and by transports bringing
-        calls from other processes.
+        calls from other processes. With ``plain`` (for transports, which answer a
+        value at once), a turn that finishes right here returns its value itself,
+        not a future (a value that is itself a future still comes inside one).
         """
         loop = self._loop
         assert loop is not None
@@ -344,7 +373,9 @@ class Runtime(Lifecycle, System):
                 ):
                     act._rio_busy = 1
                     coro = handler.fn(act, *args, **kwargs) if kwargs else handler.fn(act, *args)
-                    return self._first_step(act, handler, coro, (act, chain, deadline), prev, now)
+                    return self._first_step(
+                        act, handler, coro, (act, chain, deadline), prev, now, plain
+                    )
                 if (handler.reentrant or act._rio_type.reentrant) and not act._rio_draining:
                     return self._run_eager(act, handler, args, kwargs, chain, deadline, now=now)
             elif status == NEW and not act._rio_queue and not act._rio_draining:
@@ -424,7 +455,7 @@ class Runtime(Lifecycle, System):
         else:
             coro = handler.fn(act, *args, **kwargs)
         started = loop.time() if now is None else now
-        return self._first_step(
+        return self._first_step(  # type: ignore[no-any-return]  # not plain: a future
             act, handler, coro, (act, chain, deadline), self._sync_turn, started
         )
 
@@ -436,7 +467,8 @@ class Runtime(Lifecycle, System):
         turn: tuple[Actor[Any], tuple[Key, ...], float],
         prev: tuple[Actor[Any], tuple[Key, ...], float] | None,
         started: float,
-    ) -> asyncio.Future[Any]:
+        plain: bool = False,
+    ) -> Any:
         """Run a turn's first step right here, in a context of its own.
 
         While it runs, ``asyncio.current_task()`` answers a :class:`TurnTask` standing
@@ -470,8 +502,11 @@ class Runtime(Lifecycle, System):
             act._rio_busy -= 1
             if act._rio_deact or act._rio_queue:
                 self._turn_finished_slow(act)
+            value = stop.value
+            if plain and not isinstance(value, asyncio.Future):
+                return value  # see deliver(plain=True)
             fut = loop.create_future()
-            fut.set_result(stop.value)
+            fut.set_result(value)
             return fut
         except BaseException as e:
             if caller is None:

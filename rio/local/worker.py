@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from asyncio import Future
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -192,19 +193,28 @@ class WorkerSystem(System):
                 key = (msg.type_name, msg.object_id)
                 chain = msg.chain or (key,)
                 try:
+                    # plain: a turn that finishes at once gives its value, not a future
                     if len(values) == npos:
                         fut = deliver(
-                            key, handler, values, _NO_KWARGS, chain, now + msg.budget, now
+                            key, handler, values, _NO_KWARGS, chain, now + msg.budget, now, True
                         )
                     else:
                         args, kwargs = handler.split_wire_args(values)
-                        fut = deliver(key, handler, args, kwargs, chain, now + msg.budget, now)
+                        fut = deliver(
+                            key, handler, args, kwargs, chain, now + msg.budget, now, True
+                        )
                 except BaseException as e:  # a handler raising CancelledError at once, too
                     self._send_error(src, msg.req, e)
                     if not isinstance(e, Exception | asyncio.CancelledError):
                         raise
                     continue
-                if not fut.done():
+                if not isinstance(fut, Future):  # the answer itself
+                    if src not in down:
+                        try:
+                            send(src, (_REPLY, msg.req, True, fut))
+                        except Exception as e:  # TypeError, EncodeError, OverflowError...
+                            self._send_error(src, msg.req, self._unsendable(msg, e))
+                elif not fut.done():
                     fut.add_done_callback(partial(reply, src, msg))
                 elif src not in down:
                     if not fut.cancelled() and fut.exception() is None:
@@ -291,12 +301,14 @@ class WorkerSystem(System):
         try:
             self.hub.send(src, (_REPLY, msg.req, True, fut.result()))  # a Reply
         except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
-            err = RemoteError(
-                "msgspec.EncodeError",
-                f"{msg.type_name}/{msg.object_id}.{msg.method}() returned a value that "
-                f"cannot cross processes: {e}",
-            )
-            self._send_error(src, msg.req, err)
+            self._send_error(src, msg.req, self._unsendable(msg, e))
+
+    def _unsendable(self, msg: Call, e: Exception) -> RemoteError:
+        return RemoteError(
+            "msgspec.EncodeError",
+            f"{msg.type_name}/{msg.object_id}.{msg.method}() returned a value that "
+            f"cannot cross processes: {e}",
+        )
 
     def _send_error(self, src: int, req: int, exc: BaseException) -> None:
         self.hub.send(src, (_REPLY, req, False, error_to_wire(exc)))
