@@ -152,12 +152,13 @@ class Connection(asyncio.BufferedProtocol):
             raise self._body_error("request", e) from e
         return self._pending.track(req, deadline, timeout)
 
-    def request_into(self, body: Any, timeout: float, waiter: Waiter) -> None:
+    def request_into(self, body: Any, deadline: float, budget: float, waiter: Waiter) -> None:
         """Send a request whose answer goes straight to ``waiter`` as soon as it is read.
 
         The fast form of :meth:`request` for callers that decode the answer
         themselves: no future, no callback scheduled. Only while :attr:`writable`
-        (check it first; :meth:`request` waits its turn instead). ``timeout`` > 0.
+        (check it first; :meth:`request` waits its turn instead). It fails with
+        :class:`rio.CallTimeout` naming ``budget`` (> 0) at ``deadline`` (loop time).
 
         Raises:
             rio.NodeUnreachable: the connection is not open.
@@ -172,7 +173,7 @@ class Connection(asyncio.BufferedProtocol):
             self._send((_REQUEST, req, body))
         except FrameTooLarge as e:
             raise self._body_error("request", e) from e
-        self._pending.track_into(req, self._loop.time() + timeout, timeout, waiter)
+        self._pending.track_into(req, deadline, budget, waiter)
 
     async def send_oneway(self, body: Any) -> None:
         """Send a message that wants no answer (waits while the peer reads slower).

@@ -292,6 +292,7 @@ class Router:
             # A CallReq as a tuple: the same bytes, encoded once with the frame.
             conn.request_into(
                 (_CALL_TAG, key[0], key[1], handler.name, budget, chain, values),
+                deadline,
                 budget,
                 _Routed(self, out, member, key, handler, args, kwargs, chain, deadline),
             )
