@@ -48,7 +48,7 @@ __all__ = [
 #: a text protocol (HTTP, a stray ``telnet``) fail on byte one.
 MAGIC = b"\x89RIO"
 #: Wire protocol version; both ends must speak the same.
-VERSION = 1
+VERSION = 2
 NONCE_SIZE = 32
 HELLO_SIZE = len(MAGIC) + 1 + NONCE_SIZE
 PROOF_SIZE = hashlib.sha256().digest_size

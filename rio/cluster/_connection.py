@@ -21,6 +21,7 @@ from loguru import logger
 from rio.cluster._auth import Handshake, HandshakeError
 from rio.cluster._calls import Pending, Waiter
 from rio.cluster._frames import (
+    Call,
     Failure,
     FrameTooLarge,
     Oneway,
@@ -33,7 +34,7 @@ from rio.cluster._frames import (
     encode_frame,
 )
 from rio.cluster._options import ConnectionStatistics, TransportOptions
-from rio.cluster._serving import ENCODE_ERRORS, Handler, Inbound, OnewayHandler
+from rio.cluster._serving import ENCODE_ERRORS, CallHandler, Handler, Inbound, OnewayHandler
 from rio.core.errors import BadArguments, CallTimeout, NodeUnreachable, error_from_wire
 
 __all__ = ["Connection", "format_address"]
@@ -45,7 +46,7 @@ _HANDSHAKE, _READY, _CLOSED = 0, 1, 2
 _BURST_GAP = 20e-6
 _clock = time.perf_counter
 _HANDSHAKE_BUFFER = 256
-_REQUEST, _ONEWAY, _PING, _PONG = 1, 4, 5, 6
+_REQUEST, _ONEWAY, _PING, _PONG, _CALL = 1, 4, 5, 6, 7
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -71,6 +72,7 @@ class Connection(asyncio.BufferedProtocol):
         peer: str = "?",
         on_ready: Callable[[Connection], object] | None = None,
         on_lost: Callable[[Connection], object] | None = None,
+        on_call: CallHandler | None = None,
     ) -> None:
         self._loop = loop = asyncio.get_running_loop()
         self._server_side = server_side
@@ -102,7 +104,7 @@ class Connection(asyncio.BufferedProtocol):
         self._ids = itertools.count(1)
         self._pending = Pending(loop, peer)
         self._futures = self._pending.futures
-        self._inbound = Inbound(self, handler, on_oneway, options.max_in_flight)
+        self._inbound = Inbound(self, handler, on_oneway, options.max_in_flight, on_call)
         # Keep-alive: when the unanswered ping went out (None: nothing outstanding).
         self._ping_ids = itertools.count(1)
         self._ping_sent_at: float | None = None
@@ -152,27 +154,39 @@ class Connection(asyncio.BufferedProtocol):
             raise self._body_error("request", e) from e
         return self._pending.track(req, deadline, timeout)
 
-    def request_into(self, body: Any, deadline: float, budget: float, waiter: Waiter) -> None:
-        """Send a request whose answer goes straight to ``waiter`` as soon as it is read.
+    def call_into(
+        self,
+        type_name: str,
+        object_id: str,
+        method: str,
+        chain: tuple[tuple[str, str], ...],
+        args: tuple[Any, ...],
+        deadline: float,
+        budget: float,
+        waiter: Waiter,
+    ) -> None:
+        """Send a :class:`~rio.cluster._frames.Call` frame whose answer goes to ``waiter``.
 
-        The fast form of :meth:`request` for callers that decode the answer
-        themselves: no future, no callback scheduled. Only while :attr:`writable`
-        (check it first; :meth:`request` waits its turn instead). It fails with
-        :class:`rio.CallTimeout` naming ``budget`` (> 0) at ``deadline`` (loop time).
+        The fast form of :meth:`request` for the router's object calls, served by the
+        peer's ``on_call``: no future and no callback scheduled; ``waiter`` decodes
+        the answer itself. ``args`` are the values in parameter order, encoded here
+        with the frame. Only while :attr:`writable` (check it first; :meth:`request`
+        waits its turn instead). It fails with :class:`rio.CallTimeout` naming
+        ``budget`` (> 0, and sent along) at ``deadline`` (loop time).
 
         Raises:
             rio.NodeUnreachable: the connection is not open.
-            rio.BadArguments: the body is over ``max_frame_size``.
-            msgspec.EncodeError, TypeError, ValueError, OverflowError: the body cannot
-                be encoded (nothing was sent), for the caller to name what was wrong.
+            rio.BadArguments: the frame is over ``max_frame_size``.
+            msgspec.EncodeError, TypeError, ValueError, OverflowError: an argument cannot
+                be encoded (nothing was sent), for the caller to name it.
         """
         if self._state != _READY:
             raise NodeUnreachable(f"node {self.peer}: {self._reason or 'not connected'}")
         req = next(self._ids)
         try:
-            self._send((_REQUEST, req, body))
+            self._send((_CALL, req, type_name, object_id, method, budget, chain, args))
         except FrameTooLarge as e:
-            raise self._body_error("request", e) from e
+            raise self._body_error("call", e) from e
         self._pending.track_into(req, deadline, budget, waiter)
 
     async def send_oneway(self, body: Any) -> None:
@@ -406,7 +420,7 @@ class Connection(asyncio.BufferedProtocol):
                 fut = futures.pop(msg.id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg.body)
-            elif cls is Request:
+            elif cls is Call or cls is Request:
                 inbound.take(msg)
             elif cls is Failure:
                 self._ping_sent_at = None

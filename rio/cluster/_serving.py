@@ -23,18 +23,21 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from loguru import logger
 
-from rio.cluster._frames import FrameTooLarge, Request
+from rio.cluster._frames import Call, FrameTooLarge, Request
 from rio.core.errors import RemoteError, RioError, error_to_wire, qualified_name
 
 if TYPE_CHECKING:
     from rio.cluster._connection import Connection
 
-__all__ = ["ENCODE_ERRORS", "Handler", "Inbound", "OnewayHandler"]
+__all__ = ["ENCODE_ERRORS", "CallHandler", "Handler", "Inbound", "OnewayHandler"]
 
 #: ``handle(conn, body)`` answers one request: with the reply (any msgpack value, or
 #: ``msgspec.Raw``), or an awaitable of it (a coroutine runs as a task; a future is
 #: awaited without one).
 Handler = Callable[["Connection", msgspec.Raw], Awaitable[Any] | Any]
+#: ``on_call(conn, call)`` answers one :class:`~rio.cluster._frames.Call` frame, as a
+#: ``Handler`` answers a request.
+CallHandler = Callable[["Connection", Call], Awaitable[Any] | Any]
 #: ``on_oneway(conn, body)`` takes one one-way message, called in arrival order (a
 #: coroutine it returns runs as a task).
 OnewayHandler = Callable[["Connection", msgspec.Raw], object]
@@ -54,6 +57,8 @@ class Inbound:
         handler: serves requests; None answers each with an error saying so.
         on_oneway: takes one-way messages; None drops them (logged at debug level).
         limit: requests handled at once (``max_in_flight``).
+        on_call: serves :class:`~rio.cluster._frames.Call` frames; None answers each
+            with an error saying so.
     """
 
     __slots__ = (
@@ -61,6 +66,7 @@ class Inbound:
         "_handler",
         "_keys",
         "_limit",
+        "_on_call",
         "_on_oneway",
         "queued",
         "reading_paused",
@@ -74,19 +80,21 @@ class Inbound:
         handler: Handler | None,
         on_oneway: OnewayHandler | None,
         limit: int,
+        on_call: CallHandler | None = None,
     ) -> None:
         self._conn = conn
         self._handler = handler
+        self._on_call = on_call
         self._on_oneway = on_oneway
         self._limit = limit
         self.serving = 0
-        self.queued: deque[Request] = deque()
+        self.queued: deque[Request | Call] = deque()
         self.reading_paused = False
         self._keys = itertools.count()
         #: Handler and one-way tasks still running, by a key of their own.
         self.tasks: dict[int, asyncio.Future[Any]] = {}
 
-    def take(self, msg: Request) -> None:
+    def take(self, msg: Request | Call) -> None:
         """Serve ``msg`` now if there is room, else queue it."""
         if self.serving < self._limit and not self._conn._write_paused:
             self._start(msg)
@@ -137,17 +145,18 @@ class Inbound:
             "cluster transport: the one-way handler failed on a message from {}", self._conn.peer
         )
 
-    def _start(self, msg: Request) -> None:
-        handler = self._handler
-        if handler is None:
-            why = (
-                f"the node that dialed {self._conn.peer} serves no requests on that "
-                "connection (its connect() was given no handler)"
-            )
-            self._answer_error(msg.id, RioError(why))
-            return
+    def _start(self, msg: Request | Call) -> None:
         try:
-            result = handler(self._conn, msg.body)
+            if msg.__class__ is Call:
+                on_call = self._on_call
+                if on_call is None:
+                    raise RioError(self._serves_none("calls", "on_call"))
+                result = on_call(self._conn, msg)
+            else:
+                handler = self._handler
+                if handler is None:
+                    raise RioError(self._serves_none("requests", "handler"))
+                result = handler(self._conn, msg.body)  # type: ignore[union-attr]
         except Exception as e:
             self._answer_error(msg.id, e)
             return
@@ -165,6 +174,14 @@ class Inbound:
             task.add_done_callback(partial(self._task_done, key, msg.id))
         else:  # a plain value
             self._answer(msg.id, result)
+
+    def _serves_none(self, what: str, param: str) -> str:
+        if self._conn._server_side:
+            return f"this node serves no {what} (its serve() was given no {param})"
+        return (
+            f"the node that dialed {self._conn.peer} serves no {what} on that connection "
+            f"(its connect() was given no {param})"
+        )
 
     def _task_done(self, key: int, req_id: int, task: asyncio.Future[Any]) -> None:
         del self.tasks[key]

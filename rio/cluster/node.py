@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from loguru import logger
 
+from rio.cluster._frames import Call
 from rio.cluster.membership import MembershipAgent, MembershipView, new_incarnation
 from rio.cluster.routing import (
     CallReq,
@@ -234,9 +235,14 @@ class ClusterLink:
         await self.store.close()
 
 
-#: ``deliver(req)`` runs a call that came over the network; returns its result (or a
+#: A call that came over the network: a ``Call`` frame, or a ``CallReq`` in a request
+#: (the router's slow road). Both name the same fields.
+NetCall = Call | CallReq
+#: ``deliver(call)`` runs a call that came over the network; returns its result (or a
 #: future or coroutine of it).
-Deliver = Callable[[CallReq], Any]
+Deliver = Callable[[NetCall], Any]
+#: ``on_call(conn, call)``: the same, with the connection it came on.
+OnCall = Callable[[Connection, NetCall], Any]
 
 
 class Gateway:
@@ -246,7 +252,7 @@ class Gateway:
         self,
         member_id: str,
         view: MembershipView,
-        deliver: Deliver,
+        deliver: OnCall,
         stats: Callable[[], tuple[int, dict[str, int]]],
         deactivate: Callable[[Key], Awaitable[bool]],
         name: str,
@@ -267,9 +273,7 @@ class Gateway:
         except msgspec.DecodeError as e:
             raise BadArguments(f"{self.name}: unreadable request from {conn.peer}: {e}") from None
         if isinstance(req, CallReq):
-            if not req.budget > 0:  # NaN would break the deadline heap of the runtime
-                raise BadArguments(f"{self.name}: call budget must be > 0, got {req.budget!r}")
-            return self._deliver(req)
+            return self._deliver(conn, req)
         if isinstance(req, ProbeReq):
             return self.member_id
         if isinstance(req, MembersReq):
@@ -286,7 +290,7 @@ class Gateway:
         raise BadArguments(f"{self.name}: unknown request {type(req).__name__}")
 
 
-def resolve(req: CallReq, handlers: dict[tuple[str, str], Handler]) -> tuple[Handler, Any, Any]:
+def resolve(req: NetCall, handlers: dict[tuple[str, str], Handler]) -> tuple[Handler, Any, Any]:
     """The handler and decoded ``(args, kwargs)`` of a call that came over the network.
 
     Raises:
@@ -342,6 +346,8 @@ class NodeCore:
         self.server: Server | None = None
         self.member: Member | None = None
         self.member_id = ""
+        #: This node's name (``settings.node``, else its address), once it listens.
+        self.node_name = ""
         self._link: ClusterLink | None = None
         self._agent: MembershipAgent | None = None
         #: Set once this node drained: calls that still come are redirected.
@@ -367,6 +373,7 @@ class NodeCore:
         s = self.settings
         self.server = await serve(
             self._handle,
+            on_call=self._on_call,
             secret=s.secret,
             host=s.host,
             port=s.port,
@@ -374,7 +381,7 @@ class NodeCore:
             on_oneway=self.relays.on_oneway,
         )
         address = s.advertise or advertised(s.host, self.server.port)
-        node = s.node or address
+        node = self.node_name = s.node or address
         incarnation = new_incarnation()
         self.member_id = f"{node}#{incarnation}"
         if self.app.actors is not None:
@@ -398,7 +405,7 @@ class NodeCore:
         self.gateway = Gateway(
             self.member_id,
             link.view,
-            self._deliver_checked,
+            self._on_call,
             self._stats,
             self._deactivate_here,
             node,
@@ -418,7 +425,10 @@ class NodeCore:
     def _handle(self, conn: Connection, body: msgspec.Raw) -> Any:
         return self.gateway.handle(conn, body)
 
-    def _deliver_checked(self, req: CallReq) -> Any:
+    def _on_call(self, conn: Connection, req: NetCall) -> Any:
+        """Serve one call that came over the network (``Call`` frame or ``CallReq``)."""
+        if not req.budget > 0:  # NaN would break the deadline heap of the runtime
+            raise BadArguments(f"{self.node_name}: call budget must be > 0, got {req.budget!r}")
         if self.left or not self._serving:
             state = "has left the cluster" if self.left else "is not serving yet"
             raise Redirect(f"{self.member_id} {state}", "")
@@ -589,7 +599,7 @@ class ClusterNode(System):
     ) -> asyncio.Future[Any]:
         return self.runtime.deliver(key, handler, args, kwargs, chain, deadline, now)
 
-    def _deliver(self, req: CallReq) -> Any:
+    def _deliver(self, req: NetCall) -> Any:
         handler, args, kwargs = resolve(req, self._handlers)
         key = (req.type_name, req.object_id)
         chain = req.chain or (key,)
@@ -639,7 +649,7 @@ class PoolNode(NodeCore):
             streams=pool.streams,
         )
 
-    def _forward(self, req: CallReq) -> asyncio.Future[Any]:
+    def _forward(self, req: NetCall) -> asyncio.Future[Any]:
         key = (req.type_name, req.object_id)
         handler = self._raw_handlers.get((req.type_name, req.method))
         if handler is None:

@@ -86,9 +86,6 @@ class CallReq(msgspec.Struct, array_like=True, tag=1):
     args: msgspec.Raw
 
 
-_CALL_TAG = 1  # CallReq's tag: the fast path sends it as a tuple laid out like it
-
-
 class ProbeReq(msgspec.Struct, array_like=True, tag=2):
     """Are you ``member_id``? The reply is the answering node's member id."""
 
@@ -289,9 +286,12 @@ class Router:
         budget = deadline - now
         out: asyncio.Future[Any] = loop.create_future()
         try:
-            # A CallReq as a tuple: the same bytes, encoded once with the frame.
-            conn.request_into(
-                (_CALL_TAG, key[0], key[1], handler.name, budget, chain, values),
+            conn.call_into(
+                key[0],
+                key[1],
+                handler.name,
+                chain if len(chain) > 1 else (),  # just the target: restored there
+                values,
                 deadline,
                 budget,
                 _Routed(self, out, member, key, handler, args, kwargs, chain, deadline),

@@ -47,7 +47,7 @@ from loguru import logger
 from rio.cluster import _auth
 from rio.cluster._connection import Connection, format_address
 from rio.cluster._options import ConnectionStatistics, TransportOptions
-from rio.cluster._serving import Handler, OnewayHandler
+from rio.cluster._serving import CallHandler, Handler, OnewayHandler
 from rio.core.errors import ConfigError, NodeUnreachable
 
 __all__ = [
@@ -79,10 +79,12 @@ class Server:
         handler: Handler | None,
         on_oneway: OnewayHandler | None,
         options: TransportOptions,
+        on_call: CallHandler | None = None,
     ) -> None:
         self._secret = secret
         self._handler = handler
         self._on_oneway = on_oneway
+        self._on_call = on_call
         self.options = options
         self._server: asyncio.Server | None = None
         self._address = ("", 0)
@@ -98,6 +100,7 @@ class Server:
             options=self.options,
             handler=self._handler,
             on_oneway=self._on_oneway,
+            on_call=self._on_call,
             on_ready=self._add_ready,
             on_lost=self._forget,
         )
@@ -163,6 +166,7 @@ async def serve(
     ssl: _ssl.SSLContext | None = None,
     on_oneway: OnewayHandler | None = None,
     options: TransportOptions | None = None,
+    on_call: CallHandler | None = None,
 ) -> Server:
     """Listen for cluster peers on ``host:port`` (loopback and an ephemeral port by default).
 
@@ -180,12 +184,14 @@ async def serve(
         on_oneway: ``def on_oneway(conn, body)`` for one-way messages, called in
             arrival order (a coroutine it returns runs as a task).
         options: connection settings (see :class:`TransportOptions`).
+        on_call: ``def on_call(conn, call)`` answers ``Call`` frames (a node's object
+            calls) as ``handler`` answers requests. None refuses them.
 
     Raises:
         rio.ConfigError: the secret is empty, or the address cannot be bound.
     """
     opts = options or TransportOptions()
-    server = Server(_auth.secret_bytes(secret), handler, on_oneway, opts)
+    server = Server(_auth.secret_bytes(secret), handler, on_oneway, opts, on_call)
     loop = asyncio.get_running_loop()
     try:
         server._server = await loop.create_server(

@@ -74,6 +74,7 @@ async def test_a_call_in_flight_to_a_hung_node_moves_once_the_node_is_declared_d
         victim.core.gateway.handle = (  # type: ignore[method-assign]
             lambda conn, body: asyncio.get_running_loop().create_future()
         )
+        victim.core._deliver = lambda req: asyncio.get_running_loop().create_future()
         started = time.monotonic()
         assert await ref.with_timeout(8).incr(1) == 4
         assert time.monotonic() - started < 5
@@ -279,6 +280,10 @@ async def test_a_call_with_a_nan_budget_is_refused_and_deadlines_keep_working(
             req = CallReq("RvCounter", "nan", "incr", budget, [], msgspec.Raw(encode([1])))
             with pytest.raises(rio.BadArguments, match="budget"):
                 await conn.request(req, timeout=5)
+            fut = asyncio.get_running_loop().create_future()  # the same in a Call frame
+            conn.call_into("RvCounter", "nan", "incr", (), (1,), a._loop.time() + 5, budget, fut)
+            with pytest.raises(rio.BadArguments, match="budget"):
+                await fut
     finally:
         await conn.close()
     hold = asyncio.ensure_future(a.ref(RvCounter, "busy").hold(1.0))

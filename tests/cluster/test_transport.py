@@ -22,7 +22,7 @@ from cluster.tls import self_signed
 
 import rio
 from rio.cluster import _auth
-from rio.cluster._frames import HEADER, RecvBuffer, encode_frame
+from rio.cluster._frames import HEADER, Call, RecvBuffer, encode_frame
 from rio.cluster.transport import Connection, Server, TransportOptions, connect, serve
 
 SECRET = "the-cluster-secret"
@@ -328,6 +328,44 @@ def test_requests_go_both_ways_on_one_connection(run: Run) -> None:
                 7,
                 9,
             ]
+
+    run(main())
+
+
+def test_call_frames_reach_on_call_and_are_refused_without_it(run: Run) -> None:
+    seen: list[tuple[str, str, str, float, Any, Any]] = []
+
+    def on_call(conn: Connection, call: Call) -> Any:
+        seen.append(
+            (call.type_name, call.object_id, call.method, call.budget, call.chain, call.args)
+        )
+        if call.method == "boom":
+            raise ValueError("no such luck")
+        return ["ran", _any.decode(call.args)]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with node(on_call=on_call) as server, client(server.port) as conn:
+            futs = [loop.create_future() for _ in range(3)]
+            deadline = loop.time() + 5
+            conn.call_into("T", "a", "m", (), (1, "x"), deadline, 5.0, futs[0])
+            conn.call_into("T", "b", "m", (("U", "u"), ("T", "b")), (), deadline, 4.0, futs[1])
+            conn.call_into("T", "c", "boom", (), (), deadline, 5.0, futs[2])
+            assert _any.decode(await futs[0]) == ["ran", [1, "x"]]
+            assert _any.decode(await futs[1]) == ["ran", []]
+            with pytest.raises(rio.RemoteError, match="no such luck"):
+                await futs[2]
+            assert seen[0][:5] == ("T", "a", "m", 5.0, ())
+            assert seen[1][4] == (("U", "u"), ("T", "b"))
+            with pytest.raises(TypeError):  # nothing is sent: the router names the argument
+                conn.call_into("T", "a", "m", (), (object(),), deadline, 5.0, futs[0])
+            await still_serves(server, conn)
+        async with node() as server, client(server.port) as conn:  # no on_call
+            fut = loop.create_future()
+            conn.call_into("T", "a", "m", (), (), loop.time() + 5, 5.0, fut)
+            with pytest.raises(rio.RioError, match=r"serves no calls .*given no on_call"):
+                await fut
+            await still_serves(server, conn)
 
     run(main())
 
@@ -653,7 +691,9 @@ def test_another_protocol_version_is_refused(run: Run, logs: list[str]) -> None:
             writer.write(_auth.MAGIC + bytes([99]) + _auth.new_nonce())
             assert await rest_until_closed(reader) == b""
             writer.close()
-            assert logged(logs, "refused", "cluster protocol version 99, this node 1")
+            assert logged(
+                logs, "refused", f"cluster protocol version 99, this node {_auth.VERSION}"
+            )
             await still_serves(server)
 
     run(main())
@@ -700,6 +740,16 @@ def test_a_silent_peer_is_dropped_after_the_handshake_timeout(run: Run, logs: li
             id="bad-shape",
         ),
         pytest.param(frame(b""), "malformed frame (0 bytes, not msgpack", id="empty"),
+        pytest.param(
+            frame(_encode([7, 1, "T", "a", "m", "soon", [], [1]])),
+            "Expected `float`, got `str` - at `$[5]`",
+            id="call-bad-budget",
+        ),
+        pytest.param(
+            frame(_encode([7, 1, "T", "a"])),
+            "malformed frame (7 bytes): Expected `array` of at least length 8, got 4",
+            id="call-truncated",
+        ),
     ],
 )
 def test_bad_frames_close_that_connection_only(
