@@ -12,7 +12,8 @@ import asyncio
 import os
 import re
 import sqlite3
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -20,8 +21,9 @@ from rio.core.codec import decode_state, encode_state
 from rio.core.errors import ConfigError, StateConflict, StorageError, StorageUnavailable
 from rio.storage.base import StateStorage, StoredReminder, StoredState, to_ms
 
-__all__ = ["SQLiteStorage"]
+__all__ = ["SQLiteStorage", "is_locked", "open_sqlite", "retry_locked"]
 
+T = TypeVar("T")
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
 #: Migrations, applied in order (each a list of statements); the schema version is
@@ -52,6 +54,81 @@ _MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX IF NOT EXISTS {p}reminders_due ON {p}reminders (due_ms)",
     ),
 ]
+
+
+def is_locked(e: sqlite3.Error) -> bool:
+    """Whether ``e`` says another connection holds the lock (worth a retry)."""
+    text = str(e)
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+async def retry_locked(body: Callable[[], Awaitable[T]], busy_timeout_ms: int) -> T:
+    """Run ``body`` again while the file is locked (1 ms doubling to 50 ms between tries).
+
+    For what ``busy_timeout`` does not cover: switching a file to WAL, and a
+    ``BEGIN IMMEDIATE`` that another process's transaction holds off.
+
+    Raises:
+        sqlite3.Error: ``body``'s error, at once when it is not a lock, or the last
+            lock error once ``busy_timeout_ms`` has passed.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + busy_timeout_ms / 1000
+    delay = 0.001
+    while True:
+        try:
+            return await body()
+        except sqlite3.Error as e:
+            if not is_locked(e) or loop.time() + delay > give_up:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+async def open_sqlite(
+    path: str,
+    url: str,
+    *,
+    busy_timeout_ms: int,
+    synchronous: str,
+    prepare: Callable[[aiosqlite.Connection], Awaitable[None]],
+) -> aiosqlite.Connection:
+    """Open ``path`` the way every rio SQLite file is opened, then ``prepare`` it.
+
+    Its folder is created; the connection is in autocommit mode (statements open
+    their own transactions), waits ``busy_timeout_ms`` for other processes' locks,
+    and uses WAL (so readers never wait for the writer) and ``synchronous``.
+    ``prepare`` runs the caller's migrations; on any failure the connection is
+    closed.
+
+    Raises:
+        rio.StorageUnavailable: the file cannot be opened or prepared (``url`` names it).
+    """
+    if path != ":memory:":
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise StorageUnavailable(f"cannot create the folder {folder!r} for {url}: {e}") from e
+    try:
+        db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    except (sqlite3.Error, OSError) as e:
+        raise StorageUnavailable(f"cannot open {url}: {e}") from e
+    try:
+        await db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        if path != ":memory:":
+            # Switching a new file to WAL takes a lock that SQLite does not wait for
+            # (busy_timeout does not apply), so processes opening one new file
+            # together (a worker pool starting) retry it.
+            await retry_locked(lambda: db.execute("PRAGMA journal_mode=WAL"), busy_timeout_ms)
+        await db.execute(f"PRAGMA synchronous={synchronous}")
+        await prepare(db)
+    except BaseException as e:
+        await db.close()
+        if isinstance(e, sqlite3.Error):
+            raise StorageUnavailable(f"cannot prepare {url}: {e}") from e
+        raise
+    return db
 
 
 class SQLiteStorage(StateStorage):
@@ -126,49 +203,13 @@ class SQLiteStorage(StateStorage):
         """Open the file (creating its folder) and apply pending migrations."""
         if self._db is not None:
             return
-        if self.path != ":memory:":
-            folder = os.path.dirname(os.path.abspath(self.path))
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as e:
-                raise StorageUnavailable(
-                    f"cannot create the folder {folder!r} for {self.url}: {e}"
-                ) from e
-        try:
-            db = await aiosqlite.connect(
-                self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
-            )
-        except (sqlite3.Error, OSError) as e:
-            raise StorageUnavailable(f"cannot open {self.url}: {e}") from e
-        try:
-            await db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-            if self.path != ":memory:":
-                await self._enable_wal(db)
-            await db.execute(f"PRAGMA synchronous={self._synchronous}")
-            await self._migrate(db)
-        except sqlite3.Error as e:
-            await db.close()
-            raise StorageUnavailable(f"cannot prepare {self.url}: {e}") from e
-        self._db = db
-
-    async def _enable_wal(self, db: aiosqlite.Connection) -> None:
-        # Switching a new file to WAL takes a lock that SQLite does not wait for
-        # (busy_timeout does not apply), so processes opening one new file together
-        # (a worker pool starting) retry here, within the busy timeout.
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self._busy_timeout_ms / 1000
-        delay = 0.001
-        while True:
-            try:
-                await db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                if loop.time() + delay > give_up:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        self._db = await open_sqlite(
+            self.path,
+            self.url,
+            busy_timeout_ms=self._busy_timeout_ms,
+            synchronous=self._synchronous,
+            prepare=self._migrate,
+        )
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         p = self._prefix

@@ -28,7 +28,6 @@ spent, then reported as :class:`rio.StorageUnavailable`.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -47,6 +46,7 @@ from rio.cluster.stores._rows import (
 )
 from rio.core.errors import ConfigError, StorageError, StorageUnavailable
 from rio.storage import _sqlite_from_url, mask_url
+from rio.storage.sqlite import is_locked, open_sqlite, retry_locked
 
 __all__ = ["SQLiteClusterStore"]
 
@@ -89,7 +89,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 
-_LOCKED = ("locked", "busy")
 
 
 class SQLiteClusterStore(ClusterStore):
@@ -156,35 +155,14 @@ class SQLiteClusterStore(ClusterStore):
     async def open(self) -> None:
         """Open the file (creating its folder), switch it to WAL and migrate the tables."""
         async with self._lock:
-            if self._db is not None:
-                return
-            if self.path != ":memory:":
-                folder = os.path.dirname(os.path.abspath(self.path))
-                try:
-                    os.makedirs(folder, exist_ok=True)
-                except OSError as e:
-                    raise StorageUnavailable(
-                        f"cannot create the folder {folder!r} for {self.url}: {e}"
-                    ) from e
-            try:
-                db = await aiosqlite.connect(
-                    self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
+            if self._db is None:
+                self._db = await open_sqlite(
+                    self.path,
+                    self.url,
+                    busy_timeout_ms=self._busy_timeout_ms,
+                    synchronous=self._synchronous,
+                    prepare=self._migrate_tables,
                 )
-            except (sqlite3.Error, OSError) as e:
-                raise StorageUnavailable(f"cannot open {self.url}: {e}") from e
-            try:
-                await db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-                if self.path != ":memory:":
-                    # Switching a new file to WAL does not wait on busy_timeout.
-                    await self._retry_locked(db, "enabling WAL", self._wal)
-                await db.execute(f"PRAGMA synchronous={self._synchronous}")
-                await self._transaction(db, "migrating the cluster tables", self._migrate)
-            except BaseException as e:
-                await db.close()
-                if isinstance(e, sqlite3.Error):
-                    raise StorageUnavailable(f"cannot prepare {self.url}: {e}") from e
-                raise
-            self._db = db
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -193,9 +171,8 @@ class SQLiteClusterStore(ClusterStore):
             if db is not None:
                 await db.close()
 
-    @staticmethod
-    async def _wal(db: aiosqlite.Connection) -> None:
-        await db.execute("PRAGMA journal_mode=WAL")
+    async def _migrate_tables(self, db: aiosqlite.Connection) -> None:
+        await self._transaction(db, "migrating the cluster tables", self._migrate)
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         p = self._p
@@ -254,24 +231,15 @@ class SQLiteClusterStore(ClusterStore):
         body: Callable[[aiosqlite.Connection], Awaitable[T]],
     ) -> T:
         """Run ``body``, again while the file is locked, until the busy timeout is spent."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self._busy_timeout_ms / 1000
-        delay = 0.001
-        while True:
-            try:
-                return await body(db)
-            except sqlite3.OperationalError as e:
-                if not any(word in str(e) for word in _LOCKED):
-                    raise StorageError(f"{self.url}: {action} failed: {e}") from e
-                if loop.time() + delay > give_up:
-                    raise StorageUnavailable(
-                        f"{self.url}: {action} failed, the file stayed locked by another "
-                        f"process for over {self._busy_timeout_ms} ms ({e})"
-                    ) from e
-            except sqlite3.Error as e:
-                raise StorageError(f"{self.url}: {action} failed: {e}") from e
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        try:
+            return await retry_locked(lambda: body(db), self._busy_timeout_ms)
+        except sqlite3.Error as e:
+            if is_locked(e):
+                raise StorageUnavailable(
+                    f"{self.url}: {action} failed, the file stayed locked by another "
+                    f"process for over {self._busy_timeout_ms} ms ({e})"
+                ) from e
+            raise StorageError(f"{self.url}: {action} failed: {e}") from e
 
     # -- membership -----------------------------------------------------------------------
 
