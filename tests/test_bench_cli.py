@@ -47,10 +47,10 @@ def explain(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
-def table_rows(stdout: str) -> list[list[str]]:
+def table_rows(stdout: str, header: list[str] = HEADER) -> list[list[str]]:
     """The table's data rows, split on runs of two or more spaces."""
     lines = [line for line in stdout.splitlines() if line.strip()]
-    assert re.split(r"\s{2,}", lines[0].strip()) == HEADER, stdout
+    assert re.split(r"\s{2,}", lines[0].strip()) == header, stdout
     assert set(lines[1].replace(" ", "")) == {"-"}, stdout  # the rule under the header
     return [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
 
@@ -94,6 +94,32 @@ def test_quick_run_prints_table_progress_and_writes_json(tmp_path: Path) -> None
         assert 0 <= r["p50_us"] <= r["p99_us"]
         assert r["p99_us"] < r["seconds"] * 1e6  # one call cannot outlast the whole run
         assert row[2] == f"{r['n']:,}"  # the table shows the same run
+
+
+def test_repeat_runs_every_round_and_reports_the_median_run(tmp_path: Path) -> None:
+    out = tmp_path / "repeat.json"
+    proc = bench(tmp_path, "--quick", *TINY, "--repeat", "3", "--json", str(out))
+    assert proc.returncode == 0, explain(proc)
+    progress = re.findall(r"^\[(\d+)/6\] (\S+) ", proc.stderr, re.M)
+    names = ["baseline/method-call", "baseline/queue-seq"]
+    assert progress == [(str(i + 1), names[i % 2]) for i in range(6)]  # round after round
+    records = json.loads(out.read_text(encoding="utf-8"))
+    rows = table_rows(proc.stdout, [*HEADER, "runs min-max ops/s"])
+    for r, row in zip(records, rows, strict=True):
+        assert set(r) == RECORD_KEYS | {"runs"}, r
+        assert len(r["runs"]) == 3
+        assert sorted(r["runs"])[1] == r["ops_per_s"]  # the median run is the record
+        assert r["ops_per_s"] == pytest.approx(r["n"] / r["seconds"], rel=1e-3)
+        low, high = (float(x.replace(",", "")) for x in row[7].split("-"))
+        assert low == pytest.approx(min(r["runs"]), abs=1)
+        assert high == pytest.approx(max(r["runs"]), abs=1)
+
+
+def test_repeat_below_one_is_refused_before_running(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--quick", *TINY, "--repeat", "0")
+    assert proc.returncode == 2, explain(proc)
+    assert "--repeat must be a whole number >= 1, got 0" in proc.stderr
+    assert not re.search(r"^\[\d+/\d+\]", proc.stderr, re.M)
 
 
 def test_path_and_workload_select_one(tmp_path: Path) -> None:

@@ -25,8 +25,13 @@ __all__ = [
 ]
 
 
-class Record(msgspec.Struct, frozen=True):
-    """One benchmark result row (the ``--json`` contract)."""
+class Record(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One benchmark result row (the ``--json`` contract).
+
+    With ``rio bench --repeat N`` (N > 1) the row is the run with the median
+    ``ops_per_s``, and ``runs`` holds every run's ``ops_per_s`` in the order they
+    ran (it is left out of the JSON otherwise).
+    """
 
     workload: str
     path: str
@@ -35,6 +40,7 @@ class Record(msgspec.Struct, frozen=True):
     ops_per_s: float
     p50_us: float
     p99_us: float
+    runs: list[float] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,7 @@ def run_workloads(
     progress: Callable[[int, int, Workload], None] | None = None,
     failed: Callable[[Workload, BaseException], None] | None = None,
     isolate: bool = True,
+    repeat: int = 1,
 ) -> list[Record]:
     """Run each workload after a short warm-up run; by default each in a fresh process.
 
@@ -161,19 +168,39 @@ def run_workloads(
     registration order, so pairs meant to be compared (``persist-X`` and ``driver-X``)
     run back to back; the records come back in ``selected``'s order. A workload that
     fails is reported to ``failed`` and left out; the others still run.
+
+    ``repeat`` > 1 runs the whole selection that many times, round after round (so a
+    slow spell of a shared machine touches every workload alike), and each record
+    is the median run with every run's ``ops_per_s`` in ``runs``.
     """
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
     chosen = list(selected)
     order = {id(w): i for i, w in enumerate(_WORKLOADS)}
     by_run = sorted(chosen, key=lambda w: order.get(id(w), len(order)))
-    results: dict[int, Record] = {}
-    for i, w in enumerate(by_run):
-        if progress is not None:
-            progress(i, len(by_run), w)
-        n = w.quick_n if quick else w.n
-        try:
-            results[id(w)] = _measure_in_child(w, n) if isolate else measure(w, n)
-        except Exception as e:
-            if failed is None:
-                raise
-            failed(w, e)
-    return [results[id(w)] for w in chosen if id(w) in results]
+    runs: dict[int, list[Record]] = {id(w): [] for w in by_run}
+    gone: set[int] = set()  # failed once: not run again
+    total = repeat * len(by_run)
+    for r in range(repeat):
+        for i, w in enumerate(by_run):
+            if id(w) in gone:
+                continue
+            if progress is not None:
+                progress(r * len(by_run) + i, total, w)
+            n = w.quick_n if quick else w.n
+            try:
+                runs[id(w)].append(_measure_in_child(w, n) if isolate else measure(w, n))
+            except Exception as e:
+                if failed is None:
+                    raise
+                gone.add(id(w))
+                failed(w, e)
+    return [_median(runs[id(w)]) for w in chosen if id(w) not in gone and runs[id(w)]]
+
+
+def _median(records: list[Record]) -> Record:
+    """The run with the median ops/s (the lower middle one of an even count), with ``runs``."""
+    if len(records) == 1:
+        return records[0]
+    middle = sorted(records, key=lambda r: r.ops_per_s)[(len(records) - 1) // 2]
+    return msgspec.structs.replace(middle, runs=[r.ops_per_s for r in records])

@@ -49,10 +49,17 @@ def _check_json_file(json_file: Path) -> None:
 
 
 def format_table(records: list[Record]) -> str:
-    """A plain-text table of records, aligned for a terminal."""
-    head = ("path", "workload", "n", "seconds", "ops/s", "p50 µs", "p99 µs")
-    rows = [
-        (
+    """A plain-text table of records, aligned for a terminal.
+
+    Records of repeated runs add a column with the slowest and fastest run.
+    """
+    head: tuple[str, ...] = ("path", "workload", "n", "seconds", "ops/s", "p50 µs", "p99 µs")
+    repeated = any(r.runs for r in records)
+    if repeated:
+        head = (*head, "runs min-max ops/s")
+    rows = []
+    for r in records:
+        row: tuple[str, ...] = (
             r.path,
             r.workload,
             f"{r.n:,}",
@@ -61,8 +68,10 @@ def format_table(records: list[Record]) -> str:
             f"{r.p50_us:,.1f}",
             f"{r.p99_us:,.1f}",
         )
-        for r in records
-    ]
+        if repeated:
+            spread = f"{min(r.runs):,.0f}-{max(r.runs):,.0f}" if r.runs else ""
+            row = (*row, spread)
+        rows.append(row)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
     lines = []
     for i, row in enumerate([head, *rows]):
@@ -75,7 +84,13 @@ def format_table(records: list[Record]) -> str:
 
 
 def run_bench(
-    *, paths: list[str], workloads: list[str], quick: bool, json_file: Path | None, list_only: bool
+    *,
+    paths: list[str],
+    workloads: list[str],
+    quick: bool,
+    json_file: Path | None,
+    list_only: bool,
+    repeat: int = 1,
 ) -> int:
     """Run the selected workloads; returns the process exit code.
 
@@ -84,6 +99,8 @@ def run_bench(
     the JSON fails after the run.
     """
     try:
+        if repeat < 1:
+            raise _UsageError(f"--repeat must be a whole number >= 1, got {repeat}")
         selected = _select(paths, workloads)
         if json_file is not None and not list_only:
             _check_json_file(json_file)
@@ -111,7 +128,9 @@ def run_bench(
         failures.append(line)
         print(line, file=sys.stderr, flush=True)
 
-    records = run_workloads(selected, quick=quick, progress=progress, failed=failed)
+    records = run_workloads(
+        selected, quick=quick, progress=progress, failed=failed, repeat=repeat
+    )
     print(format_table(records))
     count = f"{len(records)} workload{'' if len(records) == 1 else 's'}"
     print(f"\n{count} in {time.perf_counter() - started:.1f}s", file=sys.stderr)

@@ -228,6 +228,13 @@ def bench(
         Path | None, typer.Option("--json", help="Also write the records as JSON to this file.")
     ] = None,
     list_only: Annotated[bool, typer.Option("--list", help="List workloads and exit.")] = False,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            help="Run the selection this many times, round after round; report each "
+            "workload's median run and the spread (for noisy machines)."
+        ),
+    ] = 1,
 ) -> None:
     """Run the benchmark suite and print a table (and JSON with --json)."""
     from rio.cli.bench import run_bench
@@ -238,6 +245,7 @@ def bench(
         quick=quick,
         json_file=json_file,
         list_only=list_only,
+        repeat=repeat,
     )
     raise typer.Exit(code)
 
