@@ -160,7 +160,7 @@ class Connection(asyncio.BufferedProtocol):
         object_id: str,
         method: str,
         chain: tuple[tuple[str, str], ...],
-        args: tuple[Any, ...],
+        args: msgspec.Raw | tuple[Any, ...],
         deadline: float,
         budget: float,
         waiter: Waiter,

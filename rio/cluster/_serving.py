@@ -157,7 +157,7 @@ class Inbound:
                 if handler is None:
                     raise RioError(self._serves_none("requests", "handler"))
                 result = handler(self._conn, msg.body)  # type: ignore[union-attr]
-        except Exception as e:
+        except (Exception, asyncio.CancelledError) as e:  # a handler cancelled at once too
             self._answer_error(msg.id, e)
             return
         if isinstance(result, asyncio.Future):  # no task needed

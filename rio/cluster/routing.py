@@ -25,7 +25,6 @@ from typing import Any
 
 import msgspec
 
-from rio.cluster._serving import ENCODE_ERRORS
 from rio.cluster.membership import MembershipView
 from rio.cluster.settings import split_address
 from rio.cluster.store import Key, Member
@@ -238,6 +237,7 @@ class Router:
         self.options = options or TransportOptions()
         self.name = name
         self.cache = PlacementCache()
+        self._cached = self.cache._map.get  # PlacementCache.get with no Python frame
         self._conns: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
         self._rng = random.Random()
@@ -272,32 +272,38 @@ class Router:
         :meth:`_route`.
         """
         loop = asyncio.get_running_loop()
-        member = self.cache.get(key)
+        member = self._cached(key)
         if member is None or member == self.me:
             body = None if self._local is not None else self.encode_args(handler, args, kwargs)
             return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
         conn = self._conns.get(member)
-        if conn is None or not conn.writable or not self.view.is_live(member) or now >= deadline:
+        if conn is None or not conn.writable or member not in self.view.live or now >= deadline:
             body = self.encode_args(handler, args, kwargs)
             return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
         if not handler.wire_ok:
             handler.args_decoder  # noqa: B018 - raises BadArguments naming the handler
-        values = positional_args(handler, args, kwargs)
+        if kwargs or len(args) != len(handler.param_names):
+            values = positional_args(handler, args, kwargs)
+        else:
+            values = args
+        try:
+            # Encoded now, once: a redirect or failover resends these bytes, not the
+            # caller's objects as they are by then.
+            body = msgspec.Raw(encode(values))
+        except Exception as e:
+            raise unencodable(handler, values, e) from None
         budget = deadline - now
         out: asyncio.Future[Any] = loop.create_future()
-        try:
-            conn.call_into(
-                key[0],
-                key[1],
-                handler.name,
-                chain if len(chain) > 1 else (),  # just the target: restored there
-                values,
-                deadline,
-                budget,
-                _Routed(self, out, member, key, handler, args, kwargs, chain, deadline),
-            )
-        except ENCODE_ERRORS as e:
-            raise unencodable(handler, values, e) from None
+        conn.call_into(
+            key[0],
+            key[1],
+            handler.name,
+            chain if len(chain) > 1 else (),  # just the target: restored there
+            body,
+            deadline,
+            budget,
+            _Routed(self, out, member, key, handler, args, kwargs, chain, deadline, body),
+        )
         return out
 
     def encode_args(
@@ -550,7 +556,18 @@ class _Routed:
     the call's.
     """
 
-    __slots__ = ("args", "chain", "deadline", "handler", "key", "kwargs", "member", "out", "router")
+    __slots__ = (
+        "args",
+        "body",
+        "chain",
+        "deadline",
+        "handler",
+        "key",
+        "kwargs",
+        "member",
+        "out",
+        "router",
+    )
 
     def __init__(
         self,
@@ -563,6 +580,7 @@ class _Routed:
         kwargs: dict[str, Any],
         chain: tuple[Key, ...],
         deadline: float,
+        body: msgspec.Raw,
     ) -> None:
         self.router = router
         self.out = out
@@ -573,6 +591,7 @@ class _Routed:
         self.kwargs = kwargs
         self.chain = chain
         self.deadline = deadline
+        self.body = body
 
     def done(self) -> bool:
         """True once the caller's future is settled (or cancelled)."""
@@ -597,7 +616,7 @@ class _Routed:
                     self.kwargs,
                     self.chain,
                     self.deadline,
-                    None,
+                    self.body,
                     (self.member, exception),
                 )
             )

@@ -70,6 +70,8 @@ from rio.storage.base import StateStorage
 __all__ = ["Runtime", "RuntimeStats"]
 
 R = TypeVar("R")
+#: Types a plain answer is often of, known not to be awaitable (no lookup needed).
+_PLAIN = frozenset({int, str, float, bool, type(None), bytes, list, dict, tuple})
 
 
 class RuntimeStats(msgspec.Struct, frozen=True):
@@ -351,7 +353,8 @@ class Runtime(Lifecycle, System):
         ``chain`` ends with ``key``. Used by :meth:`call` and by transports bringing
         calls from other processes. With ``plain`` (for transports, which answer a
         value at once), a turn that finishes right here returns its value itself,
-        not a future (a value that is itself a future still comes inside one).
+        not a future (an awaitable value, a future or a coroutine returned by
+        mistake, still comes inside one: nothing outside the turn may run it).
         """
         loop = self._loop
         assert loop is not None
@@ -503,7 +506,7 @@ class Runtime(Lifecycle, System):
             if act._rio_deact or act._rio_queue:
                 self._turn_finished_slow(act)
             value = stop.value
-            if plain and not isinstance(value, asyncio.Future):
+            if plain and (type(value) in _PLAIN or not hasattr(type(value), "__await__")):
                 return value  # see deliver(plain=True)
             fut = loop.create_future()
             fut.set_result(value)

@@ -126,6 +126,11 @@ async def open_sqlite(
     except BaseException as e:
         await db.close()
         if isinstance(e, sqlite3.Error):
+            if is_locked(e):
+                raise StorageUnavailable(
+                    f"cannot prepare {url}: the file stayed locked by another process for "
+                    f"over {busy_timeout_ms} ms ({e})"
+                ) from e
             raise StorageUnavailable(f"cannot prepare {url}: {e}") from e
         raise
     return db
