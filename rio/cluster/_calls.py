@@ -2,8 +2,9 @@
 
 A :class:`Waiter` per request id (a future, or an object of the caller's that takes
 the answer the moment it is read, with no future and no callback in between), and
-one timer for every deadline (:class:`~rio.core.deadlines.Deadlines`: requests sent
-in deadline order, nearly all of them, cost a FIFO append, not a timer).
+one timer for every deadline (:class:`~rio.core.deadlines.RunDeadlines`: a request
+sent in the same loop pass as the one before, with the same timeout, costs one
+comparison, not a timer).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Protocol
 
 import msgspec
 
-from rio.core.deadlines import Deadlines
+from rio.core.deadlines import RunDeadlines
 from rio.core.errors import CallTimeout
 
 __all__ = ["Pending", "Waiter"]
@@ -46,15 +47,18 @@ class Pending:
     Args:
         loop: the connection's event loop.
         peer: how timeout messages name the peer.
+        next_id: the id the connection's next request will get (ids go up by one).
     """
 
-    __slots__ = ("_deadlines", "_loop", "futures", "peer")
+    __slots__ = ("_loop", "_runs", "futures", "peer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, peer: str, next_id: Callable[[], int]
+    ) -> None:
         self._loop = loop
         self.peer = peer
         self.futures: dict[int, Waiter] = {}
-        self._deadlines = Deadlines(self._expire, self._waiting)
+        self._runs = RunDeadlines(self.futures, next_id, self._expire)
 
     def track(self, req: int, deadline: float, budget: float) -> asyncio.Future[msgspec.Raw]:
         """The future of request ``req``, failed with CallTimeout at ``deadline``."""
@@ -63,24 +67,25 @@ class Pending:
         return fut
 
     def track_into(self, req: int, deadline: float, budget: float, waiter: Waiter) -> None:
-        """Give the answer of request ``req`` to ``waiter``; CallTimeout at ``deadline``."""
+        """Give the answer of request ``req`` to ``waiter``; CallTimeout at ``deadline``.
+
+        Requests are tracked in id order, each once.
+        """
         self.futures[req] = waiter
-        self._deadlines.add(self._loop, deadline, (req, budget))
+        runs = self._runs
+        if deadline != runs.at:
+            runs.start(self._loop, req, deadline, budget)
 
     def fail_all(self, make_error: Callable[[int], BaseException]) -> None:
         """Fail every request still waiting with ``make_error(id)``; stop the timer."""
-        self._deadlines.clear()
+        self._runs.clear()
         futures = list(self.futures.items())
         self.futures.clear()
         for req, fut in futures:
             if not fut.done():
                 fut.set_exception(make_error(req))
 
-    def _waiting(self, token: tuple[int, float]) -> bool:
-        return token[0] in self.futures
-
-    def _expire(self, token: tuple[int, float]) -> None:
-        req, budget = token
+    def _expire(self, req: int, budget: float) -> None:
         fut = self.futures.pop(req, None)
         if fut is not None and not fut.done():
             fut.set_exception(

@@ -101,8 +101,8 @@ class Connection(asyncio.BufferedProtocol):
         self._writable: list[asyncio.Future[None]] = []
         # Requests we sent, and requests we serve.
         self._timeout = options.request_timeout
-        self._ids = itertools.count(1)
-        self._pending = Pending(loop, peer)
+        self._next_id = 1  # of the next request
+        self._pending = Pending(loop, peer, lambda: self._next_id)
         self._futures = self._pending.futures
         self._inbound = Inbound(self, handler, on_oneway, options.max_in_flight, on_call)
         # Keep-alive: when the unanswered ping went out (None: nothing outstanding).
@@ -147,7 +147,8 @@ class Connection(asyncio.BufferedProtocol):
         deadline = self._loop.time() + timeout
         if self._write_paused or self._state != _READY:
             return self._loop.create_task(self._request_when_writable(body, deadline, timeout))
-        req = next(self._ids)
+        req = self._next_id
+        self._next_id = req + 1
         try:
             self._send((_REQUEST, req, body))
         except (FrameTooLarge, *ENCODE_ERRORS) as e:
@@ -182,7 +183,8 @@ class Connection(asyncio.BufferedProtocol):
         """
         if self._state != _READY:
             raise NodeUnreachable(f"node {self.peer}: {self._reason or 'not connected'}")
-        req = next(self._ids)
+        req = self._next_id
+        self._next_id = req + 1
         try:
             self._send((_CALL, req, type_name, object_id, method, budget, chain, args))
         except FrameTooLarge as e:
@@ -501,7 +503,8 @@ class Connection(asyncio.BufferedProtocol):
                 f"node {self.peer} did not take a request within {budget:.3g}s: it reads "
                 "slower than this node sends"
             ) from None
-        req = next(self._ids)
+        req = self._next_id
+        self._next_id = req + 1
         self._send_checked((_REQUEST, req, body), "request")
         return await self._pending.track(req, deadline, budget)
 

@@ -21,10 +21,10 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
-__all__ = ["Deadlines"]
+__all__ = ["Deadlines", "RunDeadlines"]
 
 _MIN_SWEEP = 1024
 
@@ -155,3 +155,85 @@ class Deadlines:
         self._heap = [e for e in self._heap if live(e[2])]
         heapq.heapify(self._heap)
         self._heap_sweep_at = max(_MIN_SWEEP, 2 * len(self._heap))
+
+
+_NO_RUN = float("nan")  # equal to no deadline
+_OPEN = -1  # the last request of the run: requests still join it
+
+
+class RunDeadlines:
+    """Deadlines of requests numbered in send order, watched per *run*.
+
+    A run is the requests sent one after another with the same deadline: those of
+    one loop pass with one timeout (uvloop's clock is per pass). It is just
+    ``[first, last]`` of their ids, one :class:`Deadlines` entry for all of them, so
+    a request that joins the current run costs its sender one comparison, and an
+    answered one costs no memory::
+
+        if deadline != runs.at:
+            runs.start(loop, req, deadline, budget)
+
+    Args:
+        waiting: the ids still waiting for an answer (answered ones are skipped).
+        next_id: the id the next request will get (the open run ends before it).
+        expire: called with each waiting id of a run whose deadline passed, and the
+            budget the run started with.
+    """
+
+    __slots__ = ("_deadlines", "_expire", "_next_id", "_run", "_waiting", "at")
+
+    def __init__(
+        self,
+        waiting: Container[int],
+        next_id: Callable[[], int],
+        expire: Callable[[int, float], None],
+    ) -> None:
+        self._waiting = waiting
+        self._next_id = next_id
+        self._expire = expire
+        self._deadlines = Deadlines(self._expire_run, self._run_live)
+        #: The deadline of the open run (NaN, equal to nothing, when there is none).
+        self.at = _NO_RUN
+        self._run: list[Any] = [0, 0, 0.0]  # first, last (or _OPEN), budget
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, req: int, deadline: float, budget: float
+    ) -> None:
+        """Open a new run with request ``req`` (the current one ends before it)."""
+        run = self._run
+        if run[1] == _OPEN:
+            run[1] = req - 1
+        self.at = deadline
+        self._run = run = [req, _OPEN, budget]
+        self._deadlines.add(loop, deadline, run)
+
+    def clear(self) -> None:
+        """Forget every run and stop the timer."""
+        self._deadlines.clear()
+        self.at = _NO_RUN
+        self._run = [0, 0, 0.0]
+
+    def __len__(self) -> int:
+        """How many runs are watched (answered ones are swept out as they pile up)."""
+        return len(self._deadlines)
+
+    def _run_live(self, run: list[Any]) -> bool:
+        """True if a request of ``run`` still waits; skips its answered first ones for good."""
+        first, last = run[0], run[1]
+        if last == _OPEN:
+            last = self._next_id() - 1
+        waiting = self._waiting
+        while first <= last and first not in waiting:
+            first += 1
+        run[0] = first
+        return bool(first <= last)
+
+    def _expire_run(self, run: list[Any]) -> None:
+        first, last, budget = run
+        if last == _OPEN:  # its deadline passed: later requests need a run of their own
+            last = run[1] = self._next_id() - 1
+            self.at = _NO_RUN
+        waiting = self._waiting
+        for req in range(first, last + 1):
+            if req in waiting:
+                self._expire(req, budget)

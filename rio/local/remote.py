@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 
-from rio.core.deadlines import Deadlines
+from rio.core.deadlines import RunDeadlines
 from rio.core.errors import BadArguments, CallTimeout, RemoteError, WorkerLost, error_from_wire
 from rio.core.registry import Handler
 from rio.local.protocol import Message, Reply, encode, positional_args
@@ -42,8 +42,6 @@ def unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> BadA
 Key = tuple[str, str]
 _Entry = tuple[asyncio.Future[Any], Handler, int, float, Key]
 _CALL = 1  # the tag of protocol.Call: calls travel as tuples laid out like it
-_NO_BUCKET = float("nan")  # equal to no deadline
-_OPEN = -1  # the last request of the bucket calls still join
 _wire_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 
@@ -55,15 +53,10 @@ class RemoteCalls:
         self.name = name
         # req -> (future, handler, destination, budget, key)
         self._pending: dict[int, _Entry] = {}
-        # Deadlines are watched per bucket: the run of consecutive calls sent with the
-        # same deadline (a loop pass's calls with the same timeout: uvloop's clock is
-        # per pass). Request ids are consecutive, so a bucket is just [first, last]
-        # (last is _OPEN while calls still join it): a call that joins the current
-        # bucket costs one comparison, and answered calls cost no memory.
+        # Deadlines are watched per run of consecutive calls with one deadline (see
+        # RunDeadlines): a call that joins the current run costs one comparison.
         self._next_req = 1
-        self._deadlines = Deadlines(self._expire_bucket, self._bucket_live)
-        self._bucket_at = _NO_BUCKET
-        self._bucket: list[int] = [0, 0]
+        self._runs = RunDeadlines(self._pending, lambda: self._next_req, self._expire)
         #: Peers that are dead or restarting, with the calls held for them (req, encoded).
         self.down: dict[int, list[tuple[int, bytes]]] = {}
         self.pids: dict[int, int] = {}
@@ -130,36 +123,10 @@ class RemoteCalls:
             loop = self._loop = self.hub.loop
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[req] = (fut, handler, dst, budget, key)
-        if deadline != self._bucket_at:
-            self._new_bucket(loop, deadline, req)
+        runs = self._runs
+        if deadline != runs.at:
+            runs.start(loop, req, deadline, budget)
         return fut
-
-    def _new_bucket(self, loop: asyncio.AbstractEventLoop, deadline: float, req: int) -> None:
-        bucket = self._bucket
-        if bucket[1] == _OPEN:
-            bucket[1] = req - 1  # close the current bucket: it ends before this call
-        self._bucket_at = deadline
-        self._bucket = bucket = [req, _OPEN]
-        self._deadlines.add(loop, deadline, bucket)
-
-    def _bucket_live(self, bucket: list[int]) -> bool:
-        """True if a call of ``bucket`` still waits; skips its answered first calls for good."""
-        first, last = bucket
-        if last == _OPEN:
-            last = self._next_req - 1
-        pending = self._pending
-        while first <= last and first not in pending:
-            first += 1
-        bucket[0] = first
-        return first <= last
-
-    def _expire_bucket(self, bucket: list[int]) -> None:
-        first, last = bucket
-        if last == _OPEN:  # its deadline passed: later calls need a bucket of their own
-            last = bucket[1] = self._next_req - 1
-            self._bucket_at = _NO_BUCKET
-        for req in range(first, last + 1):
-            self._expire(req)
 
     def _hold(self, dst: int, req: int, data: bytes) -> None:
         held = self.down[dst]
@@ -226,7 +193,7 @@ class RemoteCalls:
                 err = CallTimeout.unanswered(where, handler.name, entry[3], f" (worker {entry[2]})")
             fut.set_exception(err)
 
-    def _expire(self, req: int) -> None:
+    def _expire(self, req: int, _budget: float = 0.0) -> None:
         entry = self._pending.pop(req, None)
         if entry is None:
             return
@@ -282,9 +249,7 @@ class RemoteCalls:
             del self._pending[req]
             if not fut.done():
                 fut.set_exception(exc_factory())
-        self._deadlines.clear()
-        self._bucket_at = _NO_BUCKET
-        self._bucket = [0, 0]
+        self._runs.clear()
 
     def __len__(self) -> int:
         return len(self._pending)

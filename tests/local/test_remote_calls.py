@@ -122,9 +122,9 @@ async def test_answered_runs_do_not_pile_up() -> None:
         answer(remote, i + 1, i)
         assert fut.result() == i
         hub.sent.clear()
-    assert len(remote._deadlines) <= 2 * 1024 + 1
+    assert len(remote._runs) <= 2 * 1024 + 1
     remote.fail_all(lambda: rio.SystemStopping("done"))
-    assert len(remote._deadlines) == 0
+    assert len(remote._runs) == 0
 
 
 async def test_an_argument_that_cannot_cross_is_refused_at_the_call() -> None:
