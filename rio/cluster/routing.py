@@ -280,18 +280,9 @@ class Router:
         if conn is None or not conn.writable or member not in self.view.live or now >= deadline:
             body = self.encode_args(handler, args, kwargs)
             return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
-        if not handler.wire_ok:
-            handler.args_decoder  # noqa: B018 - raises BadArguments naming the handler
-        if kwargs or len(args) != len(handler.param_names):
-            values = positional_args(handler, args, kwargs)
-        else:
-            values = args
-        try:
-            # Encoded now, once: a redirect or failover resends these bytes, not the
-            # caller's objects as they are by then.
-            body = msgspec.Raw(encode(values))
-        except Exception as e:
-            raise unencodable(handler, values, e) from None
+        # Encoded now, once: a redirect or failover resends these bytes, not the
+        # caller's objects as they are by then.
+        body = self.encode_args(handler, args, kwargs)
         budget = deadline - now
         out: asyncio.Future[Any] = loop.create_future()
         conn.call_into(
