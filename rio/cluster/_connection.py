@@ -21,6 +21,10 @@ from loguru import logger
 from rio.cluster._auth import Handshake, HandshakeError
 from rio.cluster._calls import Pending, Waiter
 from rio.cluster._frames import (
+    BATCH_HEAD,
+    HEADER,
+    HEADER_SIZE,
+    Batch,
     Call,
     Failure,
     FrameTooLarge,
@@ -32,6 +36,7 @@ from rio.cluster._frames import (
     decode,
     describe_bad_frame,
     encode_frame,
+    seal_batch,
 )
 from rio.cluster._options import ConnectionStatistics, TransportOptions
 from rio.cluster._serving import ENCODE_ERRORS, CallHandler, Handler, Inbound, OnewayHandler
@@ -45,6 +50,7 @@ _HANDSHAKE, _READY, _CLOSED = 0, 1, 2
 #: apart from the last) goes out at once; a thousand in one pass go out in two writes.
 _BURST_GAP = 20e-6
 _clock = time.perf_counter
+_encode_into = msgspec.msgpack.Encoder().encode_into
 _HANDSHAKE_BUFFER = 256
 _REQUEST, _ONEWAY, _PING, _PONG, _CALL = 1, 4, 5, 6, 7
 
@@ -96,6 +102,10 @@ class Connection(asyncio.BufferedProtocol):
         self._coalesce = options.coalesce_bytes
         self._out = bytearray()
         self._gathering = False  # frames wait for the end of a read or a loop pass
+        # While gathering, messages go into one batch frame: where it starts in _out
+        # (-1: none open) and how many messages it holds.
+        self._batch_at = -1
+        self._batch_n = 0
         self._last_direct = 0.0  # when a frame last went out at once
         self._write_paused = False
         self._writable: list[asyncio.Future[None]] = []
@@ -320,6 +330,8 @@ class Connection(asyncio.BufferedProtocol):
         if self._state != _CLOSED:
             self._shutdown(self._lost_reason(exc))
         self._out = bytearray()
+        self._batch_at = -1
+        self._batch_n = 0
         if not self._lost.done():
             self._lost.set_result(None)
         if self._on_lost is not None:
@@ -408,14 +420,20 @@ class Connection(asyncio.BufferedProtocol):
 
     def _dispatch(self, frames: list[bytearray]) -> None:
         self._frames_in += len(frames)
-        futures = self._futures
-        inbound = self._inbound
         for frame in frames:
             try:
-                msg: Any = decode(frame)  # one of the frame structs
+                first: Any = decode(frame)  # one of the frame structs
             except msgspec.DecodeError as e:
                 self._protocol_error(describe_bad_frame(frame, e))
                 return
+            if not self._handle(first.msgs if type(first) is Batch else (first,)):
+                return
+
+    def _handle(self, msgs: list[Any] | tuple[Any, ...]) -> bool:
+        """Act on the messages of one frame; False once the connection closed."""
+        futures = self._futures
+        inbound = self._inbound
+        for msg in msgs:
             cls = type(msg)
             if cls is Reply:
                 self._ping_sent_at = None  # it reads what we send: alive
@@ -442,7 +460,8 @@ class Connection(asyncio.BufferedProtocol):
             else:  # Pong
                 self._ping_sent_at = None
             if self._state != _READY:
-                return
+                return False
+        return True
 
     def _protocol_error(self, reason: str) -> None:
         logger.warning("cluster transport: closing the connection with {}: {}", self.peer, reason)
@@ -451,18 +470,54 @@ class Connection(asyncio.BufferedProtocol):
     # -- writing frames ----------------------------------------------------------------
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        out = self._out
-        encode_frame(out, message, self._max_frame)
         if self._gathering:
-            if len(out) >= self._coalesce:
-                self._write_out()
-            return
-        if _clock() - self._last_direct >= _BURST_GAP:  # light traffic: out at once
+            self._batch(message)
+        elif _clock() - self._last_direct >= _BURST_GAP:  # light traffic: out at once
+            encode_frame(self._out, message, self._max_frame)
             self._write_out()
             self._last_direct = _clock()  # after the write: it may take a while
-        else:  # a burst: the rest of this loop pass goes out in one write, at its end
+        else:  # a burst: the rest of this loop pass goes out batched, at its end
+            self._batch(message)
             self._gathering = True
             self._loop.call_soon(self._flush)
+
+    def _batch(self, message: tuple[Any, ...]) -> None:
+        """Add ``message`` to the open batch frame (opening one); write past ``coalesce``."""
+        out = self._out
+        start = self._batch_at
+        if start < 0:
+            start = self._batch_at = len(out)
+            out += BATCH_HEAD
+        mark = len(out)
+        try:
+            _encode_into(message, out, -1)
+            size = len(out) - mark
+            if size > self._max_frame:
+                raise FrameTooLarge(size, self._max_frame)
+        except BaseException:
+            del out[mark:]  # nothing of it stays queued
+            if not self._batch_n:
+                del out[start:]
+                self._batch_at = -1
+            raise
+        self._batch_n += 1
+        if len(out) - start - HEADER_SIZE > self._max_frame:
+            # Too much for one frame with the others: the batch goes without it, and
+            # it goes alone, as a plain frame.
+            body = out[mark:]
+            del out[mark:]
+            self._batch_n -= 1
+            self._seal()
+            out += HEADER.pack(size)
+            out += body
+        if len(out) >= self._coalesce:
+            self._write_out()
+
+    def _seal(self) -> None:
+        if self._batch_at >= 0:
+            seal_batch(self._out, self._batch_at, self._batch_n)
+            self._batch_at = -1
+            self._batch_n = 0
 
     def _send_checked(self, message: tuple[Any, ...], what: str) -> None:
         try:
@@ -483,6 +538,7 @@ class Connection(asyncio.BufferedProtocol):
         self._write_out()
 
     def _write_out(self) -> None:
+        self._seal()
         out = self._out
         if out:
             # A fresh buffer each time: the transport may keep a reference to this one.

@@ -18,8 +18,11 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "BATCH_HEAD",
+    "BATCH_OVERHEAD",
     "HEADER_SIZE",
     "KINDS",
+    "Batch",
     "Call",
     "Failure",
     "Frame",
@@ -33,6 +36,7 @@ __all__ = [
     "decode",
     "describe_bad_frame",
     "encode_frame",
+    "seal_batch",
 ]
 
 HEADER = struct.Struct(">I")
@@ -96,9 +100,31 @@ class Call(msgspec.Struct, array_like=True, tag=7):
     args: msgspec.Raw
 
 
-Frame = Request | Reply | Failure | Oneway | Ping | Pong | Call
+Message = Request | Reply | Failure | Oneway | Ping | Pong | Call
+
+
+class Batch(msgspec.Struct, array_like=True, tag=8):
+    """Messages sent during one loop pass, in one frame: decoded with one call.
+
+    A sender appends messages to an open batch (after :data:`BATCH_HEAD`) and seals
+    it with :func:`seal_batch` before writing.
+    """
+
+    msgs: list[Message]
+
+
+Frame = Message | Batch
 #: Message kind (the tag) -> name, for log lines.
-KINDS = {1: "Request", 2: "Reply", 3: "Failure", 4: "Oneway", 5: "Ping", 6: "Pong", 7: "Call"}
+KINDS = {
+    1: "Request",
+    2: "Reply",
+    3: "Failure",
+    4: "Oneway",
+    5: "Ping",
+    6: "Pong",
+    7: "Call",
+    8: "Batch",
+}
 
 _decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)
 _loose = msgspec.msgpack.Decoder()
@@ -139,6 +165,29 @@ def encode_frame(out: bytearray, message: Any, limit: int) -> None:
         del out[start:]
         raise FrameTooLarge(size, limit)
     _pack_into(out, start, size)
+
+
+#: The start of an open batch frame: the u32 length, then ``[8, <array32 header>]``,
+#: length and message count to be filled in by :func:`seal_batch`.
+BATCH_HEAD = bytes(HEADER_SIZE) + b"\x92\x08\xdd" + bytes(4)
+#: Bytes a batch frame's body has besides its messages.
+BATCH_OVERHEAD = len(BATCH_HEAD) - HEADER_SIZE
+_COUNT_AT = HEADER_SIZE + 3
+
+
+def seal_batch(out: bytearray, start: int, count: int) -> None:
+    """Fill in the length and message count of the batch frame opened at ``out[start]``.
+
+    An empty batch is removed; a batch of one becomes a plain frame of that message.
+    """
+    if count <= 1:
+        if not count:
+            del out[start:]
+            return
+        del out[start + HEADER_SIZE : start + len(BATCH_HEAD)]
+    else:
+        _pack_into(out, start + _COUNT_AT, count)
+    _pack_into(out, start, len(out) - start - HEADER_SIZE)
 
 
 def describe_bad_frame(frame: bytes | bytearray, error: msgspec.DecodeError) -> str:

@@ -21,7 +21,7 @@ import uvloop
 from cluster.tls import self_signed
 
 import rio
-from rio.cluster import _auth
+from rio.cluster import _auth, _connection
 from rio.cluster._frames import HEADER, Call, RecvBuffer, encode_frame
 from rio.cluster.transport import Connection, Server, TransportOptions, connect, serve
 
@@ -328,6 +328,77 @@ def test_requests_go_both_ways_on_one_connection(run: Run) -> None:
                 7,
                 9,
             ]
+
+    run(main())
+
+
+def test_a_burst_travels_in_batch_frames_answered_in_order(run: Run) -> None:
+    async def main() -> None:
+        async with node() as server, client(server.port) as conn:
+            futs = [conn.request(["n", i]) for i in range(2000)]  # one loop pass
+            assert [_any.decode(await f) for f in futs] == [["n", i] for i in range(2000)]
+            [served] = server.connections
+            frames = served.statistics().frames_received
+            assert frames < 2000 // 10, frames  # batches, not a frame per request
+            # A batch frame of requests from a raw peer is served like its messages.
+            reader, writer = await authenticated_raw_peer(server.port)
+            writer.write(frame(_encode([8, [[1, 1, "a"], [1, 2, "b"], [5, 9]]])))
+            got: list[Any] = []
+            while len(got) < 3:  # plain frames or batches, as the answers come
+                (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+                msg = _any.decode(await reader.readexactly(size))
+                got.extend(msg[1] if msg[0] == 8 else [msg])
+            assert sorted(got) == [[2, 1, "a"], [2, 2, "b"], [6, 9]]
+            writer.close()
+            await still_serves(server, conn)
+
+    run(main())
+
+
+def test_a_burst_keeps_every_frame_under_max_frame_size(run: Run) -> None:
+    # Small frames, and no write before the pass ends: a message that would take the
+    # batch over the limit goes alone; one over the limit by itself is refused.
+    opts = TransportOptions(max_frame_size=2000, coalesce_bytes=1 << 20)
+
+    async def main() -> None:
+        async with node(options=opts) as server, client(server.port, options=opts) as conn:
+            bodies = ["s" * 300] * 5 + ["b" * 1980] + ["s" * 300] * 3
+            futs = [conn.request(b) for b in bodies]
+            with pytest.raises(rio.BadArguments, match="over max_frame_size"):
+                conn.request("x" * 2100)
+            assert [_any.decode(await f) for f in futs] == bodies
+            await still_serves(server, conn)
+
+    run(main())
+
+
+def test_a_body_that_cannot_be_encoded_in_a_burst_leaves_the_others_whole(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [0.0]
+    monkeypatch.setattr(_connection, "_clock", lambda: now[0])  # bursts, on command
+
+    async def main() -> None:
+        async with node() as server, client(server.port) as conn:
+            futs = []
+            for i in range(300):  # one loop pass: the first goes at once, the rest batched
+                if i % 3 == 1:
+                    with pytest.raises(rio.BadArguments, match="cannot be encoded"):
+                        conn.request(object())
+                else:
+                    futs.append((i, conn.request(i)))
+            assert [_any.decode(await f) for _, f in futs] == [i for i, _ in futs]
+            # The bad one starts a burst, and the next goes out at once, alone.
+            await asyncio.sleep(0)  # the batch above is written
+            now[0] += 1.0
+            first = conn.request("first")  # light traffic: at once
+            with pytest.raises(rio.BadArguments, match="cannot be encoded"):
+                conn.request(object())  # right after it: would start a burst
+            now[0] += 1.0
+            alone = conn.request("alone")  # light traffic again: at once, alone
+            async with asyncio.timeout(5):
+                assert [_any.decode(await f) for f in (first, alone)] == ["first", "alone"]
+            await still_serves(server, conn)
 
     run(main())
 
@@ -744,6 +815,11 @@ def test_a_silent_peer_is_dropped_after_the_handshake_timeout(run: Run, logs: li
             frame(_encode([7, 1, "T", "a", "m", "soon", [], [1]])),
             "Expected `float`, got `str` - at `$[5]`",
             id="call-bad-budget",
+        ),
+        pytest.param(
+            frame(_encode([8, [[1, 3, "ok"], [1, "three", "ok"]]])),
+            "Expected `int`, got `str` - at `$[1][1][1]`",
+            id="batch-with-a-bad-message",
         ),
         pytest.param(
             frame(_encode([7, 1, "T", "a"])),
