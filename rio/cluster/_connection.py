@@ -2,9 +2,10 @@
 
 The hot paths are written for speed: the socket reads straight into one reusable
 buffer (``asyncio.BufferedProtocol``); every complete frame of a read is decoded and
-dispatched in one pass; replies resolve their futures inline; frames queued during a
-loop pass are encoded into one ``bytearray`` and written once, at the end of the pass
-(or sooner past ``coalesce_bytes``).
+dispatched in one pass; replies resolve their waiters inline; messages queued during
+a loop pass (a burst of calls, the replies to one read) are encoded into one batch
+frame and written once, at the end of the pass (or sooner past ``coalesce_bytes``),
+while a lone message goes out at once as a plain frame.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Every frame is one of the structs below, encoded as an array whose first element is
 its kind (msgspec's ``tag``), so one decoder reads any of them and refuses any other.
 Bodies travel as :class:`msgspec.Raw`: the transport never decodes what it carries.
+A :class:`Batch` frame carries the messages a sender queued during one loop pass, so
+the receiver decodes them with one call; a lone message travels as a plain frame.
 
 :class:`RecvBuffer` is the receive side: one reusable ``bytearray`` that the socket
 reads into (``asyncio.BufferedProtocol``), cut into frames. A frame's length is checked
