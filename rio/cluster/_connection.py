@@ -181,10 +181,11 @@ class Connection(asyncio.BufferedProtocol):
 
         The fast form of :meth:`request` for the router's object calls, served by the
         peer's ``on_call``: no future and no callback scheduled; ``waiter`` decodes
-        the answer itself. ``args`` are the values in parameter order, encoded here
-        with the frame. Only while :attr:`writable` (check it first; :meth:`request`
-        waits its turn instead). It fails with :class:`rio.CallTimeout` naming
-        ``budget`` (> 0, and sent along) at ``deadline`` (loop time).
+        the answer itself. ``args`` are the values in parameter order (encoded here
+        with the frame) or already encoded as ``msgspec.Raw``. Only while
+        :attr:`writable` (check it first; :meth:`request` waits its turn instead). It
+        fails with :class:`rio.CallTimeout` naming ``budget`` (> 0, and sent along) at
+        ``deadline`` (loop time).
 
         Raises:
             rio.NodeUnreachable: the connection is not open.
