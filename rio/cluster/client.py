@@ -37,7 +37,7 @@ from rio.cluster.store import ClusterStore, Member, cluster_store_from_url
 from rio.cluster.streams import ClusterSubscriptions
 from rio.cluster.transport import connect as dial
 from rio.core.context import (
-    CALLER_DEADLINE,
+    fresh_deadline,
     reset_system,
     set_default_system,
     system_token,
@@ -187,10 +187,7 @@ class ClusterClient(System):
             return self.call_from_thread(self._loop, key, handler, args, kwargs, timeout)
         args, kwargs = handler.check(args, kwargs)
         now = self._loop.time()
-        deadline = now + (timeout or self.default_timeout)  # fresh_deadline(), inlined
-        outer = CALLER_DEADLINE.get()
-        if outer is not None and outer < deadline:
-            deadline = outer
+        deadline = fresh_deadline(now, timeout, self.default_timeout)
         return self.router.call(key, handler, args, kwargs, (key,), deadline, now)
 
     def publish(self, event: Any, *, topic: str) -> None:

@@ -214,16 +214,10 @@ class WorkerSystem(System):
                             send(src, (_REPLY, msg.req, True, fut))
                         except Exception as e:  # TypeError, EncodeError, OverflowError...
                             self._send_error(src, msg.req, self._unsendable(msg, e))
-                elif not fut.done():
-                    fut.add_done_callback(partial(reply, src, msg))
-                elif src not in down:
-                    if not fut.cancelled() and fut.exception() is None:
-                        try:
-                            send(src, (_REPLY, msg.req, True, fut.result()))
-                            continue
-                        except Exception:  # _reply explains it to the caller
-                            pass
+                elif fut.done():  # failed at once (or an awaitable answer, refused there)
                     reply(src, msg, fut)
+                else:
+                    fut.add_done_callback(partial(reply, src, msg))
             except Exception:  # one bad message must never stop this process reading
                 logger.opt(exception=True).error(
                     "{}: handling a message from process {} failed", self.name, src
