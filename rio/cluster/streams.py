@@ -114,6 +114,15 @@ Oneway = StreamEvents | RelaysClosed | PublishMsg
 oneway_decoder: msgspec.msgpack.Decoder[Oneway] = msgspec.msgpack.Decoder(Oneway)
 
 
+def _read_oneway(name: str, conn: Connection, body: msgspec.Raw) -> Oneway | None:
+    """Decode a one-way message from ``conn``; None (and a logged warning) when unreadable."""
+    try:
+        return oneway_decoder.decode(body)
+    except msgspec.DecodeError as e:
+        logger.warning("{}: unreadable one-way message from {}: {}", name, conn.peer, e)
+        return None
+
+
 def send_runs(
     conn: Connection,
     events: list[Any],
@@ -271,11 +280,7 @@ class StreamRelays:
 
     def on_oneway(self, conn: Connection, body: msgspec.Raw) -> None:
         """Take a one-way message from a client: a :class:`PublishMsg`."""
-        try:
-            msg = oneway_decoder.decode(body)
-        except msgspec.DecodeError as e:
-            logger.warning("{}: unreadable one-way message from {}: {}", self.name, conn.peer, e)
-            return
+        msg = _read_oneway(self.name, conn, body)
         if isinstance(msg, PublishMsg) and not self.streams.closed:
             events = self._decoders.decode(msg.event_type, msg.events, f"topic {msg.topic!r}")
             for event in events or ():
@@ -613,11 +618,7 @@ class ClusterSubscriptions(StreamUplink):
 
     def on_oneway(self, conn: Connection, body: msgspec.Raw) -> None:
         """Take a one-way message a member sent on one of the router's connections."""
-        try:
-            msg = oneway_decoder.decode(body)
-        except msgspec.DecodeError as e:
-            logger.warning("{}: unreadable one-way message from {}: {}", self.name, conn.peer, e)
-            return
+        msg = _read_oneway(self.name, conn, body)
         if type(msg) is StreamEvents:
             events = self._decoders.decode(msg.event_type, msg.events, f"sub {msg.sub}")
             if events is None:
