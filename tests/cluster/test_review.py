@@ -7,16 +7,20 @@ test_nodes.py; some tests drive a Router or a MembershipAgent directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from cluster.inproc import FAST, Nodes, hosting, node_launcher
 
 import rio
+from rio.cluster.membership import MembershipAgent, MembershipView
 from rio.cluster.node import ClusterNode
+from rio.cluster.store import ClusterStore, Member, cluster_store_from_url
 
 SECRET = "review-secret"
 
@@ -332,19 +336,17 @@ async def test_a_client_refuses_calls_before_start_and_after_stop_clearly(
         await asyncio.to_thread(lambda: client.ref(RvCounter, "a").get())
 
 
-async def test_the_survivor_of_a_double_failure_declares_both_dead(tmp_path: Path) -> None:
-    # Two of three members die at once. The survivor's vote alone must be enough once
-    # the dead have stopped heartbeating: they cannot vote, and waiting for their
-    # votes would keep their objects unreachable forever.
-    from rio.cluster.membership import MembershipAgent, MembershipView
-    from rio.cluster.store import Member, cluster_store_from_url
-
+@contextlib.asynccontextmanager
+async def voting_agent(
+    tmp_path: Path, beats: dict[str, float], **settings: Any
+) -> AsyncIterator[tuple[ClusterStore, MembershipAgent, dict[str, Member]]]:
+    """Active members with these last heartbeats in a SQLite store, and the first one's
+    membership agent (its probes all fail), for calling its vote directly."""
     store = cluster_store_from_url(f"sqlite:///{tmp_path}/cluster.db")
     await store.open()
     try:
-        now = time.time()
-        a, b, c = (
-            Member(
+        members = {
+            m: Member(
                 member_id=m,
                 node=m,
                 address="127.0.0.1:1",
@@ -352,24 +354,38 @@ async def test_the_survivor_of_a_double_failure_declares_both_dead(tmp_path: Pat
                 status="active",
                 heartbeat=beat,
             )
-            for m, beat in (("a#1", now), ("b#1", now - 60), ("c#1", now - 60))
-        )
-        for m in (a, b, c):
-            await store.register(m)
-        view = MembershipView(store.members, 1.0, "a")
+            for m, beat in beats.items()
+        }
+        for member in members.values():
+            await store.register(member)
+        first = next(iter(members))
+        view = MembershipView(store.members, 1.0, first.split("#")[0])
         await view.refresh()
-        settings = rio.ClusterSettings(url="unused", secret=SECRET)
+        cluster = rio.ClusterSettings(url="unused", secret=SECRET, **settings)
 
         async def probe(m: Member, limit: float) -> bool:
             return False
 
-        agent = MembershipAgent(store, settings, a, view, probe, lambda: (0, {}))
-        await agent._suspect(b)
-        await agent._suspect(c)
-        status = {m.member_id: m.status for m in await store.members()}
-        assert status == {"a#1": "active", "b#1": "dead", "c#1": "dead"}
+        yield (
+            store,
+            MembershipAgent(store, cluster, members[first], view, probe, lambda: (0, {})),
+            members,
+        )
     finally:
         await store.close()
+
+
+async def test_the_survivor_of_a_double_failure_declares_both_dead(tmp_path: Path) -> None:
+    # Two of three members die at once. The survivor's vote alone must be enough once
+    # the dead have stopped heartbeating: they cannot vote, and waiting for their
+    # votes would keep their objects unreachable forever.
+    now = time.time()
+    beats = {"a#1": now, "b#1": now - 60, "c#1": now - 60}
+    async with voting_agent(tmp_path, beats) as (store, agent, members):
+        await agent._suspect(members["b#1"])
+        await agent._suspect(members["c#1"])
+        status = {m.member_id: m.status for m in await store.members()}
+        assert status == {"a#1": "active", "b#1": "dead", "c#1": "dead"}
 
 
 async def test_a_call_finding_no_member_rereads_the_membership_within_its_deadline() -> None:
@@ -377,7 +393,6 @@ async def test_a_call_finding_no_member_rereads_the_membership_within_its_deadli
     # call's deadline (a store or seed that is slow to answer).
     from rio.cluster.membership import MembershipView
     from rio.cluster.routing import Router
-    from rio.cluster.store import Member
     from rio.core.registry import actor_type
 
     reads = 0
@@ -448,36 +463,9 @@ async def test_members_heartbeating_slower_than_the_suspicion_window_still_vote(
 ) -> None:
     # With heartbeat_period above suspicion_window, a live member's row is always
     # older than the window: it must still count as a voter (one vote is not enough).
-    from rio.cluster.membership import MembershipAgent, MembershipView
-    from rio.cluster.store import Member, cluster_store_from_url
-
-    store = cluster_store_from_url(f"sqlite:///{tmp_path}/cluster.db")
-    await store.open()
-    try:
-        now = time.time()
-        a, b, c = (
-            Member(
-                member_id=m,
-                node=m,
-                address="127.0.0.1:1",
-                incarnation=1,
-                status="active",
-                heartbeat=now - 15,  # one 20 s heartbeat period ago, at most
-            )
-            for m in ("a#1", "b#1", "c#1")
-        )
-        for m in (a, b, c):
-            await store.register(m)
-        view = MembershipView(store.members, 1.0, "a")
-        await view.refresh()
-        settings = rio.ClusterSettings(url="unused", secret=SECRET, heartbeat_period=20.0)
-
-        async def probe(m: Member, limit: float) -> bool:
-            return False
-
-        agent = MembershipAgent(store, settings, a, view, probe, lambda: (0, {}))
-        await agent._suspect(b)  # a's vote alone: c could vote too
+    beat = time.time() - 15  # one 20 s heartbeat period ago, at most
+    beats = dict.fromkeys(("a#1", "b#1", "c#1"), beat)
+    async with voting_agent(tmp_path, beats, heartbeat_period=20.0) as (store, agent, members):
+        await agent._suspect(members["b#1"])  # a's vote alone: c could vote too
         status = {m.member_id: m.status for m in await store.members()}
         assert status == {"a#1": "active", "b#1": "active", "c#1": "active"}
-    finally:
-        await store.close()

@@ -13,13 +13,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from cluster.inproc import FAST, Nodes, node_launcher
+from waiting import eventually
 
 import rio
 from rio.cluster.node import ClusterNode
@@ -119,19 +120,6 @@ async def nodes(url: str, tmp_path: Path) -> AsyncIterator[Nodes]:
         yield start
 
 
-async def until(check: Callable[[], Any], within: float = 10.0) -> None:
-    """Wait until ``check()`` (a value or an awaitable of one) is truthy."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
 async def take(sub: rio.Subscription[Any], count: int, within: float = 10.0) -> list[Any]:
     """The next ``count`` items of ``sub``."""
     async with asyncio.timeout(within):
@@ -177,12 +165,12 @@ async def test_an_actor_on_one_node_follows_an_object_on_another(nodes: Nodes, u
     await watcher.follow("p")  # on a: a registers the stream with b
     assert relays([a, b]) == [0, 1]
     await b.ref(StPub, "p").burst(100)
-    await until(lambda: watcher.seen(), within=10)
+    await eventually(lambda: watcher.seen(), within=10.0)
 
     async def all_seen() -> bool:
         return await watcher.seen() == list(range(100))
 
-    await until(all_seen)
+    await eventually(all_seen, within=10.0)
     assert await watcher.notices() == []
 
 
@@ -211,7 +199,7 @@ async def test_a_subscription_follows_its_object_when_its_node_drains(
     async def followed() -> bool:
         return await watcher.seen() == list(range(10))
 
-    await until(followed)
+    await eventually(followed, within=10.0)
     assert await watcher.notices() == []
 
 
@@ -278,13 +266,14 @@ async def test_a_node_with_workers_relays_what_they_publish_and_they_subscribe(
                 async def followed() -> bool:
                     return await watcher.seen() == list(range(5))
 
-                await until(followed)
+                await eventually(followed, within=10.0)
                 # The worker publishing dies: the client is told, and hears the replacement.
                 os.kill(pool.worker_pid(1), signal.SIGKILL)
                 assert await take(sub, 1) == [rio.Lagged(0, "lost")]
                 assert await pub.with_timeout(20).emit(5) == member
                 assert ticks(await take(sub, 1)) == [5]
-                await until(lambda: relays([b]) == [1])  # the dead worker's relay went
+                # the dead worker's relay went
+                await eventually(lambda: relays([b]) == [1], within=10.0)
     finally:
         await pool_app.stop()
 
@@ -295,7 +284,7 @@ async def test_a_member_that_joins_later_is_registered_with(nodes: Nodes, url: s
         assert relays([a]) == [1]
         (b,) = await nodes(1)
         await client.view.refresh()
-        await until(lambda: relays([a, b]) == [1, 1])
+        await eventually(lambda: relays([a, b]) == [1, 1], within=10.0)
         await b.ref(StPub, "x").shout("late", 0, 3)
         assert ticks(await take(sub, 3)) == [0, 1, 2]
 
@@ -309,12 +298,12 @@ async def test_unsubscribing_frees_the_relays_on_every_node(nodes: Nodes, url: s
         assert relays(ns) == [2, 2, 2]
         assert client.stats().streams == 2
         own.close()
-        await until(lambda: relays(ns) == [1, 1, 1])
+        await eventually(lambda: relays(ns) == [1, 1, 1], within=10.0)
         topic.close()
         await asyncio.sleep(0.1)
         assert relays(ns) == [1, 1, 1]  # `again` still reads the topic
         again.close()
-        await until(lambda: relays(ns) == [0, 0, 0])
+        await eventually(lambda: relays(ns) == [0, 0, 0], within=10.0)
         assert [n.streams.stats() for n in ns] == [(0, 0)] * 3  # nothing kept
         assert client.stats().streams == 0
 
@@ -352,7 +341,7 @@ async def test_a_subscriber_that_vanishes_frees_its_relays(nodes: Nodes, url: st
         assert relays(ns) == [2, 2]
         proc.send_signal(signal.SIGKILL)  # no unsubscribing, no goodbye
         await proc.wait()
-        await until(lambda: relays(ns) == [0, 0])
+        await eventually(lambda: relays(ns) == [0, 0], within=10.0)
         assert [n.streams.stats() for n in ns] == [(0, 0)] * 2
         await ns[0].ref(StPub, "after").shout("abrupt", 0, 3)  # publishing goes on
     finally:

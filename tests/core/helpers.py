@@ -484,24 +484,6 @@ async def stream_stats(system: rio.System) -> dict[str, tuple[int, int]]:
     return out
 
 
-async def eventually(check: Callable[[], Any], within: float = 5.0, what: str = "") -> None:
-    """Wait until ``await check()`` (or ``check()``) is truthy; fail after ``within`` s.
-
-    For facts that settle by messages between processes (an unsubscription reaching
-    its owner), where there is nothing to wait on directly.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {within}s: {what or check}")
-        await asyncio.sleep(0.01)
-
 
 def where(system: rio.System, actor: type[rio.Actor[Any]] | str, object_id: str | int) -> str:
     """What a timeout message says about where the object lives ("" in-process)."""

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import eventually
 
 import rio
 from rio.storage import storage_from_url
 from rio.storage.base import to_ms
 
-from .helpers import AppFactory, Probe, eventually, probe
+from .helpers import AppFactory, Probe, probe
 
 POLL = 0.05
 HOUR = 3600.0

@@ -8,10 +8,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from waiting import eventually
 
 import rio
 
-from .helpers import Probe, eventually, is_active, placed_id, probe, stream_stats
+from .helpers import Probe, is_active, placed_id, probe, stream_stats
 
 
 class Move(msgspec.Struct, frozen=True):

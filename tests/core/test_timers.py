@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from waiting import eventually
 
 import rio
 
-from .helpers import Probe, eventually, is_active, probe
+from .helpers import Probe, is_active, probe
 
 
 class TmClock(rio.Actor, idle_ttl=None):
