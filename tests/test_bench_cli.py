@@ -203,3 +203,15 @@ def test_json_naming_a_folder_is_refused_before_running(tmp_path: Path) -> None:
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr == f"rio bench: --json {tmp_path}: is a folder; name a file in it\n"
     assert proc.stdout == ""
+
+
+def test_help_names_every_path(tmp_path: Path) -> None:
+    listed = bench(tmp_path, "--list")
+    assert listed.returncode == 0, explain(listed)
+    paths = set(re.findall(r"^(\S+)/\S+: ", listed.stdout, re.M))
+    assert {"inproc", "workers", "cluster", "baseline"} <= paths
+    proc = bench(tmp_path, "--help")
+    assert proc.returncode == 0, explain(proc)
+    text = " ".join(proc.stdout.split())  # the help wraps its lines
+    for path in paths:
+        assert path in text, f"rio bench --help does not name path {path}"

@@ -5,10 +5,14 @@ argument) goes to an echo server in a spawned child process on 127.0.0.1, which 
 the argument to a counter and answers ``(seq, value)``. The client runs in the
 workload's own event loop (uvloop), the server in the child's (uvloop too):
 
-* path ``baseline``, ``tcp-seq`` and ``tcp-pipelined``: a bare ``asyncio.Protocol`` on
-  both ends, u32 length prefix plus msgpack, one write per batch, every reply
-  decoded and checked against its request: the most plain Python can do over TCP
-  here, sequentially and with 1,000 requests in flight.
+* path ``baseline``, ``tcp-seq``, ``tcp-pipelined`` and ``tcp-batched``: a bare
+  ``asyncio.Protocol`` on both ends, u32 length prefix plus msgpack, every reply
+  decoded and checked against its request. ``tcp-seq`` awaits one request at a
+  time. ``tcp-pipelined`` is what a plain awaited call is measured against: 1,000
+  requests made one by one, each its own future matched to its reply by id, the
+  frames of one loop pass sent in one write, then all awaited. ``tcp-batched`` is
+  the ceiling of a batch API: 1,000 requests encoded and written together and their
+  replies collected with a single future, no per-request future and no lookup.
 * path ``cluster``, ``transport-seq`` and ``transport-pipelined``: the same exchange
   through :mod:`rio.cluster.transport` (authenticated connection, request ids,
   futures and deadlines, keep-alive, a handler answering with a plain value), so its
@@ -36,6 +40,7 @@ import msgspec
 from rio.bench.core import Measurement, workload
 
 __all__ = [
+    "baseline_tcp_batched",
     "baseline_tcp_pipelined",
     "baseline_tcp_seq",
     "cluster_transport_pipelined",
@@ -146,6 +151,63 @@ class _BareClient(asyncio.Protocol):
         self.transport.write(b"".join(_frame(r) for r in requests))
         await self.waiter
         return self.replies
+
+
+class _AwaitingClient(asyncio.Protocol):
+    """The bare client of plain awaited requests: a future per request, matched by id.
+
+    The frames made in one loop pass go out in one write at its end.
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.out = bytearray()
+        self.pending: dict[int, asyncio.Future[int]] = {}
+        self.flushing = False
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        frames, used = _cut(self.buf)
+        del self.buf[:used]
+        pop = self.pending.pop
+        for raw in frames:
+            seq, value = _REPLIES.decode(raw)
+            fut = pop(seq, None)
+            if fut is None:
+                self._fail(RuntimeError(f"the echo child answered {seq}, which nobody asked"))
+                return
+            fut.set_result(value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError(f"the echo child hung up: {exc}"))
+
+    def _fail(self, error: Exception) -> None:
+        for fut in self.pending.values():
+            fut.set_exception(error)
+        self.pending.clear()
+
+    def request(self, seq: int) -> asyncio.Future[int]:
+        """Send request ``seq`` (at the end of this loop pass); the future of its answer."""
+        fut = self.loop.create_future()
+        self.pending[seq] = fut
+        body = _request(seq)
+        self.out += _HEADER.pack(len(body))
+        self.out += body
+        if not self.flushing:
+            self.flushing = True
+            self.loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self.flushing = False
+        out, self.out = self.out, bytearray()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out)
 
 
 # ---------------------------------------------------------------- the child
@@ -263,10 +325,10 @@ async def _pipelined(n: int, batch: Callable[[int, int], Awaitable[None]]) -> Me
 
 
 @contextlib.asynccontextmanager
-async def _bare_client() -> Any:
+async def _bare_client(protocol: Callable[[], Any] = _BareClient) -> Any:
     async with _child("bare") as port:
         loop = asyncio.get_running_loop()
-        transport, proto = await loop.create_connection(_BareClient, "127.0.0.1", port)
+        transport, proto = await loop.create_connection(protocol, "127.0.0.1", port)
         try:
             yield proto
         finally:
@@ -285,9 +347,22 @@ async def baseline_tcp_seq(n: int) -> Measurement:
         return await _seq(n, call)
 
 
-@workload("baseline", "tcp-pipelined", n=500_000, quick_n=50_000)
+@workload("baseline", "tcp-pipelined", n=300_000, quick_n=50_000)
 async def baseline_tcp_pipelined(n: int) -> Measurement:
-    """Bare asyncio TCP to an echo child, 1,000 requests per write, all in flight at once."""
+    """Bare asyncio TCP to an echo child: 1,000 awaited requests in flight, a future each."""
+    async with _bare_client(_AwaitingClient) as proto:
+
+        async def batch(first: int, count: int) -> None:
+            futs = [proto.request(first + i) for i in range(count)]
+            for fut in futs:
+                await fut
+
+        return await _pipelined(n, batch)
+
+
+@workload("baseline", "tcp-batched", n=500_000, quick_n=50_000)
+async def baseline_tcp_batched(n: int) -> Measurement:
+    """Bare asyncio TCP to an echo child, 1,000 requests per write and one future for all."""
     async with _bare_client() as proto:
 
         async def batch(first: int, count: int) -> None:

@@ -215,7 +215,11 @@ def status(
 def bench(
     path: Annotated[
         list[str] | None,
-        typer.Option("--path", "-p", help="Run only these paths (repeatable): inproc, baseline."),
+        typer.Option(
+            "--path",
+            "-p",
+            help="Run only these paths (repeatable): inproc, workers, cluster, baseline.",
+        ),
     ] = None,
     workload: Annotated[
         list[str] | None,
