@@ -128,9 +128,7 @@ def run_bench(
         failures.append(line)
         print(line, file=sys.stderr, flush=True)
 
-    records = run_workloads(
-        selected, quick=quick, progress=progress, failed=failed, repeat=repeat
-    )
+    records = run_workloads(selected, quick=quick, progress=progress, failed=failed, repeat=repeat)
     print(format_table(records))
     count = f"{len(records)} workload{'' if len(records) == 1 else 's'}"
     print(f"\n{count} in {time.perf_counter() - started:.1f}s", file=sys.stderr)

@@ -97,9 +97,17 @@ class Placement:
         self._pending: set[Key] = set()
         self._writing: dict[Key, asyncio.Future[None]] = {}
         self._flush_task: asyncio.Task[None] | None = None
+        #: Claims waiting for the next batch, and the task writing batches.
+        self._claims: list[tuple[Key, asyncio.Future[str]]] = []
+        self._claim_task: asyncio.Task[None] | None = None
 
     async def claim(self, key: Key) -> None:
-        """Claim ``key`` for this node (see :class:`rio.core.lifecycle.PlacementHook`)."""
+        """Claim ``key`` for this node (see :class:`rio.core.lifecycle.PlacementHook`).
+
+        The claims made while a batch is being written go together in the next one
+        (:meth:`ClusterStore.claim_many`): a burst of activations costs a few store
+        transactions, not one each.
+        """
         if self.draining:
             raise Redirect(f"{key[0]}/{key[1]}: {self.name} is draining", "")
         if key in self._pending:  # released but not written: still ours
@@ -109,13 +117,40 @@ class Placement:
         writing = self._writing.get(key)
         if writing is not None:
             await asyncio.shield(writing)
-        owner = await self.store.claim(key, self.member_id)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str] = loop.create_future()
+        self._claims.append((key, answer))
+        if self._claim_task is None:
+            self._claim_task = loop.create_task(self._claim_batches())
+        owner = await answer
         if owner != self.member_id:
             raise Redirect(
                 f"{key[0]}/{key[1]} is placed on {owner or 'no live member'}, not {self.name}",
                 owner,
             )
         self.owned.add(key)
+
+    async def _claim_batches(self) -> None:
+        try:
+            while self._claims:
+                batch, self._claims = self._claims, []
+                try:
+                    owners = await self.store.claim_many([k for k, _ in batch], self.member_id)
+                except BaseException as e:
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(e)
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                # A claimer that gave up (cancelled) meanwhile leaves its placement as
+                # a lone claim would: a later call activates the object here, or
+                # another member takes it over once this one is gone.
+                for (_, answer), owner in zip(batch, owners, strict=True):
+                    if not answer.done():
+                        answer.set_result(owner)
+        finally:
+            self._claim_task = None
 
     def released(self, key: Key) -> None:
         """Queue the release of ``key`` (written in the background)."""

@@ -345,6 +345,53 @@ async def test_placement_counts(open_store: OpenStore) -> None:
     assert await s.placement_counts() == {"b#1": 1}
 
 
+async def test_claim_many_answers_each_key_in_order(open_store: OpenStore) -> None:
+    s = await open_store()
+    await registered(s, "a#1", "b#1", "c#1")
+    assert await s.claim_many([], "a#1") == []
+    assert await s.claim(("T", "held"), "b#1") == "b#1"
+    assert await s.claim(("T", "orphan"), "c#1") == "c#1"
+    await s.update("c#1", status="left")
+    keys = [("T", "free"), ("T", "held"), ("T", "orphan"), ("T", "free"), ("U", "free")]
+    assert await s.claim_many(keys, "a#1") == ["a#1", "b#1", "a#1", "a#1", "a#1"]
+    assert await s.placement_counts() == {"a#1": 3, "b#1": 1}
+    assert await s.claim_many(keys[:3], "a#1") == ["a#1", "b#1", "a#1"]  # again: the same
+    # A member that is not live takes nothing, and learns the owners.
+    assert await s.claim_many([("T", "held"), ("T", "new")], "c#1") == ["b#1", ""]
+    assert await s.lookup(("T", "new")) is None
+
+
+async def test_claim_many_takes_a_large_batch(open_store: OpenStore) -> None:
+    s = await open_store()
+    await registered(s, "a#1", "b#1", "gone#1")
+    keys = [("T", f"k{i}") for i in range(450)]
+    for key in keys[::3]:
+        assert await s.claim(key, "b#1") == "b#1"
+    for key in keys[1::9]:
+        assert await s.claim(key, "gone#1") == "gone#1"
+    await s.update("gone#1", status="left")
+    expected = ["b#1" if i % 3 == 0 else "a#1" for i in range(len(keys))]
+    assert await s.claim_many(keys, "a#1") == expected
+    assert await s.placement_counts() == {"a#1": 300, "b#1": 150}
+
+
+async def test_claim_many_batches_racing_over_the_same_keys_have_one_winner_each(
+    open_store: OpenStore,
+) -> None:
+    stores = [await open_store() for _ in range(4)]
+    ids = [f"m{i}#1" for i in range(4)]
+    await registered(stores[0], *ids)
+    keys = [("Counter", f"k{i}") for i in range(40)]
+    # Every batch wants every key, in its own order: no deadlock, one owner per key.
+    orders = [keys, keys[::-1], keys[1::2] + keys[::2], keys[20:] + keys[:20]]
+    results = await asyncio.gather(*(stores[i].claim_many(orders[i], ids[i]) for i in range(4)))
+    owner = {key: await stores[0].lookup(key) for key in keys}
+    for i, got in enumerate(results):
+        assert got == [owner[key] for key in orders[i]]
+    assert set(owner.values()) <= set(ids)
+    assert sum((await stores[1].placement_counts()).values()) == len(keys)
+
+
 # -- concurrency ----------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "MEMBER_COLUMNS",
     "TERMINAL_SQL",
     "check_update",
+    "claiming",
     "decode_member",
     "encode_json",
     "member_values",
@@ -115,3 +116,11 @@ def decode_member(row: Sequence[Any]) -> Member:
         heartbeat=float(hb),
         started=float(st),
     )
+
+
+def claiming(keys: Sequence[tuple[str, str]]) -> str:
+    """What a claim of ``keys`` is called in an error: its key, or how many and the first."""
+    first = f"{keys[0][0]}/{keys[0][1]}"
+    if len(keys) == 1:
+        return f"claiming {first}"
+    return f"claiming {len(keys)} placements ({first} first)"

@@ -52,6 +52,7 @@ from rio.cluster.stores._rows import (
     MEMBER_COLUMNS,
     TERMINAL_SQL,
     check_update,
+    claiming,
     decode_member,
     encode_json,
     member_values,
@@ -384,34 +385,49 @@ class SQLClusterStore(ClusterStore):
 
     async def claim(self, key: Key, member_id: str) -> str:
         """Place ``key`` on ``member_id`` unless a live member holds it; return the owner."""
-        self._check_key(key)
-        self._check_member(member_id)
+        (owner,) = await self.claim_many([key], member_id)
+        return owner
 
-        async def body(conn: _Conn) -> str:
+    async def claim_many(self, keys: Sequence[Key], member_id: str) -> list[str]:
+        """:meth:`claim` each of ``keys``, all in one transaction; their owners, in order."""
+        if not keys:
+            return []
+        for key in keys:
+            self._check_key(key)
+        self._check_member(member_id)
+        # Rows are locked in one order by every claimer: two batches never deadlock.
+        ordered = sorted(set(keys))
+
+        async def body(conn: _Conn) -> dict[Key, str]:
             # Held to the end: declare_dead(member_id) waits, or has already won.
             mine = await conn.rows(self._q_status_shared, (member_id,))
-            if not mine or text(mine[0][0]) not in LIVE:
-                rows = await conn.rows(self._q_lookup, key)
-                return text(rows[0][0]) if rows else ""
-            while True:
-                if await conn.insert(self._q_place, (*key, member_id)):
-                    return member_id
-                rows = await conn.rows(self._q_lookup_locked, key)
-                if not rows:
-                    continue  # released or purged since the insert: try again
-                owner = text(rows[0][0])
-                if owner == member_id:
-                    return owner
-                # Not locked: declare_dead(owner) cannot commit while this
-                # transaction holds the placement row, so a live answer stays right.
-                theirs = await conn.rows(self._q_status, (owner,))
-                if theirs and text(theirs[0][0]) in LIVE:
-                    return owner
-                await conn.count(self._q_move, (member_id, *key, owner))
-                return member_id
+            live = bool(mine) and text(mine[0][0]) in LIVE
+            return {key: await self._claim_one(conn, key, member_id, live) for key in ordered}
 
         # Replay-safe: a committed first attempt is found as ours.
-        return await self._session(f"claiming {key[0]}/{key[1]}", body, retry=True, write=True)
+        owners = await self._session(claiming(keys), body, retry=True, write=True)
+        return [owners[key] for key in keys]
+
+    async def _claim_one(self, conn: _Conn, key: Key, member_id: str, live: bool) -> str:
+        if not live:
+            rows = await conn.rows(self._q_lookup, key)
+            return text(rows[0][0]) if rows else ""
+        while True:
+            if await conn.insert(self._q_place, (*key, member_id)):
+                return member_id
+            rows = await conn.rows(self._q_lookup_locked, key)
+            if not rows:
+                continue  # released or purged since the insert: try again
+            owner = text(rows[0][0])
+            if owner == member_id:
+                return owner
+            # Not locked: declare_dead(owner) cannot commit while this transaction
+            # holds the placement row, so a live answer stays right.
+            theirs = await conn.rows(self._q_status, (owner,))
+            if theirs and text(theirs[0][0]) in LIVE:
+                return owner
+            await conn.count(self._q_move, (member_id, *key, owner))
+            return member_id
 
     async def release(self, keys: Iterable[Key], member_id: str) -> int:
         """Delete the placements of ``keys`` that ``member_id`` owns; return how many."""

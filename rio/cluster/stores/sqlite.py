@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -40,6 +40,7 @@ from rio.cluster.stores._rows import (
     MEMBER_COLUMNS,
     TERMINAL_SQL,
     check_update,
+    claiming,
     decode_member,
     encode_json,
     member_values,
@@ -89,6 +90,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 
+
+#: Keys (or member ids) per statement of a batch: 400 parameters at most, under
+#: the 999 that SQLite builds before 3.32 allow.
+_KEYS_PER_STATEMENT = 200
 
 
 class SQLiteClusterStore(ClusterStore):
@@ -328,25 +333,66 @@ class SQLiteClusterStore(ClusterStore):
 
     async def claim(self, key: Key, member_id: str) -> str:
         """Place ``key`` on ``member_id`` unless a live member holds it; return the owner."""
+        (owner,) = await self.claim_many([key], member_id)
+        return owner
 
-        async def body(db: aiosqlite.Connection) -> str:
+    async def claim_many(self, keys: Sequence[Key], member_id: str) -> list[str]:
+        """:meth:`claim` each of ``keys``, all in one transaction; their owners, in order.
+
+        A handful of statements for the whole batch (the owners of all keys, the
+        status of those owners, one insert and one move of many rows), not a few per
+        key: each statement is a round trip to the connection's thread.
+        """
+        if not keys:
+            return []
+        unique = list(dict.fromkeys(keys))
+
+        async def body(db: aiosqlite.Connection) -> list[str]:
+            owners: dict[Key, str] = {}
+            for start in range(0, len(unique), _KEYS_PER_STATEMENT):
+                chunk = unique[start : start + _KEYS_PER_STATEMENT]
+                found = await db.execute_fetchall(self._sql_owners(len(chunk)), _flat(chunk))
+                owners.update({(str(t), str(i)): str(o) for t, i, o in found})
             mine = await _one(db, self._sql_status, (member_id,))
-            row = await _one(db, self._sql_lookup, key)
-            owner = None if row is None else str(row[0])
-            if mine is None or mine[0] not in LIVE:
-                return owner or ""
-            if owner is None:
-                await db.execute(self._sql_place, (*key, member_id))
-                return member_id
-            if owner == member_id:
-                return owner
-            theirs = await _one(db, self._sql_status, (owner,))
-            if theirs is not None and theirs[0] in LIVE:
-                return owner
-            await db.execute(self._sql_move, (member_id, *key, owner))
-            return member_id
+            if mine is None or mine[0] not in LIVE:  # takes nothing
+                return [owners.get(k, "") for k in keys]
+            others = sorted({o for o in owners.values() if o != member_id})
+            live: set[str] = set()
+            for start in range(0, len(others), _KEYS_PER_STATEMENT):
+                chunk_ids = others[start : start + _KEYS_PER_STATEMENT]
+                found = await db.execute_fetchall(self._sql_live_of(len(chunk_ids)), chunk_ids)
+                live.update(str(row[0]) for row in found)
+            free = [k for k in unique if k not in owners]
+            # Held by a member that is gone (terminal, or no row at all): taken over.
+            orphans = [
+                k
+                for k in unique
+                if k in owners and owners[k] not in live and owners[k] != member_id
+            ]
+            if free:
+                await db.executemany(self._sql_place, [(*k, member_id) for k in free])
+            if orphans:
+                moves = [(member_id, *k, owners[k]) for k in orphans]
+                await db.executemany(self._sql_move, moves)
+            for k in (*free, *orphans):
+                owners[k] = member_id
+            return [owners[k] for k in keys]
 
-        return await self._run(f"claiming {key[0]}/{key[1]}", body, write=True)
+        return await self._run(claiming(keys), body, write=True)
+
+    def _sql_owners(self, n: int) -> str:
+        keys = ", ".join(["(?, ?)"] * n)
+        return (
+            f"SELECT type_name, object_id, owner FROM {self._p}placements "
+            f"WHERE (type_name, object_id) IN (VALUES {keys})"
+        )
+
+    def _sql_live_of(self, n: int) -> str:
+        ids = ", ".join(["?"] * n)
+        return (
+            f"SELECT member_id FROM {self._p}members "
+            f"WHERE member_id IN ({ids}) AND status IN {LIVE_SQL}"
+        )
 
     async def release(self, keys: Iterable[Key], member_id: str) -> int:
         """Delete the placements of ``keys`` that ``member_id`` owns; return how many."""
@@ -375,6 +421,10 @@ class SQLiteClusterStore(ClusterStore):
 async def _one(db: aiosqlite.Connection, sql: str, args: Iterable[Any] = ()) -> Any:
     async with db.execute(sql, tuple(args)) as cur:
         return await cur.fetchone()
+
+
+def _flat(keys: Sequence[Key]) -> list[str]:
+    return [part for key in keys for part in key]
 
 
 async def _changes(db: aiosqlite.Connection, sql: str, args: Iterable[Any]) -> int:
