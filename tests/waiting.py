@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,9 @@ __all__ = ["eventually"]
 
 
 async def eventually(check: Callable[[], Any], within: float = 5.0, what: str = "") -> None:
-    """Wait until ``await check()`` (or ``check()``) is truthy; fail after ``within`` s.
+    """Wait until ``check()`` is truthy, awaited if awaitable; fail after ``within`` s.
+
+    ``check`` may be a ref's method: its call is a future, awaited each round.
 
     For facts that settle by messages between processes (an unsubscription reaching
     its owner), where there is nothing to wait on directly.
@@ -19,7 +22,7 @@ async def eventually(check: Callable[[], Any], within: float = 5.0, what: str = 
     deadline = loop.time() + within
     while True:
         result = check()
-        if asyncio.iscoroutine(result):
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return

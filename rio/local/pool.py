@@ -173,7 +173,13 @@ class PoolSystem(System):
         self.doorbells = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nprocs)]
         self._lifeline_r, self._lifeline_w = os.pipe()
         self.hub = Hub(
-            self.fabric, 0, self.doorbells, self._on_messages, spin=self.spin, recheck=self.recheck
+            self.fabric,
+            0,
+            self.doorbells,
+            self._on_messages,
+            spin=self.spin,
+            recheck=self.recheck,
+            on_corrupt=self._ring_corrupted,
         )
         self.remote = RemoteCalls(self.hub, self.name)
         self.links = StreamLinks(self.streams, self.hub, 0, self.n, self.remote.is_down, self.name)
@@ -214,6 +220,11 @@ class PoolSystem(System):
         if self.node is not None:
             await self.node.activate()
         self._started = True
+        for w in self._workers:
+            # Died after its Ready, while start() still waited (for others, for the
+            # node): supervision was not on yet, so it takes over now.
+            if w.proc is not None and w.proc.poll() is not None:
+                self._on_exit(w, w.gen)
         try:
             await self._start_reminders()
         except BaseException:
@@ -386,12 +397,17 @@ class PoolSystem(System):
             done = self._resets.get((msg.index, msg.gen))
             if done is not None:
                 done.add(msg.by)
-                if done >= self._live_except(msg.index):
-                    self._reset_events[(msg.index, msg.gen)].set()
+                self._recheck_resets()
         elif isinstance(msg, Drained):
             ev = self._drained.get(msg.index)
             if ev is not None:
                 ev.set()
+
+    def _recheck_resets(self) -> None:
+        """Let each restart go on once every live worker confirmed forgetting the dead one."""
+        for key, done in self._resets.items():
+            if done >= self._live_except(key[0]):
+                self._reset_events[key].set()
 
     def _live_except(self, index: int) -> set[int]:
         return {
@@ -427,6 +443,7 @@ class PoolSystem(System):
             # Dying while the pool stops: fail its calls and stop waiting for its drain.
             self.remote.peer_down(w.index, proc.pid, reason)
             self.links.peer_down(w.index)
+            self._recheck_resets()
             drained = self._drained.get(w.index)
             if drained is not None:
                 drained.set()
@@ -436,6 +453,7 @@ class PoolSystem(System):
         )
         self.remote.peer_down(w.index, proc.pid, reason)
         self.links.peer_down(w.index)
+        self._recheck_resets()  # a worker that was still to confirm a reset never will
         w.restarting = True
         task = asyncio.ensure_future(self._restart(w, proc.pid, reason))
         self._tasks.add(task)
@@ -483,6 +501,17 @@ class PoolSystem(System):
                         continue
                     if self._stopping:
                         return
+                    assert w.proc is not None
+                    if w.proc.poll() is not None:  # died right after its Ready
+                        delay = min(30.0, max(0.5, delay * 2))
+                        logger.error(
+                            "{}: worker {} exited as it started ({}); retrying in {:.1f}s",
+                            self.name,
+                            w.index,
+                            _describe_exit(w.proc.returncode),
+                            delay,
+                        )
+                        continue
                     self.links.peer_up(w.index)  # subscriptions first: held calls may publish
                     self.remote.peer_up(w.index)
                     self._broadcast(Up(w.index, w.gen, ready.pid), skip=w.index)
@@ -514,6 +543,13 @@ class PoolSystem(System):
                     )
         finally:
             del self._resets[key], self._reset_events[key]
+
+    def _ring_corrupted(self, index: int) -> None:
+        # The ring from that worker cannot be read: restart it (supervision resets it).
+        w = self._workers[index - 1]
+        if w.proc is not None and w.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signal.SIGKILL)
 
     async def _kill(self, w: _Worker) -> None:
         if w.proc is not None and w.proc.poll() is None:

@@ -57,8 +57,12 @@ class RemoteCalls:
         # RunDeadlines): a call that joins the current run costs one comparison.
         self._next_req = 1
         self._runs = RunDeadlines(self._pending, lambda: self._next_req, self._expire)
-        #: Peers that are dead or restarting, with the calls held for them (req, encoded).
-        self.down: dict[int, list[tuple[int, bytes]]] = {}
+        #: Peers that are dead or restarting, with the calls held for them: (req, the
+        #: Call with its arguments encoded, deadline).
+        self.down: dict[int, list[tuple[int, tuple[Any, ...], float]]] = {}
+        #: How many times each peer died: a reply owed to a caller from before its
+        #: last death must not reach its replacement (see :meth:`life`).
+        self.deaths: dict[int, int] = {}
         self.pids: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hub_send = hub.send
@@ -111,7 +115,8 @@ class RemoteCalls:
         )
         try:
             if dst in self.down:
-                self._hold(dst, req, encode(msg))
+                body = args if isinstance(args, msgspec.Raw) else msgspec.Raw(encode(args))
+                self._hold(dst, req, (*msg[:7], body), deadline)
             else:
                 self._hub_send(dst, msg)
         except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
@@ -128,11 +133,11 @@ class RemoteCalls:
             runs.start(loop, req, deadline, budget)
         return fut
 
-    def _hold(self, dst: int, req: int, data: bytes) -> None:
+    def _hold(self, dst: int, req: int, msg: tuple[Any, ...], deadline: float) -> None:
         held = self.down[dst]
         if len(held) >= 1024:  # drop those whose deadline passed meanwhile
             held[:] = [h for h in held if h[0] in self._pending]
-        held.append((req, data))
+        held.append((req, msg, deadline))
 
     def on_messages(self, msgs: list[Message], other: Callable[[Message], None]) -> None:
         """Resolve the calls the replies among ``msgs`` answer; hand the rest to ``other``.
@@ -214,6 +219,7 @@ class RemoteCalls:
         """
         if dst not in self.down:
             self.down[dst] = []
+            self.deaths[dst] = self.deaths.get(dst, 0) + 1
         failed = 0
         for req, (fut, handler, d, _, key) in list(self._pending.items()):
             if d != dst:
@@ -234,10 +240,19 @@ class RemoteCalls:
         return failed
 
     def peer_up(self, dst: int) -> None:
-        """Send the calls held while ``dst`` restarted (those still waiting)."""
-        for req, data in self.down.pop(dst, ()):
-            if req in self._pending:
-                self.hub.send_encoded(dst, data)
+        """Send the calls held while ``dst`` restarted (those still waiting).
+
+        Each goes with what is left of its budget: the time it was held counts.
+        """
+        held = self.down.pop(dst, ())
+        now = self.hub.loop.time()
+        for req, msg, deadline in held:
+            if req in self._pending and deadline > now:  # else its timer fails it
+                self._hub_send(dst, (*msg[:5], deadline - now, *msg[6:]))
+
+    def life(self, peer: int) -> int:
+        """Which life of ``peer`` this is (how many times it died so far)."""
+        return self.deaths.get(peer, 0)
 
     def is_down(self, dst: int) -> bool:
         """True while ``dst`` is dead or restarting."""

@@ -38,7 +38,7 @@ import msgspec
 from loguru import logger
 
 from rio.local.protocol import BATCH_HEADER, Message, new_batch
-from rio.local.ring import Ring, RingReader, RingWriter, ring_size
+from rio.local.ring import Ring, RingCorrupted, RingReader, RingWriter, ring_size
 
 __all__ = ["Fabric", "Hub"]
 
@@ -127,6 +127,9 @@ class Hub:
         flush_bytes: a batch this large is written at once, not at the end of the pass.
         yield_after: seconds of idle spinning after which each empty poll yields the
             core (a round trip's short wait never does).
+        on_corrupt: called with a peer's index when the ring from it is found
+            corrupted (after which it is no longer read): the owner ends that link,
+            by restarting the peer or itself.
     """
 
     def __init__(
@@ -140,11 +143,13 @@ class Hub:
         recheck: float = 0.02,
         flush_bytes: int = DEFAULT_FLUSH_BYTES,
         yield_after: float = 0.00005,
+        on_corrupt: Callable[[int], None] | None = None,
     ) -> None:
         self.fabric = fabric
         self.me = me
         self.doorbells = doorbells
         self.on_messages = on_messages
+        self.on_corrupt = on_corrupt
         self.spin = spin
         self.recheck = recheck
         self.flush_bytes = flush_bytes
@@ -312,10 +317,21 @@ class Hub:
             return
         got = False
         on_messages = self.on_messages
-        for src, reader in self._readers:
+        readers = self._readers
+        for src, reader in readers:
+            if self._readers is not readers:
+                # A message just handled reset a dead peer's rings (reset_peer): the
+                # readers left in this pass may be stale, and a stale reader must not
+                # publish its old head into a zeroed ring. The next pass reads afresh.
+                self._schedule_poll()
+                break
             if reader.empty():
                 continue
-            frames = reader.read()
+            try:
+                frames = reader.read()
+            except RingCorrupted as e:
+                self._corrupted(src, e)
+                continue
             ring = reader.ring
             if ring.producer_waiting:
                 ring.producer_waiting = False
@@ -354,6 +370,13 @@ class Hub:
         else:
             self._sleep()
 
+    def _corrupted(self, src: int, e: RingCorrupted) -> None:
+        """The ring from ``src`` cannot be read any more: stop reading it, and say so."""
+        self._readers = [(p, r) for p, r in self._readers if p != src]
+        logger.critical("process {}: the ring from process {} is corrupted: {}", self.me, src, e)
+        if self.on_corrupt is not None:
+            self.on_corrupt(src)
+
     def _flush_blocked(self) -> None:
         for dst in list(self._blocked):
             writer = self._writers[dst]
@@ -384,7 +407,9 @@ class Hub:
         out.reset()
         inn.reset()
         self._writers[peer] = RingWriter(out)
-        self._readers = [(p, RingReader(inn) if p == peer else r) for p, r in self._readers]
+        # A fresh reader (the ring from a peer found corrupted was dropped: read again).
+        readers = [(p, r) for p, r in self._readers if p != peer]
+        self._readers = sorted([*readers, (peer, RingReader(inn))], key=lambda pr: pr[0])
         self._blocked.discard(peer)
         del self._bufs[peer][len(BATCH_HEADER) :]
         self._counts[peer] = 0

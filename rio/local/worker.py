@@ -79,6 +79,7 @@ class WorkerSystem(System):
             self.on_messages,
             spin=cfg.spin,
             recheck=cfg.recheck,
+            on_corrupt=_ring_corrupted,
         )
         self.remote = RemoteCalls(self.hub, self.name)
         self.streams = runtime.streams
@@ -174,6 +175,7 @@ class WorkerSystem(System):
         send = self.hub.send
         down = self.remote.down
         reply = self._reply
+        life = self.remote.life(src)
         now = self._loop.time()
         for msg in msgs:
             try:
@@ -215,9 +217,9 @@ class WorkerSystem(System):
                         except Exception as e:  # TypeError, EncodeError, OverflowError...
                             self._send_error(src, msg.req, self._unsendable(msg, e))
                 elif fut.done():  # failed at once (or an awaitable answer, refused there)
-                    reply(src, msg, fut)
+                    reply(src, life, msg, fut)
                 else:
-                    fut.add_done_callback(partial(reply, src, msg))
+                    fut.add_done_callback(partial(reply, src, life, msg))
             except Exception:  # one bad message must never stop this process reading
                 logger.opt(exception=True).error(
                     "{}: handling a message from process {} failed", self.name, src
@@ -277,13 +279,14 @@ class WorkerSystem(System):
             if not isinstance(e, Exception | asyncio.CancelledError):
                 raise
             return
+        life = self.remote.life(src)
         if fut.done():
-            self._reply(src, msg, fut)
+            self._reply(src, life, msg, fut)
         else:
-            fut.add_done_callback(partial(self._reply, src, msg))
+            fut.add_done_callback(partial(self._reply, src, life, msg))
 
-    def _reply(self, src: int, msg: Call, fut: asyncio.Future[Any]) -> None:
-        if src in self.remote.down:
+    def _reply(self, src: int, life: int, msg: Call, fut: asyncio.Future[Any]) -> None:
+        if src in self.remote.down or self.remote.life(src) != life:
             return  # the caller died; its replacement did not ask
         if fut.cancelled():
             self._send_error(src, msg.req, SystemStopping(f"{self.name}: the call was cancelled"))
@@ -326,6 +329,13 @@ def _lookup(type_name: str, me: int) -> ActorType:
             "that define them: a class defined inside a function or created at run "
             "time cannot be found there; define it at module level, or use workers=0)"
         ) from None
+
+
+def _ring_corrupted(src: int) -> None:
+    # What was shared with that process cannot be trusted: end this worker, so its
+    # supervisor fails its calls with WorkerLost and starts it afresh on reset rings.
+    logger.complete()
+    os._exit(70)
 
 
 def _die_with_parent() -> None:

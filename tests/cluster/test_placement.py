@@ -72,7 +72,8 @@ async def test_each_claimer_of_a_batch_gets_its_own_answer(store: CountingStore)
     results = await asyncio.gather(
         *(place.claim(("T", k)) for k in ["x", "theirs", "y"]), return_exceptions=True
     )
-    assert results[0] is None and results[2] is None
+    assert results[0] is None
+    assert results[2] is None
     assert isinstance(results[1], Redirect)
     assert results[1].owner == "b#1"
     assert "T/theirs is placed on b#1, not node-a" in str(results[1])

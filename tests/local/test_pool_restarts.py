@@ -1,0 +1,156 @@
+"""A worker's death and restart seen from the other processes (regressions from review).
+
+Each test kills a worker with SIGKILL and checks what the others do next: the rings
+with the dead worker start clean, a reply owed to the dead caller never reaches its
+replacement, a second death does not stall the first restart, and a call held during
+a restart keeps its own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+import rio
+from rio.core.context import CURRENT_TURN, current_system
+from rio.local.pool import PoolSystem
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.slow
+
+
+class RsNode(rio.Actor, reentrant=True):
+    async def ping(self, n: int) -> int:
+        return n
+
+    async def flood(self, other: str, count: int) -> int:
+        """``count`` calls in flight at once to ``other`` (in another worker)."""
+        futs = [RsNode.ref(other).ping(i) for i in range(count)]
+        return sum([await f for f in futs])
+
+    async def gated_echo(self, n: int) -> int:
+        """Answer ``n`` once :meth:`open_gate` is called."""
+        if not hasattr(self, "gate"):
+            self.gate, self.waiting = asyncio.Event(), 0
+        self.waiting += 1
+        await self.gate.wait()
+        return n
+
+    async def waiters(self) -> int:
+        return getattr(self, "waiting", 0)
+
+    async def open_gate(self) -> None:
+        self.gate.set()
+
+    async def relay(self, other: str, n: int) -> int:
+        return await RsNode.ref(other).gated_echo(n)
+
+    async def stall(self, seconds: float) -> None:
+        time.sleep(seconds)  # noqa: ASYNC251 - the whole worker stops reading its rings
+
+    async def budget_left(self) -> float:
+        runtime = current_system().runtime  # type: ignore[attr-defined]
+        turn = runtime._sync_turn or CURRENT_TURN.get()  # the turn's own deadline
+        return turn[2] - asyncio.get_running_loop().time()
+
+
+def on_worker(system: PoolSystem, index: int, prefix: str) -> str:
+    """An RsNode id that lives in worker ``index``."""
+    return next(
+        f"{prefix}{i}" for i in range(1000) if system.owner(("RsNode", f"{prefix}{i}")) == index
+    )
+
+
+async def restarted(system: PoolSystem, index: int, old_pid: int) -> None:
+    def back() -> bool:
+        return system.worker_pid(index) != old_pid and not system.remote.is_down(index)
+
+    await eventually(back, within=10, what=f"worker {index} serving again")
+
+
+def pool(**options: object) -> rio.App:
+    return rio.App("pool-restarts", storage="memory://", workers=2, drain_timeout=5, **options)
+
+
+async def test_a_restarted_workers_rings_start_clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small rings: the stale read position the old code left behind in a reset ring
+    # would let the replacement overwrite frames worker 1 has not read yet.
+    monkeypatch.setitem(PoolSystem.__init__.__kwdefaults__, "capacity", 8192)
+    async with pool(default_timeout=10) as system:
+        assert isinstance(system, PoolSystem)
+        target = on_worker(system, 1, "a")
+        caller = on_worker(system, 2, "b")
+        expected = sum(range(3000))
+        assert await RsNode.ref(caller).flood(target, 3000) == expected  # ring 2 -> 1 moves on
+        old = system.worker_pid(2)
+        os.kill(old, signal.SIGKILL)
+        await restarted(system, 2, old)
+        ring = system.fabric.ring(2, 1)
+        assert (ring.head, ring.tail) == (0, 0)
+        staller = on_worker(system, 1, "s")
+        stalled = RsNode.ref(staller).stall(0.3)  # worker 1 reads nothing meanwhile
+        again = on_worker(system, 2, "c")
+        assert await RsNode.ref(again).flood(target, 3000) == expected
+        await stalled
+
+
+async def test_a_reply_owed_to_a_dead_caller_never_reaches_its_replacement() -> None:
+    async with pool(default_timeout=10) as system:
+        assert isinstance(system, PoolSystem)
+        relay = on_worker(system, 1, "r")
+        echo = on_worker(system, 2, "e")
+        # Worker 1 asks worker 2 for an answer that waits, then dies before it comes.
+        first = RsNode.ref(relay).relay(echo, 111)
+        await eventually(RsNode.ref(echo).waiters, what="worker 2 holding the first call")
+        old = system.worker_pid(1)
+        os.kill(old, signal.SIGKILL)
+        with pytest.raises(rio.WorkerLost):
+            await first
+        await restarted(system, 1, old)
+        # The replacement numbers its calls from 1 again: when both answers go out,
+        # the dead caller's (sent first) must not be taken for the new one's.
+        second = RsNode.ref(relay).relay(echo, 999)
+
+        async def both_waiting() -> bool:
+            return await RsNode.ref(echo).waiters() == 2
+
+        await eventually(both_waiting, what="worker 2 holding both calls")
+        await RsNode.ref(echo).open_gate()
+        assert await second == 999
+
+
+async def test_a_second_death_does_not_stall_the_first_restart() -> None:
+    async with pool(default_timeout=5) as system:
+        assert isinstance(system, PoolSystem)
+        one = on_worker(system, 1, "a")
+        staller = on_worker(system, 2, "s")
+        stalled = RsNode.ref(staller).stall(0.5)  # worker 2 will not confirm in time
+        p1, p2 = system.worker_pid(1), system.worker_pid(2)
+        os.kill(p1, signal.SIGKILL)
+        await eventually(lambda: system.remote.is_down(1), what="worker 1 seen dead")
+        os.kill(p2, signal.SIGKILL)  # dies before it confirms forgetting worker 1
+        with pytest.raises(rio.WorkerLost):
+            await stalled
+        # Worker 1 comes back within this call's 5 s, not after a 10 s wait.
+        assert await RsNode.ref(one).ping(7) == 7
+        await restarted(system, 2, p2)
+
+
+async def test_a_call_held_during_a_restart_keeps_its_own_deadline() -> None:
+    async with pool() as system:
+        assert isinstance(system, PoolSystem)
+        key = on_worker(system, 1, "b")
+        old = system.worker_pid(1)
+        os.kill(old, signal.SIGKILL)
+        await eventually(lambda: system.remote.is_down(1), what="worker 1 seen dead")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        left = await RsNode.ref(key).with_timeout(3.0).budget_left()
+        held = loop.time() - start
+        assert held > 0.01  # it did wait for the restart
+        # The handler's deadline is the caller's, not a fresh 3 s from when it was sent.
+        assert left <= 3.0 - held + 0.005, (left, held)
