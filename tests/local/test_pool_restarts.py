@@ -154,3 +154,22 @@ async def test_a_call_held_during_a_restart_keeps_its_own_deadline() -> None:
         assert held > 0.01  # it did wait for the restart
         # The handler's deadline is the caller's, not a fresh 3 s from when it was sent.
         assert left <= 3.0 - held + 0.005, (left, held)
+
+
+async def test_a_worker_that_finds_its_ring_corrupted_is_restarted() -> None:
+    async with pool() as system:
+        assert isinstance(system, PoolSystem)
+        key = on_worker(system, 1, "k")
+        assert await RsNode.ref(key).ping(1) == 1
+        old = system.worker_pid(1)
+        # A foreign write: one frame of an unknown kind at the end of the driver's
+        # ring to worker 1, published, and worker 1 woken to read it.
+        ring = system.fabric.ring(0, 1)
+        tail = ring.tail
+        ring._data_u64[(tail & (ring.capacity - 1)) >> 3] = (0xDEAD << 32) | 8
+        ring._u64[0] = tail + 16
+        ring.consumer_sleeping = False
+        os.eventfd_write(system.doorbells[1], 1)
+        await restarted(system, 1, old)
+        assert system.stats().restarts == 1
+        assert await RsNode.ref(key).ping(2) == 2
