@@ -435,14 +435,37 @@ class Router:
         await asyncio.sleep(delay)
 
     async def _wait_gone(self, member: str, deadline: float) -> None:
-        """Wait until ``member`` is declared gone (or the deadline), then re-place."""
-        loop = asyncio.get_running_loop()
-        while self.view.is_live(member) and loop.time() < deadline:
-            await self._wait_view(deadline)
+        """Wait until ``member`` is declared gone, or answers a dial again (or the deadline).
 
-    async def _wait_view(self, deadline: float) -> None:
+        A member whose connection broke is dialed again now and then (50 ms doubling
+        up to 1 s): one that is alive (the connection was cut, not the node) takes the
+        call again at once, rather than after the call's whole deadline. One that is
+        dead is re-placed as soon as the view says so.
+        """
         loop = asyncio.get_running_loop()
-        remaining = deadline - loop.time()
+        pause = 0.05
+        while self.view.is_live(member) and not self._closed and loop.time() < deadline:
+            # A hung node may not answer a dial at all: look at the view again between
+            # waits for the dial (which goes on meanwhile), so a failover is not missed.
+            limit = min(deadline, loop.time() + self.view.refresh_period)
+            try:
+                async with asyncio.timeout_at(limit):
+                    await self.connection(member)
+                return  # reachable: the call goes there again
+            except NodeUnreachable:
+                # Refused, reset, or closed during the handshake: a node being killed
+                # does all of these. This member took our secret before; it is
+                # re-placed once the view drops it.
+                pass
+            except TimeoutError:
+                continue
+            await self._wait_view(min(deadline, loop.time() + pause))
+            pause = min(pause * 2, 1.0)
+
+    async def _wait_view(self, until: float) -> None:
+        """Wait for the next change of the membership view, until ``until`` at most."""
+        loop = asyncio.get_running_loop()
+        remaining = until - loop.time()
         if remaining <= 0:
             return
         try:

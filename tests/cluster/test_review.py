@@ -469,3 +469,23 @@ async def test_members_heartbeating_slower_than_the_suspicion_window_still_vote(
         await agent._suspect(members["b#1"])  # a's vote alone: c could vote too
         status = {m.member_id: m.status for m in await store.members()}
         assert status == {"a#1": "active", "b#1": "active", "c#1": "active"}
+
+
+async def test_a_call_in_flight_when_its_connection_breaks_goes_again_to_the_live_node(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    # The connection is cut (a reset, a proxy restart), not the node: the call must
+    # go again over a new connection, not wait out its deadline for the node to die.
+    (node,) = await nodes(1)
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        ref = client.ref(RvCounter, "cut")
+        assert await ref.incr(1) == 1
+        call = ref.with_timeout(20).hold(0.3)
+        await asyncio.sleep(0)  # sent
+        conn = client.router.connected(node.core.member_id)
+        assert conn is not None
+        assert conn._transport is not None
+        conn._transport.abort()  # as a reset from the network would
+        async with asyncio.timeout(10):  # well within the call's own 20 s
+            await call
+        assert await ref.incr(1) == 2
