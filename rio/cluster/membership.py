@@ -29,7 +29,7 @@ from loguru import logger
 
 from rio.cluster.settings import ClusterSettings
 from rio.cluster.store import ClusterStore, Member
-from rio.core.errors import RioError, StorageError
+from rio.core.errors import ConfigError, RioError, StorageError
 
 __all__ = ["MembershipAgent", "MembershipView", "ring_successors"]
 
@@ -214,12 +214,34 @@ class MembershipAgent:
         self._store_down_since: float | None = None
 
     async def join(self) -> None:
-        """Register as ``joining`` and supersede older incarnations of this node name."""
+        """Register as ``joining`` and supersede older incarnations of this node name.
+
+        An older incarnation is this node's own past (a restart) when it no longer
+        answers a probe: it is declared dead. One that answers is another node that
+        runs under the same name: joining is refused, and that node keeps running.
+
+        Raises:
+            rio.ConfigError: a live node answers under this node's name.
+        """
         await self.store.register(self.member)
-        for m in await self.store.members():
-            # Our own predecessor (a restart) is dead, whatever its row says.
-            older = m.node == self.member.node and m.incarnation < self.member.incarnation
-            if older and m.live and await self.store.declare_dead(m.member_id):
+        name = self.member.node
+        older = [
+            m
+            for m in await self.store.members()
+            if m.node == name and m.incarnation < self.member.incarnation and m.live
+        ]
+        if older:
+            await self.view.refresh()  # to dial them
+        for m in older:
+            if await self._probe(m, self.settings.probe_timeout):
+                with contextlib.suppress(RioError, OSError):
+                    await self.store.update(self.me, status="left")
+                raise ConfigError(
+                    f"node name {name!r} is taken: member {m.member_id} at {m.address} "
+                    "is alive and answers under it. Give each node its own name "
+                    "(--node / ClusterSettings(node=...)), or stop that node first"
+                )
+            if await self.store.declare_dead(m.member_id):
                 logger.info("{}: declared my previous incarnation {} dead", self.me, m.member_id)
         await self.view.refresh()
         loop = asyncio.get_running_loop()
@@ -258,11 +280,16 @@ class MembershipAgent:
         with contextlib.suppress(RioError, OSError):
             await self.view.refresh()
 
-    def _dead(self) -> None:
+    def _dead(self, why: str | None = None) -> None:
+        why = why or (
+            "the cluster declared this node dead (it missed its probes, or a newer "
+            f"incarnation of node {self.member.node!r} did not reach it and replaced it)"
+        )
         logger.critical(
-            "{}: the cluster declared this node dead (it missed its probes); a dead "
-            "incarnation never comes back, so it stops now (restart it to rejoin)",
+            "{}: {}; a dead incarnation never comes back, so it stops now (restart it "
+            "to rejoin)",
             self.me,
+            why,
         )
         self._on_dead()
 
@@ -278,7 +305,16 @@ class MembershipAgent:
                 if self._store_down_since is not None:
                     logger.info("{}: membership store reachable again", self.me)
                     self._store_down_since = None
-                if row is None or row.status == "dead":
+                if row is None:
+                    # Pruned after it was declared dead, or the store lost its data
+                    # (a wiped or restarted Redis): either way, no placement can be
+                    # trusted to name this node any more.
+                    self._dead(
+                        "this node's row is gone from the membership store (it was "
+                        "declared dead and pruned, or the store lost its data)"
+                    )
+                    return
+                if row.status == "dead":
                     self._dead()
                     return
                 now = time.time()
@@ -346,7 +382,16 @@ class MembershipAgent:
                 # A member declared dead itself (the other side of a partition won)
                 # must not declare anyone: it would take the survivors down with it.
                 row = await self.store.update(self.me, heartbeat=time.time())
-                if row is None or row.status == "dead":
+                if row is None:
+                    # Pruned after it was declared dead, or the store lost its data
+                    # (a wiped or restarted Redis): either way, no placement can be
+                    # trusted to name this node any more.
+                    self._dead(
+                        "this node's row is gone from the membership store (it was "
+                        "declared dead and pruned, or the store lost its data)"
+                    )
+                    return
+                if row.status == "dead":
                     self._dead()
                     return
                 if await self.store.declare_dead(m.member_id):

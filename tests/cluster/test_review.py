@@ -489,3 +489,45 @@ async def test_a_call_in_flight_when_its_connection_breaks_goes_again_to_the_liv
         async with asyncio.timeout(10):  # well within the call's own 20 s
             await call
         assert await ref.incr(1) == 2
+
+
+async def test_a_second_node_under_a_live_nodes_name_is_refused_and_the_first_serves_on(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    (first,) = await nodes(1, node="web")
+    await first.ref(RvCounter, "w").incr(1)
+    with pytest.raises(rio.ConfigError, match=r"node name 'web' is taken: member web#\d+"):
+        await nodes(1, node="web")
+    store = cluster_store_from_url(urls[0])
+    await store.open()
+    try:
+        rows = {m.member_id: m.status for m in await store.members()}
+    finally:
+        await store.close()
+    assert rows[first.core.member_id] == "active"
+    assert sorted(rows.values()) == ["active", "left"]  # the refused one left its row
+    assert await first.ref(RvCounter, "w").incr(1) == 2
+
+
+async def test_a_restarted_node_supersedes_its_silent_previous_incarnation(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    store = cluster_store_from_url(urls[0])
+    await store.open()
+    try:
+        old = Member(
+            member_id="web#1",
+            node="web",
+            address="127.0.0.1:1",  # nobody answers there: the old process is gone
+            incarnation=1,
+            status="active",
+            types=["RvCounter"],
+            heartbeat=time.time(),
+        )
+        await store.register(old)
+        (node,) = await nodes(1, node="web")
+        rows = {m.member_id: m.status for m in await store.members()}
+    finally:
+        await store.close()
+    assert rows == {"web#1": "dead", node.core.member_id: "active"}
+    assert await node.ref(RvCounter, "r").incr(1) == 1
