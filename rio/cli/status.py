@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import msgspec
 
 from rio.cluster.store import Member, cluster_store_from_url
+from rio.core.errors import ConfigError
 
 __all__ = ["ClusterStatus", "cluster_status", "format_status"]
 
@@ -20,8 +22,17 @@ class ClusterStatus(msgspec.Struct, frozen=True):
 
 
 async def cluster_status(url: str) -> ClusterStatus:
-    """Read the membership table and the placement counts at ``url``."""
+    """Read the membership table and the placement counts at ``url``.
+
+    Raises:
+        ConfigError: ``url`` is malformed, or names an SQLite file that does not
+            exist (a mistyped path is not made into an empty cluster).
+        StorageError: the store cannot be read.
+    """
     store = cluster_store_from_url(url)
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and path != ":memory:" and not os.path.exists(path):
+        raise ConfigError(f"no cluster store at {url}: the file {path} does not exist")
     await store.open()
     try:
         members = await store.members()

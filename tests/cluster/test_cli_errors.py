@@ -1,0 +1,51 @@
+"""``rio status`` and ``rio run --cluster`` refuse a wrong URL up front (exit code 2)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_cli import child_env, rio_command
+
+APP = str(Path(__file__).parent / "apps" / "cluster_app.py")
+
+
+def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*rio_command(), *args],
+        cwd=tmp_path,
+        env=child_env(tmp_path, RIO_CLUSTER_SECRET="s3cret"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_status_of_a_missing_sqlite_file_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "clustr.db"
+    proc = run(tmp_path, "status", "--cluster", f"sqlite:///{missing}")
+    assert proc.returncode == 2, proc.stderr
+    assert f"no cluster store at sqlite:///{missing}: the file {missing} does not exist" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("bogus://db", "unknown scheme 'bogus'"),
+        ("redis://127.0.0.1:6379/x", "the path must be a database number"),
+    ],
+)
+def test_run_with_a_malformed_cluster_url_starts_nothing(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    proc = run(tmp_path, "run", APP, "--cluster", url)
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr
+    assert "listening on" not in proc.stderr  # refused before the listener opened
+    assert "Traceback" not in proc.stderr
