@@ -286,8 +286,7 @@ class MembershipAgent:
             f"incarnation of node {self.member.node!r} did not reach it and replaced it)"
         )
         logger.critical(
-            "{}: {}; a dead incarnation never comes back, so it stops now (restart it "
-            "to rejoin)",
+            "{}: {}; a dead incarnation never comes back, so it stops now (restart it to rejoin)",
             self.me,
             why,
         )

@@ -111,9 +111,6 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             )
         if not self.url:
             raise ConfigError("a cluster needs a membership URL (redis://, postgresql://, ...)")
-        from rio.cluster.store import cluster_store_from_url
-
-        cluster_store_from_url(self.url)  # a malformed URL fails here, before anything starts
         if self.placement not in STRATEGIES:
             raise ConfigError(
                 f"unknown placement strategy {self.placement!r}; known: {', '.join(STRATEGIES)}"
@@ -135,6 +132,9 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         resolved = msgspec.structs.replace(self, secret=secret)
         resolved.server_ssl()  # a missing or unreadable file fails here, not at start
         resolved.client_ssl()
+        from rio.cluster.store import cluster_store_from_url
+
+        cluster_store_from_url(self.url)  # a malformed URL too, before anything starts
         return resolved
 
     def server_ssl(self) -> ssl.SSLContext | None:

@@ -286,6 +286,7 @@ class Lifecycle:
                     and not act._rio_queue
                     and not act._rio_draining
                     and now - act._rio_last >= ttl
+                    and not _kept_alive(act)
                 ):
                     act._rio_deact = True
                     self._start_drain(act)
@@ -366,3 +367,9 @@ class Lifecycle:
         )
         if act._rio_status in (ACTIVATING, ACTIVE):
             self.deactivate_soon(act)
+
+
+def _kept_alive(act: Actor[Any]) -> bool:
+    """Whether ``act`` holds a timer started with ``keep_alive=True`` (not cancelled)."""
+    timers = act._rio_timers
+    return timers is not None and any(t.keep_alive for t in timers.values())

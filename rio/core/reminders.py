@@ -38,7 +38,16 @@ import msgspec
 from loguru import logger
 
 from rio.core.context import CALLER_DEADLINE, CURRENT_TURN
-from rio.core.errors import RemoteError, UnknownActorType
+from rio.core.errors import (
+    ActivationFailed,
+    NodeUnreachable,
+    NoNodesAvailable,
+    RemoteError,
+    StorageUnavailable,
+    SystemStopping,
+    UnknownActorType,
+    WorkerLost,
+)
 from rio.core.registry import lookup_type
 from rio.storage.base import StoredReminder, to_ms
 
@@ -68,6 +77,17 @@ MAX_NAME_BYTES = 255
 MIN_PERIOD = 0.001
 #: The most retries a failed delivery waits between attempts (seconds).
 MAX_BACKOFF = 60.0
+#: Failures that mean a firing did not reach ``receive_reminder`` (tried again soon,
+#: backing off). Anything else was raised by the handler, or by a call it made: the
+#: firing happened, and the reminder keeps its schedule.
+_UNDELIVERED = (
+    WorkerLost,
+    NodeUnreachable,
+    NoNodesAvailable,
+    SystemStopping,
+    ActivationFailed,
+    StorageUnavailable,
+)
 
 
 class Reminder(msgspec.Struct, frozen=True):
@@ -352,46 +372,52 @@ class Reminders:
             return next_after(row.next_due, row.period, time.time())
         try:
             await self.system.call((t, i), info.reminder, (n,), {}, self.timeout)
-        except RemoteError as e:
+        except _UNDELIVERED as e:  # it did not reach the handler: again, soon
+            return self._undelivered(row, slot, e)
+        except Exception as e:  # the handler ran and raised (its own error or a rio one)
             self.delivered += 1
             self._failures.pop(slot, None)
-            cause = e.__cause__ if e.__cause__ is not None else e
+            cause = e.__cause__ if isinstance(e, RemoteError) and e.__cause__ is not None else e
             logger.opt(exception=cause).error(
-                "{}: receive_reminder({!r}) of {}/{} raised {}; the reminder keeps its schedule",
-                self.name,
-                n,
-                t,
-                i,
-                e,
-            )
-        except Exception as e:
-            failures = self._failures.get(slot, 0) + 1
-            self._failures[slot] = failures
-            if len(self._failures) > 10 * self.batch:  # forget the oldest
-                self._failures.pop(next(iter(self._failures)))
-            now = time.time()
-            backoff = min(self.poll * 2.0 ** min(failures, 16), MAX_BACKOFF)
-            retry = min(now + backoff, next_after(row.next_due, row.period, now))
-            # Told on the 1st, 2nd, 4th, 8th... failure in a row: a reminder that cannot
-            # be delivered for long does not flood the log.
-            log = logger.warning if failures & (failures - 1) == 0 else logger.debug
-            log(
-                "{}: delivering reminder {!r} to {}/{} failed ({}: {}; {} time(s) in a row); "
-                "retrying in {:.2f}s",
+                "{}: receive_reminder({!r}) of {}/{} raised {}: {}; the reminder keeps "
+                "its schedule",
                 self.name,
                 n,
                 t,
                 i,
                 type(e).__name__,
                 e,
-                failures,
-                retry - now,
             )
-            return retry
         else:
             self.delivered += 1
             self._failures.pop(slot, None)
         return next_after(row.next_due, row.period, time.time())
+
+    def _undelivered(self, row: StoredReminder, slot: tuple[str, str, str], e: Exception) -> float:
+        """Count a failed delivery; when to try again (backing off, within the schedule)."""
+        failures = self._failures.get(slot, 0) + 1
+        self._failures[slot] = failures
+        if len(self._failures) > 10 * self.batch:  # forget the oldest
+            self._failures.pop(next(iter(self._failures)))
+        now = time.time()
+        backoff = min(self.poll * 2.0 ** min(failures, 16), MAX_BACKOFF)
+        retry = min(now + backoff, next_after(row.next_due, row.period, now))
+        # Told on the 1st, 2nd, 4th, 8th... failure in a row: a reminder that cannot
+        # be delivered for long does not flood the log.
+        log = logger.warning if failures & (failures - 1) == 0 else logger.debug
+        log(
+            "{}: delivering reminder {!r} to {}/{} failed ({}: {}; {} time(s) in a row); "
+            "retrying in {:.2f}s",
+            self.name,
+            row.name,
+            row.type_name,
+            row.object_id,
+            type(e).__name__,
+            e,
+            failures,
+            retry - now,
+        )
+        return retry
 
     def _warn_once(self, type_name: str, what: str, message: str) -> None:
         if (type_name, what) in self._warned:

@@ -57,6 +57,7 @@ from rio.core.turns import (
     DEACTIVATING,
     MAX_EAGER_DEPTH,
     NEW,
+    NO_DEADLINE,
     Key,
     TurnTask,
     chain_future,
@@ -131,6 +132,9 @@ class Runtime(Lifecycle, System):
         self._deact_waiters: dict[Key, list[asyncio.Future[None]]] = {}
         self._saving: dict[Key, asyncio.Future[None]] = {}
         self._turn_tasks: set[asyncio.Task[Any]] = set()
+        #: ids of the records of turns that continue in a task (a task the turn
+        #: creates inherits the record; it stands for no turn once the turn ended).
+        self._live_turns: set[int] = set()
         self._deact_tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         # The sweeper's current sleep; an activation whose TTL needs a shorter one wakes it.
@@ -293,7 +297,11 @@ class Runtime(Lifecycle, System):
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        turn = self._sync_turn or CURRENT_TURN.get()
+        turn = self._sync_turn
+        if turn is None:
+            turn = CURRENT_TURN.get()
+            if turn is not None and id(turn) not in self._live_turns:
+                turn = None  # a task the turn created, still running after it ended
         if turn is None:
             if self._stopping:
                 raise SystemStopping(
@@ -304,6 +312,8 @@ class Runtime(Lifecycle, System):
         deadline = turn[2]
         if timeout is not None and now + timeout < deadline:
             deadline = now + timeout
+        elif deadline == NO_DEADLINE:  # a timer tick: each call it makes has its own
+            deadline = now + self.default_timeout
         outer = CALLER_DEADLINE.get()
         if outer is not None and outer < deadline:
             deadline = outer
@@ -358,6 +368,8 @@ class Runtime(Lifecycle, System):
         """
         loop = self._loop
         assert loop is not None
+        if now >= deadline:  # its caller is told CallTimeout: it must not run either
+            raise CallTimeout(f"{key_str(key)}.{handler.name}(): deadline already passed")
         prev = self._sync_turn
         act = self._acts.get(key)
         if act is None:
@@ -388,8 +400,6 @@ class Runtime(Lifecycle, System):
                     act, handler, args, kwargs, chain, deadline, activate=True, now=now
                 )
         chain = chain[:-1]
-        if now >= deadline:
-            raise CallTimeout(f"{key_str(key)}.{handler.name}(): deadline already passed")
         fut = loop.create_future()
         self._deadlines.add(loop, deadline, (fut, key, handler.name, deadline - now))
         queue = act._rio_queue
@@ -528,7 +538,9 @@ class Runtime(Lifecycle, System):
         self, act: Actor[Any], handler: Handler, e: BaseException
     ) -> asyncio.Future[Any]:
         self._turn_finished(act)
-        if not isinstance(e, Exception):
+        if isinstance(e, asyncio.CancelledError):  # the handler's own: never the caller's
+            e = self._cancelled(act, handler)
+        elif not isinstance(e, Exception):
             raise e
         fut = self._loop_().create_future()
         fut.set_exception(self._wrap(act, handler, e))
@@ -554,14 +566,16 @@ class Runtime(Lifecycle, System):
         self._sync_turn = prev
         loop = self._loop_()
         ctx.run(CURRENT_TURN.set, turn)
+        self._live_turns.add(id(turn))
         task = loop.create_task(run_resumed(coro, first), context=ctx)
         stand_in.attach(task)
         deadline = turn[2]
         self._turn_tasks.add(task)
         fut = loop.create_future()
-        budget = deadline - started
-        self._deadlines.add(loop, deadline, (fut, act._rio_key, handler.name, budget))
-        task.add_done_callback(partial(self._eager_done, act, handler, fut))
+        if deadline != NO_DEADLINE:
+            budget = deadline - started
+            self._deadlines.add(loop, deadline, (fut, act._rio_key, handler.name, budget))
+        task.add_done_callback(partial(self._eager_done, act, handler, fut, id(turn)))
         return fut
 
     def _eager_done(
@@ -569,15 +583,15 @@ class Runtime(Lifecycle, System):
         act: Actor[Any],
         handler: Handler,
         fut: asyncio.Future[Any],
+        turn_id: int,
         task: asyncio.Task[Any],
     ) -> None:
         self._turn_tasks.discard(task)
+        self._live_turns.discard(turn_id)
         self._turn_finished(act)
         if task.cancelled():
             if not fut.done():
-                fut.set_exception(
-                    SystemStopping(f"{act!r}.{handler.name}() was cancelled by shutdown")
-                )
+                fut.set_exception(self._cancelled(act, handler))
             return
         exc = task.exception()
         if fut.done():
@@ -587,8 +601,18 @@ class Runtime(Lifecycle, System):
         else:
             fut.set_result(task.result())
 
+    def _cancelled(self, act: Actor[Any], handler: Handler) -> RioError:
+        if self._stopping:
+            return SystemStopping(f"{act!r}.{handler.name}() was cancelled by shutdown")
+        return RemoteError(
+            "asyncio.CancelledError",
+            f"{act!r}.{handler.name}() was cancelled: the handler raised CancelledError, "
+            "or something cancelled its turn",
+        )
+
     def _turn_finished(self, act: Actor[Any]) -> None:
         act._rio_busy -= 1
+        act._rio_last = self._loop_().time()  # idle from now on, not from its arrival
         self._turn_finished_slow(act)
 
     def _turn_finished_slow(self, act: Actor[Any]) -> None:

@@ -25,7 +25,7 @@ from loguru import logger
 
 from rio.core.errors import RemoteError, SystemStopping
 from rio.core.registry import Handler
-from rio.core.turns import ACTIVATING, ACTIVE, NEW, key_str
+from rio.core.turns import ACTIVATING, ACTIVE, NEW, NO_DEADLINE, key_str
 
 if TYPE_CHECKING:
     from rio.core.actor import Actor
@@ -225,7 +225,9 @@ class Timers:
         if timer.keep_alive:
             act._rio_last = now
         handler = timer._handler
-        deadline = now + rt.default_timeout
+        # No deadline of its own: the next tick is armed when this one has finished,
+        # however long it takes (the calls it makes each get the default timeout).
+        deadline = NO_DEADLINE
         chain = (act._rio_key,)
         if status == ACTIVE and not act._rio_draining and not act._rio_deact:
             if not act._rio_busy and not act._rio_queue:

@@ -7,6 +7,7 @@ task, and the stand-in for ``asyncio.current_task()`` during a turn's eager step
 from __future__ import annotations
 
 import asyncio
+import math
 import types
 from collections.abc import Coroutine, Generator
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "DEAD",
     "MAX_EAGER_DEPTH",
     "NEW",
+    "NO_DEADLINE",
     "Key",
     "Message",
     "TurnTask",
@@ -33,6 +35,9 @@ __all__ = [
 NEW, ACTIVATING, ACTIVE, DEACTIVATING, DEAD = range(5)
 #: Nested eager calls deeper than this are queued instead, bounding stack depth.
 MAX_EAGER_DEPTH = 48
+#: The deadline of a turn that has none of its own (a timer tick: the next tick waits
+#: for it to finish); each call it makes gets the default timeout.
+NO_DEADLINE = math.inf
 
 Key = tuple[str, str]
 # A queued message: handler (None for a deactivation request), args, kwargs, chain,
