@@ -77,6 +77,8 @@ __all__ = [
 ]
 
 _NO_KWARGS: dict[str, Any] = {}  # shared by calls with no keyword arguments; never written
+#: Most objects a node claims in one store transaction (the rest go in the next).
+CLAIM_BATCH = 1000
 
 
 class Placement:
@@ -133,7 +135,8 @@ class Placement:
     async def _claim_batches(self) -> None:
         try:
             while self._claims:
-                batch, self._claims = self._claims, []
+                batch = self._claims[:CLAIM_BATCH]
+                del self._claims[:CLAIM_BATCH]
                 try:
                     owners = await self.store.claim_many([k for k, _ in batch], self.member_id)
                 except BaseException as e:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rio.cluster.node import Placement
+from rio.cluster.node import CLAIM_BATCH, Placement
 from rio.cluster.routing import Redirect
 from rio.cluster.store import Key, Member
 from rio.cluster.stores.sqlite import SQLiteClusterStore
@@ -58,12 +58,14 @@ async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
 
 async def test_a_burst_of_claims_goes_in_a_few_batches(store: CountingStore) -> None:
     place = Placement(store, "a#1", "node-a")
-    keys = [("T", str(i)) for i in range(300)]
+    keys = [("T", str(i)) for i in range(2_500)]
     await asyncio.gather(*(place.claim(k) for k in keys))
     assert place.owned == set(keys)
-    assert await store.placement_counts() == {"a#1": 300}
-    assert sum(store.batches) == 300
-    assert len(store.batches) <= 3, store.batches  # the first alone, then the rest
+    assert await store.placement_counts() == {"a#1": 2_500}
+    assert sum(store.batches) == 2_500
+    # The first alone, then the rest, at most CLAIM_BATCH per transaction.
+    assert max(store.batches) == CLAIM_BATCH
+    assert len(store.batches) <= 5, store.batches
 
 
 async def test_each_claimer_of_a_batch_gets_its_own_answer(store: CountingStore) -> None:
