@@ -8,7 +8,7 @@ import importlib
 import os
 import signal
 import tomllib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -318,7 +318,8 @@ class App:
         try:
             await _until_signal(self.name, None if fn is None else fn())
         finally:
-            await self.stop()
+            with _forced_by_sigint(self.name):
+                await self.stop()
 
     def configure(
         self,
@@ -378,7 +379,7 @@ async def _until_signal(name: str, main: Awaitable[Any] | None) -> None:
     try:
         await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
-            logger.info("{}: stop signal received; draining", name)
+            logger.info("{}: stop signal received; draining (Ctrl-C again exits at once)", name)
             if not work.done():
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -389,6 +390,37 @@ async def _until_signal(name: str, main: Awaitable[Any] | None) -> None:
         waiter.cancel()
         if not work.done():
             work.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def _forced_by_sigint(name: str) -> Iterator[None]:
+    """While the drain runs: SIGINT (a second Ctrl-C) exits at once; SIGTERM is noted."""
+    loop = asyncio.get_running_loop()
+
+    def force() -> None:
+        logger.warning(
+            "{}: SIGINT during the drain: exiting now (turns still running and unsaved "
+            "state are lost)",
+            name,
+        )
+        logger.complete()
+        os._exit(130)
+
+    def noted() -> None:
+        logger.info("{}: SIGTERM: already draining (SIGINT exits at once)", name)
+
+    installed: list[signal.Signals] = []
+    for sig, handler in ((signal.SIGINT, force), (signal.SIGTERM, noted)):
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            pass
+    try:
+        yield
+    finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
 

@@ -583,3 +583,15 @@ def test_signal_during_main_drains_turn_hooks_and_state(
         ("Job", "j"): {"turn_finished": True, "deactivated": True}
     }
     assert code == 0, child.transcript()
+
+
+def test_a_second_sigint_during_the_drain_exits_at_once(start: Any) -> None:
+    child = start("run", str(APPS / "stuck_drain_app.py"))
+    child.expect("stdout", "ready")
+    child.proc.send_signal(signal.SIGINT)
+    child.expect("stdout", "on_deactivate waiting")  # the drain waits on it
+    child.proc.send_signal(signal.SIGINT)
+    code = child.finish()
+    assert code == 130, child.transcript()
+    assert "SIGINT during the drain: exiting now" in child.stderr()
+    assert "Traceback" not in child.stderr()
