@@ -114,6 +114,8 @@ class App:
         self.name = name
         self.actors = None if actors is None else [actor_type(a) for a in actors]
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        if isinstance(storage, str):
+            storage_from_url(storage)  # a mistyped URL is refused here, not in each worker
         self.storage_spec = storage
         self.default_timeout = float(default_timeout)
         self.drain_timeout = float(drain_timeout)

@@ -94,10 +94,17 @@ def test_unknown_scheme() -> None:
     assert "mongodb://user:***@db/app" in message
 
 
-def test_app_with_a_bad_storage_url_fails_when_it_builds_storage() -> None:
-    app = rio.App("x", storage="nope://")
-    with pytest.raises(rio.ConfigError, match="unknown storage scheme 'nope'"):
-        app.make_storage()
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("nope://", "unknown storage scheme 'nope'"),
+        ("sqlite://hello.db", "names a host; use sqlite:///relative.db"),
+    ],
+)
+def test_app_with_a_bad_storage_url_fails_when_it_is_built(url: str, says: str) -> None:
+    # Refused by App() itself, not later by each worker process as it starts.
+    with pytest.raises(rio.ConfigError, match=says):
+        rio.App("x", storage=url)
 
 
 @pytest.mark.parametrize(
