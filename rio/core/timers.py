@@ -63,6 +63,7 @@ class Timer:
         "_timers",
         "callback",
         "due",
+        "failures",
         "interval",
         "keep_alive",
         "name",
@@ -91,6 +92,8 @@ class Timer:
         self.callback = callback
         #: How many ticks have finished (raising or not).
         self.ticks = 0
+        #: How many ticks in a row raised (0 after one that did not).
+        self.failures = 0
         self._timers = timers
         self._act = act
         self._slot: Any = name if name is not None else ("anonymous", next(_anonymous))
@@ -266,15 +269,21 @@ class Timers:
         exc = fut.exception()
         act = timer._act
         if exc is not None and not isinstance(exc, SystemStopping):
-            cause = exc.__cause__ if isinstance(exc, RemoteError) and exc.__cause__ else exc
-            logger.opt(exception=cause).error(
-                "{}: timer {} of {} raised {}: {}; the timer keeps running",
-                self._rt.name,
-                timer.name or getattr(timer.callback, "__qualname__", "?"),
-                key_str(act._rio_key),
-                type(cause).__name__,
-                cause,
-            )
+            timer.failures = n = timer.failures + 1
+            if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th... failure in a row
+                cause = exc.__cause__ if isinstance(exc, RemoteError) and exc.__cause__ else exc
+                # The traceback once: a timer failing every tick must not flood the log.
+                logger.opt(exception=cause if n == 1 else None).error(
+                    "{}: timer {} of {} raised {}: {}{}; the timer keeps running",
+                    self._rt.name,
+                    timer.name or getattr(timer.callback, "__qualname__", "?"),
+                    key_str(act._rio_key),
+                    type(cause).__name__,
+                    cause,
+                    "" if n == 1 else f" ({n} ticks in a row; said on the 1st, 2nd, 4th...)",
+                )
+        elif exc is None:
+            timer.failures = 0
         if timer._cancelled:
             return
         if timer.interval is None or act._rio_status not in (ACTIVATING, ACTIVE):

@@ -188,3 +188,38 @@ async def test_a_reminder_whose_handler_raises_a_rio_error_keeps_its_schedule() 
             await eventually(lambda: fired, what="the first firing")
             await asyncio.sleep(1.0)  # a retry would have come within 0.1-0.8 s
             assert len(fired) == 1
+
+
+class RvBroken(rio.Actor, idle_ttl=None):
+    async def start(self) -> None:
+        self.ticks = 0
+        self.start_timer(self.tick, 0.001, name="broken")
+
+    async def tick(self) -> None:
+        self.ticks += 1
+        if self.ticks <= 9:  # nine failures in a row, then it recovers
+            raise ValueError("tick broke")
+
+    async def count(self) -> int:
+        return self.ticks
+
+
+async def test_a_timer_failing_every_tick_logs_its_traceback_once() -> None:
+    from loguru import logger
+
+    records: list[dict[str, object]] = []
+    sink = logger.add(lambda m: records.append(m.record), level="ERROR")
+    try:
+        async with rio.App("rv-broken", storage="memory://", workers=0) as s:
+            await s.ref(RvBroken, "b").start()
+
+            async def recovered() -> bool:
+                return await s.ref(RvBroken, "b").count() >= 12
+
+            await eventually(recovered)
+    finally:
+        logger.remove(sink)
+    said = [r for r in records if "timer broken of RvBroken/b raised" in str(r["message"])]
+    assert len(said) == 4  # the 1st, 2nd, 4th and 8th failure in a row
+    assert [r["exception"] is not None for r in said] == [True, False, False, False]
+    assert "8 ticks in a row" in str(said[-1]["message"])
