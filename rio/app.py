@@ -359,7 +359,14 @@ class App:
         return self
 
     def run(self, main: MainFn | None = None) -> None:
-        """Run the app in a new event loop (uvloop where installed) until done."""
+        """Run the app in a new event loop (uvloop where installed) until done.
+
+        With ``RIO_LOG_LEVEL`` set, the log goes to stderr from that level up (see
+        :func:`rio.core.logs.configure_logging`); otherwise loguru is left as it is.
+        """
+        from rio.core.logs import configure_logging
+
+        configure_logging()
         run(self.serve(main))
 
 

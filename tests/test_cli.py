@@ -595,3 +595,20 @@ def test_a_second_sigint_during_the_drain_exits_at_once(start: Any) -> None:
     assert code == 130, child.transcript()
     assert "SIGINT during the drain: exiting now" in child.stderr()
     assert "Traceback" not in child.stderr()
+
+
+def test_log_level_hides_lower_levels(start: Any) -> None:
+    child = start("run", str(APPS / "stuck_drain_app.py"), "--log-level", "error")
+    child.expect("stdout", "ready")
+    child.proc.send_signal(signal.SIGINT)
+    child.expect("stdout", "on_deactivate waiting")
+    child.proc.send_signal(signal.SIGINT)
+    assert child.finish() == 130, child.transcript()
+    for level in ("DEBUG", "INFO", "WARNING"):
+        assert f"| {level}" not in child.stderr(), child.transcript()
+
+
+def test_an_unknown_log_level_is_refused(tmp_path: Path) -> None:
+    proc = rio_cmd(tmp_path, "run", str(APPS / "stuck_drain_app.py"), "--log-level", "loud")
+    assert proc.returncode == 2, explain(proc)
+    assert "rio run: --log-level: log level 'loud': expected one of TRACE" in proc.stderr

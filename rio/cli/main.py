@@ -113,6 +113,13 @@ def run(
             help="PEM certificates to trust when dialing nodes.", rich_help_panel="Cluster"
         ),
     ] = None,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar="RIO_LOG_LEVEL",
+            help="Log to stderr from this level up: TRACE, DEBUG, INFO, WARNING, ERROR.",
+        ),
+    ] = "INFO",
 ) -> None:
     """Start an app: run its @app.main, or serve until SIGINT/SIGTERM, then drain.
 
@@ -124,7 +131,13 @@ def run(
     """
     from rio.cli.loader import ImportFailed, load_app
     from rio.core.errors import RemoteError, RioError
+    from rio.core.logs import configure_logging
 
+    try:
+        configure_logging(log_level)
+    except RioError as e:
+        _echo_err(f"rio run: --log-level: {e}\n")
+        raise typer.Exit(2) from None
     try:
         rio_app = load_app(target)
     except ImportFailed as e:

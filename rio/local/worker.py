@@ -404,6 +404,9 @@ def main() -> None:
     """Entry point of ``python -m rio.local.worker``."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
+    from rio.core.logs import configure_logging
+
+    configure_logging()  # as the driver was told (RIO_LOG_LEVEL), if it was
     cfg = msgspec.json.decode(os.environ.pop("RIO_WORKER_CONFIG"), type=WorkerConfig)
     sys.path[:] = cfg.sys_path
     sys.argv[:] = cfg.argv  # module-level code of the user's script may read it
