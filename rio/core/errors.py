@@ -20,7 +20,8 @@
     └── StorageError              a storage engine failed
         ├── StorageUnavailable    the engine's server cannot be reached
         ├── StateConflict         a write named a stale version (optimistic concurrency)
-        └── StateDecodeError      a stored state no longer decodes into the declared type
+        ├── StateDecodeError      a stored state no longer decodes into the declared type
+        └── StateEncodeError      a state holds a value that cannot be stored
 
 Errors cross processes and nodes intact: :func:`error_to_wire` and
 :func:`error_from_wire` turn any of them into a plain dict and back.
@@ -45,6 +46,7 @@ __all__ = [
     "RioError",
     "StateConflict",
     "StateDecodeError",
+    "StateEncodeError",
     "StorageError",
     "StorageUnavailable",
     "SystemStopping",
@@ -219,6 +221,14 @@ class StateDecodeError(StorageError):
 
     The message names the type, id and the offending field. The stored value is left
     untouched; it is never silently replaced by the default.
+    """
+
+
+class StateEncodeError(StorageError, TypeError):
+    """A state holds a value msgspec cannot encode, so it cannot be saved.
+
+    The message names the type, id and the offending field. Nothing was written; the
+    stored state is the last one saved.
     """
 
 

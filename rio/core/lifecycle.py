@@ -16,14 +16,17 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import msgspec
 from loguru import logger
 
 from rio.core.actor import Actor
+from rio.core.codec import encode_state
 from rio.core.context import CURRENT_TURN
 from rio.core.errors import (
     ActivationFailed,
     RegistrationError,
     StateConflict,
+    StateEncodeError,
     UnknownActorType,
 )
 from rio.core.ref import Ref
@@ -313,6 +316,8 @@ class Lifecycle:
         except StateConflict:
             self.deactivate_soon(act)
             raise
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as e:
+            raise unencodable_state(info.name, act.id, act.state, e) from e
         finally:
             del self._saving[key]
             done.set_result(None)
@@ -373,3 +378,31 @@ def _kept_alive(act: Actor[Any]) -> bool:
     """Whether ``act`` holds a timer started with ``keep_alive=True`` (not cancelled)."""
     timers = act._rio_timers
     return timers is not None and any(t.keep_alive for t in timers.values())
+
+
+def unencodable_state(type_name: str, object_id: str, state: Any, e: Exception) -> Exception:
+    """``e`` from a save, as a :class:`StateEncodeError` naming the field, if encoding failed.
+
+    Encodes each field of ``state`` on its own to find the one that cannot be stored
+    (only on this error path). When the state encodes after all, ``e`` came from
+    elsewhere and is returned as it was.
+    """
+    try:
+        encode_state(state)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        pass
+    else:
+        return e
+    fields = getattr(type(state), "__struct_fields__", ())
+    bad = ""
+    for name in fields:
+        try:
+            encode_state(getattr(state, name))
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            bad = f" field {name!r}"
+            break
+    return StateEncodeError(
+        f"{type_name}/{object_id}: the state cannot be saved:{bad} holds a value that "
+        f"cannot be stored ({e}); keep only msgspec-encodable values in state "
+        "(nothing was written)"
+    )

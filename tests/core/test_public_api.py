@@ -26,6 +26,7 @@ PUBLIC = [
     "RuntimeStats",
     "StateConflict",
     "StateDecodeError",
+    "StateEncodeError",
     "StorageError",
     "StorageUnavailable",
     "Subscription",

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from waiting import eventually
 
@@ -223,3 +226,25 @@ async def test_a_timer_failing_every_tick_logs_its_traceback_once() -> None:
     assert len(said) == 4  # the 1st, 2nd, 4th and 8th failure in a row
     assert [r["exception"] is not None for r in said] == [True, False, False, False]
     assert "8 ticks in a row" in str(said[-1]["message"])
+
+
+class RvHolderState(msgspec.Struct):
+    count: int = 0
+    extra: Any = None
+
+
+class RvHolder(rio.Actor[RvHolderState], idle_ttl=None):
+    async def keep(self, lock: bool) -> int:
+        self.state.count += 1
+        self.state.extra = threading.Lock() if lock else None
+        await self.save()
+        return self.state.count
+
+
+async def test_a_state_that_cannot_be_stored_names_its_actor_and_field() -> None:
+    async with rio.App("rv-holder", storage="memory://", workers=0) as s:
+        assert await s.ref(RvHolder, "h").keep(False) == 1
+        with pytest.raises(rio.StateEncodeError, match=r"RvHolder/h: .* field 'extra' holds"):
+            await s.ref(RvHolder, "h").keep(True)
+        # Nothing was written; once the field holds a storable value, saves work again.
+        assert await s.ref(RvHolder, "h").keep(False) == 3
