@@ -108,6 +108,23 @@ class Actor(Generic[S]):
 
     _rio_type: ClassVar[ActorType]
 
+    if not TYPE_CHECKING:  # hidden from type checkers: a typo must stay an error there
+
+        def __getattr__(self, name: str) -> Any:
+            """Only for attributes that are missing: explain an actor made with ``Type()``."""
+            cls = type(self).__name__
+            try:
+                object.__getattribute__(self, "_rio_key")
+            except AttributeError:
+                raise AttributeError(
+                    f"{cls}.{name}: this {cls} was made directly ({cls}()), not activated by "
+                    f"rio, so it has no {name}; reach actors through refs: "
+                    f"await {cls}.ref(id).method(...)",
+                    name=name,
+                    obj=self,
+                ) from None
+            raise AttributeError(f"{cls!r} object has no attribute {name!r}", name=name, obj=self)
+
     def __init_subclass__(
         cls,
         *,

@@ -248,3 +248,12 @@ async def test_a_state_that_cannot_be_stored_names_its_actor_and_field() -> None
             await s.ref(RvHolder, "h").keep(True)
         # Nothing was written; once the field holds a storable value, saves work again.
         assert await s.ref(RvHolder, "h").keep(False) == 3
+
+
+async def test_an_actor_made_directly_says_to_use_a_ref() -> None:
+    made = RvHolder()  # not activated by rio
+    with pytest.raises(
+        AttributeError, match=r"made directly \(RvHolder\(\)\).*RvHolder\.ref\(id\)"
+    ):
+        await made.keep(False)
+    assert not hasattr(made, "anything")  # still an AttributeError for hasattr
