@@ -92,23 +92,34 @@ def _frame(body: bytes) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-class _BareServer(asyncio.Protocol):
-    """The child's bare echo: every read's answers go out in one write."""
+class _Framed(asyncio.Protocol):
+    """A bare protocol end: u32-length frames in, cut from what was read so far."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
-        self.value = 0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def _frames(self, data: bytes) -> list[bytes]:
+        """Add ``data`` to what was read; the frames now complete."""
         self.buf += data
         frames, used = _cut(self.buf)
         del self.buf[:used]
+        return frames
+
+
+class _BareServer(_Framed):
+    """The child's bare echo: every read's answers go out in one write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+
+    def data_received(self, data: bytes) -> None:
         out: list[bytes] = []
-        for raw in frames:
+        for raw in self._frames(data):
             seq, _method, by = _REQUESTS.decode(raw)
             self.value += by
             out.append(_frame(_ENCODER.encode((seq, self.value))))
@@ -116,24 +127,17 @@ class _BareServer(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
 
-class _BareClient(asyncio.Protocol):
+class _BareClient(_Framed):
     """The bare client: a future per awaited reply count."""
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        super().__init__()
         self.replies: list[bytes] = []
         self.want = 0
         self.waiter: asyncio.Future[None] | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
-        frames, used = _cut(self.buf)
-        del self.buf[:used]
-        self.replies += frames
+        self.replies += self._frames(data)
         if self.waiter is not None and len(self.replies) >= self.want:
             self.waiter.set_result(None)
             self.waiter = None
@@ -153,29 +157,22 @@ class _BareClient(asyncio.Protocol):
         return self.replies
 
 
-class _AwaitingClient(asyncio.Protocol):
+class _AwaitingClient(_Framed):
     """The bare client of plain awaited requests: a future per request, matched by id.
 
     The frames made in one loop pass go out in one write at its end.
     """
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        super().__init__()
         self.out = bytearray()
         self.pending: dict[int, asyncio.Future[int]] = {}
         self.flushing = False
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
-        frames, used = _cut(self.buf)
-        del self.buf[:used]
         pop = self.pending.pop
-        for raw in frames:
+        for raw in self._frames(data):
             seq, value = _REPLIES.decode(raw)
             fut = pop(seq, None)
             if fut is None:

@@ -292,6 +292,22 @@ class MembershipAgent:
         )
         self._on_dead()
 
+    def _gone(self, row: Member | None) -> bool:
+        """True, once this node is stopping, when its own ``row`` says dead or is missing."""
+        if row is None:
+            # Pruned after it was declared dead, or the store lost its data (a wiped
+            # or restarted Redis): either way, no placement can be trusted to name
+            # this node any more.
+            self._dead(
+                "this node's row is gone from the membership store (it was declared "
+                "dead and pruned, or the store lost its data)"
+            )
+            return True
+        if row.status == "dead":
+            self._dead()
+            return True
+        return False
+
     async def _heartbeat(self) -> None:
         period = self.settings.heartbeat_period
         last_prune = 0.0
@@ -304,17 +320,7 @@ class MembershipAgent:
                 if self._store_down_since is not None:
                     logger.info("{}: membership store reachable again", self.me)
                     self._store_down_since = None
-                if row is None:
-                    # Pruned after it was declared dead, or the store lost its data
-                    # (a wiped or restarted Redis): either way, no placement can be
-                    # trusted to name this node any more.
-                    self._dead(
-                        "this node's row is gone from the membership store (it was "
-                        "declared dead and pruned, or the store lost its data)"
-                    )
-                    return
-                if row.status == "dead":
-                    self._dead()
+                if self._gone(row):
                     return
                 now = time.time()
                 if now - last_prune > 60:
@@ -381,17 +387,7 @@ class MembershipAgent:
                 # A member declared dead itself (the other side of a partition won)
                 # must not declare anyone: it would take the survivors down with it.
                 row = await self.store.update(self.me, heartbeat=time.time())
-                if row is None:
-                    # Pruned after it was declared dead, or the store lost its data
-                    # (a wiped or restarted Redis): either way, no placement can be
-                    # trusted to name this node any more.
-                    self._dead(
-                        "this node's row is gone from the membership store (it was "
-                        "declared dead and pruned, or the store lost its data)"
-                    )
-                    return
-                if row.status == "dead":
-                    self._dead()
+                if self._gone(row):
                     return
                 if await self.store.declare_dead(m.member_id):
                     logger.warning(
