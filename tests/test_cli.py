@@ -612,3 +612,15 @@ def test_an_unknown_log_level_is_refused(tmp_path: Path) -> None:
     proc = rio_cmd(tmp_path, "run", str(APPS / "stuck_drain_app.py"), "--log-level", "loud")
     assert proc.returncode == 2, explain(proc)
     assert "rio run: --log-level: log level 'loud': expected one of TRACE" in proc.stderr
+
+
+def test_arguments_after_the_target_reach_the_app_and_its_workers(tmp_path: Path) -> None:
+    app = str(APPS / "argv_app.py")
+    proc = rio_cmd(tmp_path, "run", app, "--workers", "1", "--", "--rounds", "3", "x")
+    assert proc.returncode == 0, explain(proc)
+    assert "driver argv ['--rounds', '3', 'x']" in proc.stdout, explain(proc)
+    assert "worker argv ['--rounds', '3', 'x']" in proc.stdout, explain(proc)
+    # Without --, an option rio run does not know is refused (a typo, not the app's).
+    typo = rio_cmd(tmp_path, "run", app, "--worker", "1")
+    assert typo.returncode == 2, explain(typo)
+    assert "No such option" in typo.stderr

@@ -46,6 +46,14 @@ def run(
         str,
         typer.Argument(help="A Python file (app.py) or module (pkg.mod), optionally :app_name."),
     ],
+    script_args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Arguments for the app, in its sys.argv[1:] (put them after --: "
+            "rio run app.py -- --rounds 3).",
+            show_default=False,
+        ),
+    ] = None,
     storage: Annotated[
         str | None,
         typer.Option(help="State storage URL, overriding the app's (e.g. sqlite:///x.db)."),
@@ -138,6 +146,7 @@ def run(
     except RioError as e:
         _echo_err(f"rio run: --log-level: {e}\n")
         raise typer.Exit(2) from None
+    sys.argv = [target, *(script_args or [])]  # what the app's own code reads
     try:
         rio_app = load_app(target)
     except ImportFailed as e:
