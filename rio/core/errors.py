@@ -275,8 +275,31 @@ def error_from_wire(data: dict[str, Any]) -> RioError:
         err = RemoteError(str(data.get("kind")), " ".join(map(str, args)))
     cause = data.get("cause")
     if isinstance(cause, dict):
-        err.__cause__ = error_from_wire(cause)
+        inner = error_from_wire(cause)
+        if (
+            isinstance(err, RemoteError)
+            and isinstance(inner, RemoteError)
+            and inner.args == err.args
+        ):
+            # The handler's exception and its wrapper: shown once.
+            err.__cause__ = inner.__cause__
+        else:
+            err.__cause__ = inner
+    if isinstance(err, RemoteError) and err.remote_traceback and err.__cause__ is None:
+        # Printed as the cause, like concurrent.futures does: the frames where it was raised.
+        err.__cause__ = RemoteTraceback(err.remote_traceback)
     return err
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised in another process, shown as a cause."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return '\n"""\n' + self.text.rstrip("\n") + '\n"""'
 
 
 def _plain(value: Any) -> Any:

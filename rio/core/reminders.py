@@ -40,6 +40,7 @@ from loguru import logger
 from rio.core.context import CALLER_DEADLINE, CURRENT_TURN
 from rio.core.errors import (
     ActivationFailed,
+    CallTimeout,
     NodeUnreachable,
     NoNodesAvailable,
     RemoteError,
@@ -374,24 +375,34 @@ class Reminders:
             await self.system.call((t, i), info.reminder, (n,), {}, self.timeout)
         except _UNDELIVERED as e:  # it did not reach the handler: again, soon
             return self._undelivered(row, slot, e)
+        except CallTimeout as e:
+            if str(e).startswith(f"{t}/{i}.{REMINDER_METHOD}("):
+                # This firing's own deadline: it may not have run at all. Again, soon.
+                return self._undelivered(row, slot, e)
+            self._handler_raised(row, slot, e)  # a call the handler made timed out
         except Exception as e:  # the handler ran and raised (its own error or a rio one)
-            self.delivered += 1
-            self._failures.pop(slot, None)
-            cause = e.__cause__ if isinstance(e, RemoteError) and e.__cause__ is not None else e
-            logger.opt(exception=cause).error(
-                "{}: receive_reminder({!r}) of {}/{} raised {}: {}; the reminder keeps "
-                "its schedule",
-                self.name,
-                n,
-                t,
-                i,
-                type(e).__name__,
-                e,
-            )
+            self._handler_raised(row, slot, e)
         else:
             self.delivered += 1
             self._failures.pop(slot, None)
         return next_after(row.next_due, row.period, time.time())
+
+    def _handler_raised(
+        self, row: StoredReminder, slot: tuple[str, str, str], e: Exception
+    ) -> None:
+        """Count a firing whose handler raised: logged, and the schedule is kept."""
+        self.delivered += 1
+        self._failures.pop(slot, None)
+        cause = e.__cause__ if isinstance(e, RemoteError) and e.__cause__ is not None else e
+        logger.opt(exception=cause).error(
+            "{}: receive_reminder({!r}) of {}/{} raised {}: {}; the reminder keeps its schedule",
+            self.name,
+            row.name,
+            row.type_name,
+            row.object_id,
+            type(e).__name__,
+            e,
+        )
 
     def _undelivered(self, row: StoredReminder, slot: tuple[str, str, str], e: Exception) -> float:
         """Count a failed delivery; when to try again (backing off, within the schedule)."""

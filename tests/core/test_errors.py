@@ -1,6 +1,7 @@
 """Failures are values: handler exceptions reach the caller typed; errors cross the wire."""
 
 import asyncio
+import traceback
 
 import msgspec
 import pytest
@@ -214,3 +215,22 @@ def test_error_message_property() -> None:
     assert RioError().message == ""
     assert rio.Deadlock("cycle", ["A/a"]).message == "cycle"
     assert str(rio.Deadlock("cycle", ["A/a"])) == "cycle"
+
+
+def test_an_error_from_another_process_shows_where_it_was_raised() -> None:
+    def handler_code() -> None:
+        raise ValueError("amount 50 over the limit")
+
+    try:
+        handler_code()
+    except ValueError as e:
+        wrapped = rio.RemoteError("ValueError", str(e), "".join(traceback.format_exception(e)))
+        wrapped.__cause__ = e  # as the runtime wraps a handler's exception
+    # Across a process boundary: the wrapper and its cause arrive as one error whose
+    # cause prints the handler's frames (as concurrent.futures shows a worker's).
+    back = error_from_wire(msgspec.msgpack.decode(msgspec.msgpack.encode(error_to_wire(wrapped))))
+    assert isinstance(back, rio.RemoteError)
+    printed = "".join(traceback.format_exception(back))
+    assert printed.count("ValueError: amount 50 over the limit") == 2  # the cause, then it
+    assert "in handler_code" in printed
+    assert 'raise ValueError("amount 50 over the limit")' in printed
