@@ -308,3 +308,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return str(value)
+
+
+# Shown as users write them (``rio.BadArguments``), in tracebacks and reprs alike.
+for _cls in RioError._registry.values():
+    if _cls.__module__ == __name__ and _cls.__name__ in __all__:
+        _cls.__module__ = "rio"

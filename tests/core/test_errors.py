@@ -143,7 +143,7 @@ def _all_rio_errors() -> list[type[RioError]]:
         cls = todo.pop()
         found.append(cls)
         todo.extend(cls.__subclasses__())
-    return [c for c in found if c.__module__ == "rio.core.errors"]
+    return [c for c in found if c.__module__ == "rio"]  # the public ones (see errors.py)
 
 
 def test_every_public_error_is_covered() -> None:
@@ -234,3 +234,10 @@ def test_an_error_from_another_process_shows_where_it_was_raised() -> None:
     assert printed.count("ValueError: amount 50 over the limit") == 2  # the cause, then it
     assert "in handler_code" in printed
     assert 'raise ValueError("amount 50 over the limit")' in printed
+
+
+def test_errors_print_as_users_write_them() -> None:
+    line = traceback.format_exception_only(rio.BadArguments("x"))[-1]
+    assert line == "rio.BadArguments: x\n"
+    for name in ("RioError", "StateEncodeError", "WorkerLost", "RemoteError"):
+        assert getattr(rio, name).__module__ == "rio"
