@@ -22,7 +22,7 @@ from rio.core.errors import ConfigError
 from rio.core.registry import actor_type
 from rio.core.runtime import Runtime
 from rio.core.system import System
-from rio.storage import StateStorage, storage_from_url
+from rio.storage import StateStorage, check_storage_url, storage_from_url
 
 __all__ = ["App", "default_data_dir", "run"]
 
@@ -115,7 +115,7 @@ class App:
         self.actors = None if actors is None else [actor_type(a) for a in actors]
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         if isinstance(storage, str):
-            storage_from_url(storage)  # a mistyped URL is refused here, not in each worker
+            check_storage_url(storage)  # a mistyped URL is refused here, not in each worker
         self.storage_spec = storage
         self.default_timeout = float(default_timeout)
         self.drain_timeout = float(drain_timeout)

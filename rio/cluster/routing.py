@@ -399,6 +399,10 @@ class Router:
                     raise
                 last = e
                 if not self._closed:
+                    # A little longer each time: a peer that keeps dropping the call
+                    # is not dialed and sent to in a tight loop.
+                    await self._backoff(waits, deadline)
+                    waits += 1
                     await self._wait_gone(member, deadline)
                 continue
             try:

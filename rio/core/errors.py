@@ -260,7 +260,8 @@ def error_to_wire(exc: BaseException, _depth: int = 0) -> dict[str, Any]:
         tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ else ""
         out = {"kind": "RemoteError", "args": [qualified_name(type(exc)), str(exc), tb]}
     cause = exc.__cause__
-    if cause is not None and _depth < 4:
+    # A RemoteTraceback is this error's own traceback text, which travels in its args.
+    if cause is not None and not isinstance(cause, RemoteTraceback) and _depth < 4:
         out["cause"] = error_to_wire(cause, _depth + 1)
     return out
 

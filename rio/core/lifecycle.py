@@ -79,6 +79,7 @@ class Lifecycle:
         _deact_tasks: set[asyncio.Task[None]]
         _saving: dict[Key, asyncio.Future[None]]
         _sync_turn: tuple[Actor[Any], tuple[Key, ...], float] | None
+        _live_turns: set[int]
         _sweep_wake: asyncio.Event
         _sweep_period: float
 
@@ -224,7 +225,9 @@ class Lifecycle:
         self.timers.cancel_all(act)
         try:
             if was_active and info.has_on_deactivate:
-                token = CURRENT_TURN.set((act, (key,), self._loop_().time() + self.default_timeout))
+                turn = (act, (key,), self._loop_().time() + self.default_timeout)
+                token = CURRENT_TURN.set(turn)
+                self._live_turns.add(id(turn))  # the hook runs as a turn of its own
                 try:
                     await act.on_deactivate()
                 except Exception as e:
@@ -232,6 +235,7 @@ class Lifecycle:
                         "{}: on_deactivate of {} raised {}", self.name, key_str(key), e
                     )
                 finally:
+                    self._live_turns.discard(id(turn))
                     CURRENT_TURN.reset(token)
             await self.background.stop_all(act)
             if was_active and info.save_on_deactivate and info.state_type is not None:

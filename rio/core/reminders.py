@@ -78,6 +78,8 @@ MAX_NAME_BYTES = 255
 MIN_PERIOD = 0.001
 #: The most retries a failed delivery waits between attempts (seconds).
 MAX_BACKOFF = 60.0
+#: Seconds by which a deadline seen in another process may run ahead of this clock.
+_CLOCK_SLACK = 0.05
 #: Failures that mean a firing did not reach ``receive_reminder`` (tried again soon,
 #: backing off). Anything else was raised by the handler, or by a call it made: the
 #: firing happened, and the reminder keeps its schedule.
@@ -371,15 +373,19 @@ class Reminders:
                 "handler; the reminder is kept (unregister it, or add the handler)",
             )
             return next_after(row.next_due, row.period, time.time())
+        deadline = time.monotonic() + self.timeout
         try:
             await self.system.call((t, i), info.reminder, (n,), {}, self.timeout)
         except _UNDELIVERED as e:  # it did not reach the handler: again, soon
             return self._undelivered(row, slot, e)
         except CallTimeout as e:
-            if str(e).startswith(f"{t}/{i}.{REMINDER_METHOD}("):
-                # This firing's own deadline: it may not have run at all. Again, soon.
+            # This firing's own deadline (seen by whichever hop noticed it first): it
+            # may not have run at all, so again, soon. Earlier, it was a call the
+            # handler made that timed out: the firing happened.
+            own = str(e).startswith(f"{t}/{i}.{REMINDER_METHOD}(")
+            if own or time.monotonic() >= deadline - _CLOCK_SLACK:
                 return self._undelivered(row, slot, e)
-            self._handler_raised(row, slot, e)  # a call the handler made timed out
+            self._handler_raised(row, slot, e)
         except Exception as e:  # the handler ran and raised (its own error or a rio one)
             self._handler_raised(row, slot, e)
         else:

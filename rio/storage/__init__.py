@@ -37,6 +37,7 @@ __all__ = [
     "SQLiteStorage",
     "StateStorage",
     "StoredState",
+    "check_storage_url",
     "mask_url",
     "register_engine",
     "storage_from_url",
@@ -102,6 +103,22 @@ def storage_from_url(url: str) -> StateStorage:
             f"{', '.join(sorted({*_ENGINES, *_LAZY}))}"
         )
     return factory(url)
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse a malformed storage URL now, as :func:`storage_from_url` would.
+
+    A URL whose engine's driver is not installed passes: the app may be run with
+    another storage (``rio run --storage``), and the driver is needed only to use it.
+
+    Raises:
+        ConfigError: unknown scheme or malformed URL.
+    """
+    try:
+        storage_from_url(url)
+    except ConfigError as e:
+        if not isinstance(e.__cause__, ImportError):
+            raise
 
 
 def _sqlite_from_url(url: str) -> SQLiteStorage:

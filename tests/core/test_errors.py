@@ -228,12 +228,15 @@ def test_an_error_from_another_process_shows_where_it_was_raised() -> None:
         wrapped.__cause__ = e  # as the runtime wraps a handler's exception
     # Across a process boundary: the wrapper and its cause arrive as one error whose
     # cause prints the handler's frames (as concurrent.futures shows a worker's).
-    back = error_from_wire(msgspec.msgpack.decode(msgspec.msgpack.encode(error_to_wire(wrapped))))
-    assert isinstance(back, rio.RemoteError)
-    printed = "".join(traceback.format_exception(back))
-    assert printed.count("ValueError: amount 50 over the limit") == 2  # the cause, then it
-    assert "in handler_code" in printed
-    assert 'raise ValueError("amount 50 over the limit")' in printed
+    def hop(err: BaseException) -> RioError:
+        return error_from_wire(msgspec.msgpack.decode(msgspec.msgpack.encode(error_to_wire(err))))
+
+    for back in (hop(wrapped), hop(hop(wrapped))):  # a worker to a node to a client, too
+        assert isinstance(back, rio.RemoteError)
+        printed = "".join(traceback.format_exception(back))
+        assert printed.count("ValueError: amount 50 over the limit") == 2  # the cause, then it
+        assert "in handler_code" in printed
+        assert 'raise ValueError("amount 50 over the limit")' in printed
 
 
 def test_errors_print_as_users_write_them() -> None:

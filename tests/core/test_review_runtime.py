@@ -257,3 +257,59 @@ async def test_an_actor_made_directly_says_to_use_a_ref() -> None:
     ):
         await made.keep(False)
     assert not hasattr(made, "anything")  # still an AttributeError for hasattr
+
+
+noted: list[str] = []
+
+
+class RvNoter(rio.Actor, idle_ttl=None):
+    async def note(self, text: str) -> None:
+        noted.append(text)
+
+
+class RvLeaver(rio.Actor, idle_ttl=None):
+    async def hello(self) -> None:
+        pass
+
+    async def on_deactivate(self) -> None:
+        await RvNoter.ref("log").note(f"bye {self.id}")
+
+
+async def test_on_deactivate_can_call_other_actors_while_the_app_stops() -> None:
+    noted.clear()
+    async with rio.App("rv-leave", storage="memory://", workers=0) as s:
+        await s.ref(RvLeaver, "w1").hello()
+    assert noted == ["bye w1"]
+
+
+class RvSlowNightly(rio.Actor, idle_ttl=None):
+    async def arm(self) -> None:
+        await self.register_reminder("nightly", 3600.0, due=0.05)
+
+    async def receive_reminder(self, name: str) -> None:
+        fired.append(asyncio.get_running_loop().time())
+        if len(fired) == 1:
+            await asyncio.sleep(0.5)  # past the firing's own deadline
+
+
+async def test_a_reminder_firing_that_outlives_its_own_deadline_is_retried_soon() -> None:
+    fired.clear()
+    with tempfile.TemporaryDirectory() as d:
+        url = f"sqlite:///{Path(d) / 's.db'}"
+        app = rio.App("rv-remind2", storage=url, workers=0, reminder_poll=0.05, default_timeout=0.2)
+        async with app as s:
+            await s.ref(RvSlowNightly, "n").arm()
+            await eventually(lambda: len(fired) >= 2, what="a retry of the timed-out firing")
+
+
+def test_an_app_whose_storage_driver_is_missing_still_builds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rio.storage as storage
+
+    monkeypatch.delitem(storage._ENGINES, "postgresql", raising=False)
+    monkeypatch.setitem(storage._LAZY, "postgresql", ("rio_no_such_driver", "postgres"))
+    app = rio.App("rv-driver", storage="postgresql://db/prod")  # --storage may replace it
+    app.configure(storage="memory://")
+    with pytest.raises(rio.ConfigError, match="needs a driver that is not installed"):
+        app.configure(storage="postgresql://db/prod")
