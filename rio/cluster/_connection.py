@@ -40,7 +40,8 @@ from rio.cluster._frames import (
     seal_batch,
 )
 from rio.cluster._options import ConnectionStatistics, TransportOptions
-from rio.cluster._serving import ENCODE_ERRORS, CallHandler, Handler, Inbound, OnewayHandler
+from rio.cluster._serving import CallHandler, Handler, Inbound, OnewayHandler
+from rio.core.codec import ENCODE_ERRORS
 from rio.core.errors import BadArguments, CallTimeout, NodeUnreachable, error_from_wire
 
 __all__ = ["Connection", "format_address"]

@@ -24,12 +24,13 @@ import msgspec
 from loguru import logger
 
 from rio.cluster._frames import Call, FrameTooLarge, Request
+from rio.core.codec import ENCODE_ERRORS
 from rio.core.errors import RemoteError, RioError, error_to_wire, qualified_name
 
 if TYPE_CHECKING:
     from rio.cluster._connection import Connection
 
-__all__ = ["ENCODE_ERRORS", "CallHandler", "Handler", "Inbound", "OnewayHandler"]
+__all__ = ["CallHandler", "Handler", "Inbound", "OnewayHandler"]
 
 #: ``handle(conn, body)`` answers one request: with the reply (any msgpack value, or
 #: ``msgspec.Raw``), or an awaitable of it (a coroutine runs as a task; a future is
@@ -42,8 +43,6 @@ CallHandler = Callable[["Connection", Call], Awaitable[Any] | Any]
 #: coroutine it returns runs as a task).
 OnewayHandler = Callable[["Connection", msgspec.Raw], object]
 
-#: What encoding a message may raise.
-ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError)
 _REPLY, _FAILURE = 2, 3
 _Coroutine = types.CoroutineType
 _CANCELLED = ("asyncio.CancelledError", "the handler was cancelled")

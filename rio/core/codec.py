@@ -12,7 +12,17 @@ import msgspec
 
 from rio.core.errors import StateDecodeError
 
-__all__ = ["decode_state", "decode_state_json", "encode_state", "encode_state_json"]
+__all__ = [
+    "ENCODE_ERRORS",
+    "decode_state",
+    "decode_state_json",
+    "encode_state",
+    "encode_state_json",
+]
+
+#: What encoding a value with msgspec may raise (a type it cannot encode, an int
+#: over 64 bits...).
+ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError)
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _json_encoder = msgspec.json.Encoder()

@@ -16,11 +16,10 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import msgspec
 from loguru import logger
 
 from rio.core.actor import Actor
-from rio.core.codec import encode_state
+from rio.core.codec import ENCODE_ERRORS, encode_state
 from rio.core.context import CURRENT_TURN
 from rio.core.errors import (
     ActivationFailed,
@@ -320,7 +319,7 @@ class Lifecycle:
         except StateConflict:
             self.deactivate_soon(act)
             raise
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as e:
+        except ENCODE_ERRORS as e:
             raise unencodable_state(info.name, act.id, act.state, e) from e
         finally:
             del self._saving[key]
@@ -393,7 +392,7 @@ def unencodable_state(type_name: str, object_id: str, state: Any, e: Exception) 
     """
     try:
         encode_state(state)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+    except ENCODE_ERRORS:
         pass
     else:
         return e
@@ -402,7 +401,7 @@ def unencodable_state(type_name: str, object_id: str, state: Any, e: Exception) 
     for name in fields:
         try:
             encode_state(getattr(state, name))
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        except ENCODE_ERRORS:
             bad = f" field {name!r}"
             break
     return StateEncodeError(

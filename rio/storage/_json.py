@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from rio.core.codec import decode_state_json, encode_state_json
+from rio.core.codec import ENCODE_ERRORS, decode_state_json, encode_state_json
 
 __all__ = ["json_document"]
 
@@ -32,7 +32,7 @@ def json_document(state: Any, state_type: Any) -> bytes | None:
         return None
     try:
         doc = encode_state_json(state)
-    except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
+    except ENCODE_ERRORS:
         return None
     if b"\\u0000" in doc:  # jsonb cannot hold NUL characters
         return None
