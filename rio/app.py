@@ -370,43 +370,50 @@ class App:
         run(self.serve(main))
 
 
-async def _until_signal(name: str, main: Awaitable[Any] | None) -> None:
-    """Await ``main`` (or forever when None) until SIGINT/SIGTERM; a signal cancels it."""
+@contextlib.contextmanager
+def _on_signals(handlers: dict[signal.Signals, Callable[[], object]]) -> Iterator[None]:
+    """Handle these signals in the running loop while the block runs (main thread only)."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
             installed.append(sig)
         except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
             pass
-    if main is None:
-        logger.info("{}: serving; SIGINT or SIGTERM drains and stops", name)
-    work = asyncio.ensure_future(main if main is not None else stop.wait())
-    waiter = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            logger.info("{}: stop signal received; draining (Ctrl-C again exits at once)", name)
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
-        else:
-            await work  # main's result or exception
+        yield
     finally:
-        waiter.cancel()
-        if not work.done():
-            work.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
 
 
-@contextlib.contextmanager
-def _forced_by_sigint(name: str) -> Iterator[None]:
+async def _until_signal(name: str, main: Awaitable[Any] | None) -> None:
+    """Await ``main`` (or forever when None) until SIGINT/SIGTERM; a signal cancels it."""
+    stop = asyncio.Event()
+    with _on_signals({signal.SIGINT: stop.set, signal.SIGTERM: stop.set}):
+        if main is None:
+            logger.info("{}: serving; SIGINT or SIGTERM drains and stops", name)
+        work = asyncio.ensure_future(main if main is not None else stop.wait())
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                logger.info("{}: stop signal received; draining (Ctrl-C again exits at once)", name)
+                if not work.done():
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+            else:
+                await work  # main's result or exception
+        finally:
+            waiter.cancel()
+            if not work.done():
+                work.cancel()
+
+
+def _forced_by_sigint(name: str) -> contextlib.AbstractContextManager[None]:
     """While the drain runs: SIGINT (a second Ctrl-C) exits at once; SIGTERM is noted."""
-    loop = asyncio.get_running_loop()
 
     def force() -> None:
         logger.warning(
@@ -420,18 +427,7 @@ def _forced_by_sigint(name: str) -> Iterator[None]:
     def noted() -> None:
         logger.info("{}: SIGTERM: already draining (SIGINT exits at once)", name)
 
-    installed: list[signal.Signals] = []
-    for sig, handler in ((signal.SIGINT, force), (signal.SIGTERM, noted)):
-        try:
-            loop.add_signal_handler(sig, handler)
-            installed.append(sig)
-        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
-            pass
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    return _on_signals({signal.SIGINT: force, signal.SIGTERM: noted})
 
 
 def run(main: Awaitable[T]) -> T:
