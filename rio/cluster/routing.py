@@ -246,6 +246,9 @@ class Router:
         self._refusing: set[str] = set()
         #: Set by :meth:`close`: calls still routing fail instead of waiting or redialing.
         self._closed = False
+        #: The loop of the first call (``asyncio.get_running_loop`` costs a system call
+        #: per use on Python 3.11, for its fork check).
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Takes the one-way messages members send on this router's connections
         #: (events for this process's subscribers; see rio.cluster.streams).
         self.on_oneway: OnewayHandler | None = None
@@ -271,7 +274,9 @@ class Router:
         calls, redirects, failover, a peer that reads slower than we send) runs in
         :meth:`_route`.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         member = self._cached(key)
         if member is None or member == self.me:
             body = None if self._local is not None else self.encode_args(handler, args, kwargs)
