@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from loguru import logger
 
 from rio.cluster.settings import ClusterSettings
@@ -212,6 +213,9 @@ class MembershipAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self.status = member.status
         self._store_down_since: float | None = None
+        #: When this node last read its own row as live (monotonic): a row missing
+        #: sooner than ``prune_after`` after that was not pruned; the store lost it.
+        self._row_seen = time.monotonic()
 
     async def join(self) -> None:
         """Register as ``joining`` and supersede older incarnations of this node name.
@@ -293,20 +297,53 @@ class MembershipAgent:
         self._on_dead()
 
     def _gone(self, row: Member | None) -> bool:
-        """True, once this node is stopping, when its own ``row`` says dead or is missing."""
+        """True, once this node is stopping, when its own ``row`` says dead or was pruned.
+
+        A row read as live is noted; a missing row that :meth:`_store_lost` explains
+        is not a verdict (False: the heartbeat registers it again).
+        """
         if row is None:
-            # Pruned after it was declared dead, or the store lost its data (a wiped
-            # or restarted Redis): either way, no placement can be trusted to name
-            # this node any more.
+            if self._store_lost():
+                return False
+            # Not seen live for longer than pruning waits: it may have been declared
+            # dead and pruned meanwhile, so no placement can be trusted to name it.
             self._dead(
-                "this node's row is gone from the membership store (it was declared "
-                "dead and pruned, or the store lost its data)"
+                "this node's row is gone from the membership store, and this node had "
+                f"not read it for over {self.settings.prune_after / 2:g} s (it may have "
+                "been declared dead and pruned meanwhile)"
             )
             return True
         if row.status == "dead":
             self._dead()
             return True
+        self._row_seen = time.monotonic()
         return False
+
+    def _store_lost(self) -> bool:
+        """Whether this node's missing row can only mean the store lost its data.
+
+        Only a dead row is pruned, and only ``prune_after`` after its last heartbeat;
+        a node that read its row live more recently than half that would have read
+        the verdict first. So the store was wiped, restarted empty (a Redis without
+        persistence) or restored from an older copy.
+        """
+        return time.monotonic() - self._row_seen < self.settings.prune_after / 2
+
+    async def _register_again(self) -> None:
+        """Write this node's row back into a store that lost it (same incarnation)."""
+        row = msgspec.structs.replace(self.member, status=self.status, heartbeat=time.time())
+        with contextlib.suppress(ConfigError):  # written back meanwhile: as good
+            await self.store.register(row)
+        self._row_seen = time.monotonic()
+        logger.warning(
+            "{}: the membership store lost this node's row (a wiped or restarted store); "
+            "registered it again, still serving. Placements it held are lost with it: "
+            "an object hosted here may be activated elsewhere too until one of the two "
+            "saves (the other then gets StateConflict and deactivates)",
+            self.me,
+        )
+        with contextlib.suppress(RioError, OSError):
+            await self.view.refresh()
 
     async def _heartbeat(self) -> None:
         period = self.settings.heartbeat_period
@@ -322,6 +359,8 @@ class MembershipAgent:
                     self._store_down_since = None
                 if self._gone(row):
                     return
+                if row is None:  # the store lost it (see _gone)
+                    await self._register_again()
                 now = time.time()
                 if now - last_prune > 60:
                     last_prune = now
@@ -387,7 +426,7 @@ class MembershipAgent:
                 # A member declared dead itself (the other side of a partition won)
                 # must not declare anyone: it would take the survivors down with it.
                 row = await self.store.update(self.me, heartbeat=time.time())
-                if self._gone(row):
+                if self._gone(row) or row is None:  # no verdicts from a store that lost data
                     return
                 if await self.store.declare_dead(m.member_id):
                     logger.warning(
