@@ -54,6 +54,9 @@ _BURST_GAP = 20e-6
 _clock = time.perf_counter
 _encode_into = msgspec.msgpack.Encoder().encode_into
 _HANDSHAKE_BUFFER = 256
+#: Bytes of frames one loop pass handles from one connection (about 1,000 small
+#: calls); the rest wait for the next pass, with reading paused meanwhile.
+READ_BUDGET = 64 * 1024
 _REQUEST, _ONEWAY, _PING, _PONG, _CALL = 1, 4, 5, 6, 7
 
 
@@ -117,6 +120,10 @@ class Connection(asyncio.BufferedProtocol):
         self._pending = Pending(loop, peer, lambda: self._next_id)
         self._futures = self._pending.futures
         self._inbound = Inbound(self, handler, on_oneway, options.max_in_flight, on_call)
+        # Reading stops while too many requests wait (Inbound) or while frames read
+        # earlier wait for a later loop pass (see _read_frames).
+        self._backlog = False
+        self._reading_paused = False
         # Keep-alive: when the unanswered ping went out (None: nothing outstanding).
         self._ping_ids = itertools.count(1)
         self._ping_sent_at: float | None = None
@@ -407,7 +414,10 @@ class Connection(asyncio.BufferedProtocol):
     # -- reading frames ----------------------------------------------------------------
 
     def _read_frames(self) -> None:
-        frames, error = self._rx.frames()
+        # At most READ_BUDGET bytes of frames per loop pass: one peer's burst (a
+        # flood, or a large backlog after a pause) must not hold up the loop for
+        # seconds, or this node's probes go unanswered and it is declared dead.
+        frames, error = self._rx.frames(READ_BUDGET)
         if frames:
             # Whatever the frames of one read make us send goes out in one write.
             gather = not self._gathering
@@ -420,6 +430,38 @@ class Connection(asyncio.BufferedProtocol):
                     self._write_out()
         if error is not None and self._state == _READY:
             self._protocol_error(error)
+        elif not self._backlog and self._state == _READY and self._rx.ready():
+            self._backlog = True
+            self._update_reading()
+            self._loop.call_soon(self._read_backlog)
+
+    def _read_backlog(self) -> None:
+        """Handle the frames a budgeted pass left, then read again when none remain."""
+        self._backlog = False
+        if self._state != _READY:
+            return
+        self._read_frames()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Pause or resume reading the socket, as the backlog and the inbound queue need."""
+        paused = self._backlog or self._inbound.reading_paused
+        t = self._transport
+        if paused != self._reading_paused and t is not None and not t.is_closing():
+            self._reading_paused = paused
+            if paused:
+                t.pause_reading()
+            else:
+                t.resume_reading()
+
+    def protocol_error(self, reason: str) -> None:
+        """Close the connection because the peer sent something unreadable (logged).
+
+        For what a layer above finds in a frame that parsed (a one-way message that
+        decodes as nothing it knows): the same end as a malformed frame.
+        """
+        if self._state != _CLOSED:
+            self._protocol_error(reason)
 
     def _dispatch(self, frames: list[bytearray]) -> None:
         self._frames_in += len(frames)

@@ -260,17 +260,20 @@ class RecvBuffer:
         self.end -= self.start
         self.start = 0
 
-    def frames(self) -> tuple[list[bytearray], str | None]:
+    def frames(self, budget: int | None = None) -> tuple[list[bytearray], str | None]:
         """The complete frames received, and why to stop reading if a length is refused.
 
+        With a ``budget``, frames stop once they add up to that many bytes (at least
+        one is returned); the rest stay here for a later call (see :meth:`ready`).
         After an error, the frames before the bad one are still returned; the buffer
         is then useless and the connection must close.
         """
         buf = self._buf
         start, end = self.start, self.end
+        stop_at = end if budget is None else start + budget
         out: list[bytearray] = []
         unpack = HEADER.unpack_from
-        while end - start >= HEADER_SIZE:
+        while end - start >= HEADER_SIZE and start < stop_at:
             (n,) = unpack(buf, start)
             if n > self.limit:
                 self.start = start
@@ -286,6 +289,14 @@ class RecvBuffer:
         self.start = start
         self.make_room()
         return out, None
+
+    def ready(self) -> bool:
+        """Whether a complete frame is buffered (one :meth:`frames` left for later)."""
+        have = self.end - self.start
+        if have < HEADER_SIZE:
+            return False
+        n: int = HEADER.unpack_from(self._buf, self.start)[0]
+        return have - HEADER_SIZE >= n
 
     def partial(self) -> str:
         """What an incomplete tail is, for a "truncated frame" log line."""

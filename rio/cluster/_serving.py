@@ -101,8 +101,7 @@ class Inbound:
         self.queued.append(msg)
         if len(self.queued) >= self._limit and not self.reading_paused:
             self.reading_paused = True
-            assert self._conn._transport is not None
-            self._conn._transport.pause_reading()
+            self._conn._update_reading()
 
     def start_queued(self) -> None:
         """Start waiting requests while there is room; read again once half have."""
@@ -114,8 +113,7 @@ class Inbound:
             self._start(queued.popleft())
         if self.reading_paused and len(queued) <= self._limit // 2:
             self.reading_paused = False
-            assert conn._transport is not None
-            conn._transport.resume_reading()
+            conn._update_reading()
 
     def take_oneway(self, body: msgspec.Raw) -> None:
         """Hand a one-way message to ``on_oneway``."""

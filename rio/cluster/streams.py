@@ -115,11 +115,15 @@ oneway_decoder: msgspec.msgpack.Decoder[Oneway] = msgspec.msgpack.Decoder(Oneway
 
 
 def _read_oneway(name: str, conn: Connection, body: msgspec.Raw) -> Oneway | None:
-    """Decode a one-way message from ``conn``; None (and a logged warning) when unreadable."""
+    """Decode a one-way message from ``conn``; None when unreadable.
+
+    An unreadable one is the end of ``conn`` (logged once), as a malformed frame is:
+    a peer that sends one is broken, and a flood of them must not cost a log line each.
+    """
     try:
         return oneway_decoder.decode(body)
     except msgspec.DecodeError as e:
-        logger.warning("{}: unreadable one-way message from {}: {}", name, conn.peer, e)
+        conn.protocol_error(f"{name}: unreadable one-way message: {e}")
         return None
 
 

@@ -335,6 +335,15 @@ async def test_bad_input_to_a_node_port_is_refused_and_the_node_keeps_serving(
             async with asyncio.timeout(10):
                 await conn.wait_closed()
             assert await ref.incr(1) > 1
+        # A flood of one-way messages that decode as nothing a node takes: the first
+        # closes that connection, with one log line (a line each stalled the node's
+        # loop for seconds, until its peers declared it dead).
+        conn = await transport.connect(host, int(port), secret=SECRET)
+        for i in range(20_000):
+            conn.send_oneway_nowait([i, "not a one-way message"])
+        async with asyncio.timeout(10):
+            await conn.wait_closed()
+        assert await ref.incr(1) > 1
         # A wrong secret gets nothing.
         async with rio.connect(cluster.url, secret="wrong") as intruder:
             with pytest.raises(rio.NodeUnreachable, match="handshake"):
@@ -350,8 +359,9 @@ async def test_bad_input_to_a_node_port_is_refused_and_the_node_keeps_serving(
             await conn.request(CallReq("Counter", "a", "nosuch", 5.0, [], args), timeout=5)
         with pytest.raises(rio.BadArguments):
             await conn.request(b"\xc1garbage", timeout=5)
-        assert await ref.get() == 6
+        assert await ref.get() == 7
         logs = cluster.logs()
+        assert logs.count("unreadable one-way message") == 1, logs
         assert "too large" in logs or "exceeds" in logs or "max_frame_size" in logs, logs
         assert "truncated frame" in logs, logs
 

@@ -532,6 +532,53 @@ def test_handlers_beyond_max_in_flight_wait_their_turn(run: Run) -> None:
     run(main())
 
 
+def test_a_burst_read_at_once_is_handled_over_several_loop_passes(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests that arrive in one read are not all handled in one callback: the loop
+    # gets a turn after every READ_BUDGET bytes of frames (another peer's probe waits
+    # for it; a flood used to stall a node until its peers declared it dead), and
+    # every request is still answered, in order. A small budget makes any read big.
+    monkeypatch.setattr(_connection, "READ_BUDGET", 1024)  # about 14 of these frames
+    n = 3_000
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        handled = 0
+        seen_between: list[int] = []
+
+        def handle(conn: Connection, body: msgspec.Raw) -> Any:
+            nonlocal handled
+            handled += 1
+            if handled == 1:  # runs once the loop gets a turn
+                loop.call_soon(lambda: seen_between.append(handled))
+            return body
+
+        async with node(handle) as server:
+            reader, writer = await authenticated_raw_peer(server.port)
+            payload = "x" * 60
+            writer.write(b"".join(frame(_encode([1, i, payload])) for i in range(n)))
+            replies = RecvBuffer(1 << 16, 1 << 20)
+            got: list[Any] = []
+            while len(got) < n:
+                view = replies.get_buffer()
+                data = await reader.read(len(view))
+                assert data, "the node closed the connection"
+                view[: len(data)] = data
+                replies.end += len(data)
+                frames, error = replies.frames()
+                assert error is None
+                for f in frames:
+                    msg = _any.decode(f)
+                    got.extend(msg[1] if msg[0] == 8 else [msg])  # batches of replies
+            writer.close()
+        assert [(kind, req) for kind, req, _ in got] == [(2, i) for i in range(n)]
+        assert seen_between
+        assert seen_between[0] <= 20
+
+    run(main())
+
+
 # ------------------------------------------------------------------ connections that end
 
 
