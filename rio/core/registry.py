@@ -53,6 +53,27 @@ RESERVED: frozenset[str] = frozenset(
 Validator = Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
 
 
+def _each(
+    param: inspect.Parameter, check: Callable[[Any], Any] | None
+) -> Callable[[Any], Any] | None:
+    """``check`` for a parameter: for ``*args: T`` and ``**kwargs: T``, applied to each value."""
+    if check is None:
+        return None
+    if param.kind == param.VAR_POSITIONAL:
+
+        def check_each(values: Any) -> Any:
+            return tuple(check(v) for v in values)
+
+        return check_each
+    if param.kind == param.VAR_KEYWORD:
+
+        def check_each_keyword(values: Any) -> Any:
+            return {k: check(v) for k, v in values.items()}
+
+        return check_each_keyword
+    return check
+
+
 def _make_checker(name: str, tp: Any) -> Callable[[Any], Any] | None:
     """A function that returns the value (possibly converted) or raises ``ValueError``."""
     if tp is Any or tp is object or tp is inspect.Parameter.empty:
@@ -194,7 +215,9 @@ class Handler:
             p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
         )
         self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
-        checkers = [_make_checker(p.name, hints.get(p.name, Any)) for p in params]
+        checkers = [_each(p, _make_checker(p.name, hints.get(p.name, Any))) for p in params]
+        takes_any_keyword = any(p.kind == p.VAR_KEYWORD for p in params)
+        keywords = {p.name for p in params if p.kind != p.POSITIONAL_ONLY}
         simple = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
         n = len(params)
         names = [p.name for p in params]
@@ -252,6 +275,12 @@ class Handler:
                     except ValueError as e:
                         raise fail(f"argument {names[i]!r}: {e}") from None
                 return tuple(out), kwargs
+            unknown = [k for k in kwargs if k not in keywords]
+            if unknown and not takes_any_keyword:  # before bind(), which names a missing one
+                raise fail(
+                    f"unexpected keyword argument {unknown[0]!r}; signature is "
+                    f"{self.name}{bound_sig}"
+                )
             try:
                 bound = bound_sig.bind(*args, **kwargs)
             except TypeError as e:
