@@ -256,12 +256,12 @@ class SQLiteStorage(StateStorage):
     async def load(self, type_name: str, object_id: str, state_type: Any) -> StoredState | None:
         """Read one state."""
         try:
-            async with self._conn().execute(self._sql_load, (type_name, object_id)) as cur:
-                row = await cur.fetchone()
+            rows = await self._read(self._sql_load, (type_name, object_id))
         except sqlite3.Error as e:
             raise StorageError(f"{self.url}: loading {type_name}/{object_id} failed: {e}") from e
-        if row is None:
+        if not rows:
             return None
+        row = rows[0]
         return StoredState(decode_state(row[0], state_type, type_name, object_id), int(row[1]))
 
     async def save(
@@ -307,10 +307,20 @@ class SQLiteStorage(StateStorage):
         if changed != 1:
             raise await self._conflict(type_name, object_id, expected_version, "deleter")
 
+    async def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """Every row of a query, read in one step on the connection's thread.
+
+        Never a cursor left open across an ``await``: the connection is shared by
+        every activation of this process, and a write made by another task while
+        a read is still stepping would run inside that read's transaction, where
+        SQLite refuses it at once (SQLITE_BUSY_SNAPSHOT, "database is locked", which
+        ``busy_timeout`` does not wait out) whenever another process wrote meanwhile.
+        """
+        return list(await self._conn().execute_fetchall(sql, args))
+
     async def _version(self, type_name: str, object_id: str) -> int:
-        async with self._conn().execute(self._sql_version, (type_name, object_id)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._read(self._sql_version, (type_name, object_id))
+        return int(rows[0][0]) if rows else 0
 
     async def _conflict(
         self, type_name: str, object_id: str, expected: int, who: str
@@ -334,8 +344,7 @@ class SQLiteStorage(StateStorage):
 
     async def _rows(self, action: str, sql: str, args: tuple[Any, ...]) -> list[StoredReminder]:
         try:
-            async with self._conn().execute(sql, args) as cur:
-                rows = await cur.fetchall()
+            rows = await self._read(sql, args)
         except sqlite3.Error as e:
             raise StorageError(f"{self.url}: {action} failed: {e}") from e
         return [StoredReminder(t, i, n, float(p), int(d) / 1000) for t, i, n, p, d in rows]
