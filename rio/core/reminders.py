@@ -211,6 +211,9 @@ class Reminders:
         self.delivered = 0
         self._task: asyncio.Task[None] | None = None
         self._halted: asyncio.Task[None] | None = None
+        #: Set by halt(): the polling loop ends even if a storage driver swallowed
+        #: the cancellation (redis-py's asyncio.wait_for does on Python 3.11).
+        self._halting = False
         self._inflight: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._failures: dict[tuple[str, str, str], int] = {}
         self._wake = asyncio.Event()
@@ -223,6 +226,7 @@ class Reminders:
     def start(self) -> None:
         """Start polling (in the running event loop)."""
         if self._task is None:
+            self._halting = False
             # Outside every turn and deadline: each delivery is a call from outside,
             # as a script's, with this poller's own timeout.
             ctx = contextvars.copy_context()
@@ -234,7 +238,9 @@ class Reminders:
         """Stop polling at once (deliveries in flight go on); :meth:`stop` finishes."""
         task, self._task = self._task, None
         if task is not None:
+            self._halting = True
             task.cancel()
+            self._wake.set()
             self._halted = task
 
     async def stop(self, wait: float = 5.0) -> None:
@@ -245,7 +251,13 @@ class Reminders:
         self.halt()
         task, self._halted = self._halted, None
         if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait([task], timeout=wait)
+            if not task.done():  # stuck in a storage call that ignores cancellation
+                logger.warning(
+                    "{}: the reminder poller did not stop within {:g}s; left behind",
+                    self.name,
+                    wait,
+                )
         if self._wake_handle is not None:
             self._wake_handle.cancel()
             self._wake_handle = None
@@ -274,7 +286,7 @@ class Reminders:
     # -- polling -----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._halting:
             try:
                 await self.poll_once()
                 if self._failing:
@@ -291,6 +303,8 @@ class Reminders:
                     )
                     self._failing = True
             self._next_poll = time.time() + self.poll
+            if self._halting:
+                return
             try:
                 async with asyncio.timeout(self.poll):
                     await self._wake.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -190,3 +191,25 @@ async def test_racing_pollers_deliver_each_firing_once(
         assert [(("RaceClock", f"c{i}"), "tick")] * len(dues) == [
             c for c in recorder.calls if c[0] == ("RaceClock", f"c{i}")
         ]
+
+
+async def test_stop_ends_a_poller_whose_storage_swallows_the_cancel() -> None:
+    # redis-py's commands go through asyncio.wait_for, which on Python 3.11 can
+    # swallow a cancellation that arrives as the command completes: the poller went
+    # on to wait for its next poll, and App.stop() waited for it forever.
+    from rio.storage.memory import MemoryStorage
+
+    class Swallowing(MemoryStorage):
+        async def due_reminders(self, now: float, limit: int) -> list[Any]:
+            # Cancelled, it returns anyway: as wait_for does when the inner call
+            # finished meanwhile.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+            return []
+
+    poller = Reminders(Swallowing(), Recorder(enough=1), poll=0.05, name="p")  # type: ignore[arg-type]
+    poller.start()
+    await asyncio.sleep(0)  # the poller is inside due_reminders
+    async with asyncio.timeout(5):
+        await poller.stop(wait=1.0)
+    assert not poller.running
