@@ -618,6 +618,10 @@ class Connection(asyncio.BufferedProtocol):
         opts = self._options
         now = self._loop.time()
         sent = self._ping_sent_at
+        if sent is not None and self._reading_paused:
+            # We stopped reading (too many of its requests wait here): its pong may be
+            # sitting unread. Silence of our own making is no sign of a dead peer.
+            sent = self._ping_sent_at = now
         if sent is None:
             self._ping_sent_at = now
             self._send((_PING, next(self._ping_ids)))

@@ -652,6 +652,29 @@ def test_keepalive_finds_a_peer_that_stopped_reading(run: Run, logs: list[str]) 
     run(main())
 
 
+def test_keepalive_spares_a_peer_whose_requests_this_end_stopped_reading(run: Run) -> None:
+    # A node that stops reading a client because too many of its requests wait
+    # (max_in_flight) cannot read the client's pong either: it used to close that
+    # connection after ping_timeout, losing the answers of everything in flight.
+    opts = TransportOptions(max_in_flight=2, ping_interval=0.05, ping_timeout=0.2)
+
+    async def main() -> None:
+        go = asyncio.Event()
+
+        async def slow(conn: Connection, body: msgspec.Raw) -> Any:
+            await go.wait()
+            return body
+
+        async with node(slow, options=opts) as server, client(server.port) as conn:
+            futs = [conn.request(i) for i in range(10)]
+            await asyncio.sleep(0.8)  # four ping timeouts with its reading paused
+            go.set()
+            assert [_any.decode(await f) for f in futs] == list(range(10))
+            assert not conn.is_closed
+
+    run(main())
+
+
 def test_keepalive_keeps_a_quiet_healthy_connection(run: Run) -> None:
     opts = TransportOptions(ping_interval=0.01, ping_timeout=0.1)
 
