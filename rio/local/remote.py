@@ -203,11 +203,20 @@ class RemoteCalls:
         if entry is None:
             return
         fut, handler, dst, budget, key = entry
-        if not fut.done():
+        if fut.done():
+            return
+        where = f"{key[0]}/{key[1]}"
+        if dst in self.down:  # held since its worker died: it was never sent
             fut.set_exception(
-                CallTimeout.unanswered(
-                    f"{key[0]}/{key[1]}", handler.name, budget, f" (worker {dst})"
+                CallTimeout(
+                    f"{where}.{handler.name}() was not sent within {budget:.3g}s: worker "
+                    f"{dst} died and is not serving again yet, so the call waited for it "
+                    "and never ran"
                 )
+            )
+        else:
+            fut.set_exception(
+                CallTimeout.unanswered(where, handler.name, budget, f" (worker {dst})")
             )
 
     # -- a peer dies and comes back --------------------------------------------------

@@ -156,6 +156,25 @@ async def test_a_call_held_during_a_restart_keeps_its_own_deadline() -> None:
         assert left <= 3.0 - held + 0.005, (left, held)
 
 
+async def test_a_call_held_past_its_deadline_says_it_never_ran() -> None:
+    # A call made while its worker is dead waits for the restart; if its deadline
+    # passes first, the error says it was never sent (not "the handler may still be
+    # running; raise the deadline", which was false and no help).
+    async with pool() as system:
+        assert isinstance(system, PoolSystem)
+        key = on_worker(system, 1, "h")
+        lock = system._restart_lock
+        assert lock is not None
+        async with lock:  # the restart waits until this block ends
+            os.kill(system.worker_pid(1), signal.SIGKILL)
+            await eventually(lambda: system.remote.is_down(1), what="worker 1 seen dead")
+            with pytest.raises(rio.CallTimeout) as info:
+                await RsNode.ref(key).with_timeout(0.05).ping(1)
+        assert "was not sent within 0.05s: worker 1 died" in str(info.value)
+        assert "never ran" in str(info.value)
+        assert await RsNode.ref(key).ping(2) == 2  # and it serves again
+
+
 async def test_a_worker_that_finds_its_ring_corrupted_is_restarted() -> None:
     async with pool() as system:
         assert isinstance(system, PoolSystem)
