@@ -68,14 +68,17 @@ class Call(msgspec.Struct, array_like=True, tag=1):
     """A call to ``type_name/object_id.method(*args)``.
 
     ``chain`` is the call chain ending with this target, or empty when it would be
-    just the target (a call from outside any turn).
+    just the target (a call from outside any turn). ``deadline`` is absolute, on the
+    box's monotonic clock (``loop.time()`` reads it in every process of a pool,
+    uvloop or not), so time spent waiting in a ring counts: a call whose caller has
+    given up is not run.
     """
 
     req: int
     type_name: str
     object_id: str
     method: str
-    budget: float
+    deadline: float
     chain: tuple[tuple[str, str], ...]
     args: msgspec.Raw
 
@@ -242,7 +245,7 @@ def call_tuple(
     type_name: str,
     object_id: str,
     method: str,
-    budget: float,
+    deadline: float,
     chain: tuple[tuple[str, str], ...] | list[tuple[str, str]],
     args: tuple[Any, ...] | msgspec.Raw,
 ) -> tuple[Any, ...]:
@@ -251,7 +254,7 @@ def call_tuple(
     ``args`` are the argument values themselves (encoded as an array) or already
     encoded as ``Raw``.
     """
-    return (_CALL_TAG, req, type_name, object_id, method, budget, chain, args)
+    return (_CALL_TAG, req, type_name, object_id, method, deadline, chain, args)
 
 
 def reply_tuple(req: int, ok: bool, value: Any) -> tuple[Any, ...]:

@@ -109,7 +109,7 @@ class RemoteCalls:
             key[0],
             key[1],
             handler.name,
-            budget,
+            deadline,
             chain if len(chain) > 1 else (),
             args,
         )
@@ -251,13 +251,13 @@ class RemoteCalls:
     def peer_up(self, dst: int) -> None:
         """Send the calls held while ``dst`` restarted (those still waiting).
 
-        Each goes with what is left of its budget: the time it was held counts.
+        Each keeps its deadline: the time it was held counts.
         """
         held = self.down.pop(dst, ())
         now = self.hub.loop.time()
         for req, msg, deadline in held:
             if req in self._pending and deadline > now:  # else its timer fails it
-                self._hub_send(dst, (*msg[:5], deadline - now, *msg[6:]))
+                self._hub_send(dst, msg)
 
     def life(self, peer: int) -> int:
         """Which life of ``peer`` this is (how many times it died so far)."""

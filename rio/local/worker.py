@@ -198,12 +198,12 @@ class WorkerSystem(System):
                     # plain: a turn that finishes at once gives its value, not a future
                     if len(values) == npos:
                         fut = deliver(
-                            key, handler, values, _NO_KWARGS, chain, now + msg.budget, now, True
+                            key, handler, values, _NO_KWARGS, chain, msg.deadline, now, True
                         )
                     else:
                         args, kwargs = handler.split_wire_args(values)
                         fut = deliver(
-                            key, handler, args, kwargs, chain, now + msg.budget, now, True
+                            key, handler, args, kwargs, chain, msg.deadline, now, True
                         )
                 except BaseException as e:  # a handler raising CancelledError at once, too
                     self._send_error(src, msg.req, e)
@@ -273,7 +273,7 @@ class WorkerSystem(System):
                         f"{self.name} is stopping: call to {key[0]}/{key[1]}.{msg.method}() refused"
                     )
                 now = self._loop.time()
-                fut = self.runtime.deliver(key, handler, args, kwargs, chain, now + msg.budget, now)
+                fut = self.runtime.deliver(key, handler, args, kwargs, chain, msg.deadline, now)
         except BaseException as e:  # a handler raising CancelledError at once lands here too
             self._send_error(src, msg.req, e)
             if not isinstance(e, Exception | asyncio.CancelledError):

@@ -83,7 +83,7 @@ def same(sent: Any, got: Message) -> bool:
         return bool(sent == got)
     if sent[0] == 1:
         assert isinstance(got, Call)
-        fields = (got.req, got.type_name, got.object_id, got.method, got.budget, got.chain)
+        fields = (got.req, got.type_name, got.object_id, got.method, got.deadline, got.chain)
         return fields == sent[1:7] and msgspec.msgpack.decode(got.args) == list(sent[7])
     assert isinstance(got, Reply)
     return (got.req, got.ok) == sent[1:3] and msgspec.msgpack.decode(got.value) == sent[3]

@@ -52,6 +52,12 @@ class RsNode(rio.Actor, reentrant=True):
     async def stall(self, seconds: float) -> None:
         time.sleep(seconds)  # noqa: ASYNC251 - the whole worker stops reading its rings
 
+    async def bump(self) -> None:
+        self.bumped = getattr(self, "bumped", 0) + 1
+
+    async def bumps(self) -> int:
+        return getattr(self, "bumped", 0)
+
     async def budget_left(self) -> float:
         runtime = current_system().runtime  # type: ignore[attr-defined]
         turn = runtime._sync_turn or CURRENT_TURN.get()  # the turn's own deadline
@@ -173,6 +179,25 @@ async def test_a_call_held_past_its_deadline_says_it_never_ran() -> None:
         assert "was not sent within 0.05s: worker 1 died" in str(info.value)
         assert "never ran" in str(info.value)
         assert await RsNode.ref(key).ping(2) == 2  # and it serves again
+
+
+async def test_a_call_whose_caller_gave_up_while_it_waited_in_a_ring_never_runs() -> None:
+    # The deadline travels absolute (the box's monotonic clock): time spent in the ring
+    # counts. It used to be a budget started when the worker read the call, so a
+    # worker that was stopped (SIGSTOP, a blocked loop) ran calls whose callers had
+    # long been told CallTimeout.
+    async with pool() as system:
+        assert isinstance(system, PoolSystem)
+        key = on_worker(system, 1, "bu")
+        assert await RsNode.ref(key).bumps() == 0
+        pid = system.worker_pid(1)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(rio.CallTimeout):
+                await RsNode.ref(key).with_timeout(0.1).bump()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await RsNode.ref(key).bumps() == 0
 
 
 async def test_a_worker_that_finds_its_ring_corrupted_is_restarted() -> None:
