@@ -347,12 +347,16 @@ class Router:
                 try:
                     member = self.place(key)
                 except NoNodesAvailable as e:
-                    if refreshed:
+                    joining = self._joining(key[0])
+                    if refreshed and not joining:
                         raise
                     refreshed = True  # a node may have joined since the last refresh
                     try:  # within the call's deadline (CallTimeout above when it passed)
                         async with asyncio.timeout_at(deadline):
-                            await self.view.refresh()
+                            if joining:  # a host is starting: wait for it to serve
+                                await self.view.changed()
+                            else:
+                                await self.view.refresh()
                     except TimeoutError:
                         last = e
                     continue
@@ -436,6 +440,12 @@ class Router:
         chosen = choose(self._strategy_of(key[0]), key, candidates, self.me, self._rng)
         self.cache.put(key, chosen.member_id)
         return chosen.member_id
+
+    def _joining(self, type_name: str) -> bool:
+        """Whether a member that hosts ``type_name`` is still joining (soon to serve it)."""
+        return any(
+            m.status == "joining" and type_name in m.types for m in self.view.live.values()
+        )
 
     async def _backoff(self, waits: int, deadline: float) -> None:
         """Sleep a little longer each time (5 ms doubling up to 200 ms), within the deadline."""

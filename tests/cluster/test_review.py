@@ -597,3 +597,25 @@ async def test_a_node_whose_row_vanished_after_a_long_silence_stops(tmp_path: Pa
         assert dead == ["a"]
     finally:
         await store.close()
+
+
+async def test_a_call_waits_for_a_host_that_is_still_joining(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    # While the only node hosting a type is still joining, a call waits for it
+    # (within its deadline) instead of failing at once with NoNodesAvailable, which
+    # said to "start a node that hosts it" while one was starting.
+    (n,) = await nodes(1)
+    store = cluster_store_from_url(urls[0])
+    await store.open()
+    try:
+        await store.update(n.core.member_id, status="joining")
+        async with rio.connect(urls[0], secret=SECRET) as client:
+            assert {m.status for m in client.members()} == {"joining"}
+            call = asyncio.ensure_future(client.ref(RvCounter, "j").with_timeout(20).incr(1))
+            await asyncio.sleep(0.3)  # a few view refreshes: it must still be waiting
+            assert not call.done()
+            await store.update(n.core.member_id, status="active")
+            assert await call == 1
+    finally:
+        await store.close()
