@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import msgspec
 
-from rio.cluster.store import Member, cluster_store_from_url
-from rio.core.errors import ConfigError
+from rio.cluster.store import Member, cluster_store_from_url, require_existing
 
 __all__ = ["ClusterStatus", "cluster_status", "format_status"]
 
@@ -30,9 +28,7 @@ async def cluster_status(url: str) -> ClusterStatus:
         StorageError: the store cannot be read.
     """
     store = cluster_store_from_url(url)
-    path = getattr(store, "path", None)
-    if isinstance(path, str) and path != ":memory:" and not os.path.exists(path):
-        raise ConfigError(f"no cluster store at {url}: the file {path} does not exist")
+    require_existing(store, url)
     await store.open()
     try:
         members = await store.members()

@@ -28,12 +28,13 @@ from ssl import SSLContext
 from typing import Any
 
 import msgspec
+from loguru import logger
 
 from rio.cluster.membership import MembershipView
 from rio.cluster.node import deactivate_anywhere
 from rio.cluster.routing import MembersReq, Router, members_decoder
 from rio.cluster.settings import client_context, split_address
-from rio.cluster.store import ClusterStore, Member, cluster_store_from_url
+from rio.cluster.store import ClusterStore, Member, cluster_store_from_url, require_existing
 from rio.cluster.streams import ClusterSubscriptions
 from rio.cluster.transport import connect as dial
 from rio.core.context import (
@@ -140,6 +141,13 @@ class ClusterClient(System):
             return
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
+        if self.store is not None:
+            try:
+                require_existing(self.store, self.store.url)
+            except ConfigError as e:  # a node may be creating it right now: say so only
+                logger.warning(
+                    "{}: {}; until a node uses it, calls fail with NoNodesAvailable", self.name, e
+                )
         self.streams.start()
         if self.store is not None:
             await self.store.open()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import importlib
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 from urllib.parse import urlsplit
@@ -50,6 +51,7 @@ __all__ = [
     "Status",
     "cluster_store_from_url",
     "register_cluster_store",
+    "require_existing",
 ]
 
 #: ``(type name, object id)``.
@@ -232,6 +234,23 @@ _LAZY: dict[str, str] = {
 def register_cluster_store(scheme: str, factory: StoreFactory) -> None:
     """Make ``scheme://…`` cluster URLs build a store with ``factory(url)``."""
     _STORES[scheme] = factory
+
+
+def require_existing(store: ClusterStore, url: str) -> None:
+    """Refuse an SQLite cluster store whose file does not exist (for readers of a cluster).
+
+    A client or ``rio status`` given a mistyped path must not make it into an empty
+    cluster (nodes create the file; whoever only reads one needs it to be there).
+
+    Raises:
+        ConfigError: ``store`` is an SQLite file that does not exist.
+    """
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and path != ":memory:" and not os.path.exists(path):
+        raise ConfigError(
+            f"no cluster store at {url}: the file {path} does not exist (nodes create it "
+            "when they start: check the path, or start a node first)"
+        )
 
 
 def cluster_store_from_url(url: str) -> ClusterStore:

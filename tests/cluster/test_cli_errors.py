@@ -49,3 +49,17 @@ def test_run_with_a_malformed_cluster_url_starts_nothing(
     assert says in proc.stderr
     assert "listening on" not in proc.stderr  # refused before the listener opened
     assert "Traceback" not in proc.stderr
+
+
+async def test_a_client_of_a_missing_sqlite_file_says_so(
+    tmp_path: Path, logs: list[str]
+) -> None:
+    # A mistyped path used to be made into an empty cluster in silence: every call
+    # then failed with NoNodesAvailable ("live members: none"). A client may start
+    # before its nodes create the file, so it warns rather than refuses.
+    import rio
+
+    missing = tmp_path / "clustr.db"
+    async with rio.connect(f"sqlite:///{missing}", secret="s"):
+        pass
+    assert any("WARNING" in line and f"the file {missing} does not exist" in line for line in logs)
