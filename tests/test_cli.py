@@ -278,6 +278,38 @@ def test_run_module_without_name_finds_its_only_app(tmp_path: Path) -> None:
     assert proc.stdout == "count: 1\n"
 
 
+def test_run_module_in_the_working_folder_with_the_rio_script(tmp_path: Path) -> None:
+    # As ``python -m pkg.module`` does, ``rio run pkg.module`` finds modules in the
+    # working folder (the rio script's folder was first on sys.path instead), in the
+    # workers too.
+    script = Path(sys.executable).parent / "rio"
+    if not script.exists():
+        pytest.skip("no rio script next to this interpreter")
+    (tmp_path / "pkgmod").mkdir()
+    (tmp_path / "pkgmod" / "__init__.py").write_text("")
+    (tmp_path / "pkgmod" / "app_mod.py").write_text(
+        "import rio\n\n\n"
+        "class ModEcho(rio.Actor):\n"
+        "    async def echo(self, s: str) -> str:\n"
+        "        return s\n\n\n"
+        'app = rio.App("modapp", storage="memory://", workers=1)\n\n\n'
+        "@app.main\n"
+        "async def main() -> None:\n"
+        '    print(await ModEcho.ref("a").echo("from the worker"))\n'
+    )
+    proc = subprocess.run(
+        [str(script), "run", "pkgmod.app_mod"],
+        cwd=tmp_path,
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "from the worker\n"
+
+
 def test_run_unknown_module(tmp_path: Path) -> None:
     proc = rio_cmd(tmp_path, "run", "no_such_module_here:app")
     assert proc.returncode == 2, explain(proc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,8 @@ def load_app(target: str) -> App:
     name, with ``__file__`` set, and classes defined in it carry it as ``__module__``.
 
     The file's folder goes first on ``sys.path`` (as ``python app.py`` does), so the
-    file can import its siblings. Caveat: a sibling named like a module that is not
+    file can import its siblings; for a module, the working folder does (as
+    ``python -m pkg.module`` does). Caveat: a sibling named like a module that is not
     imported yet (say a ``csv.py`` next to the app) shadows that module for the whole
     process, exactly as it would under ``python app.py``.
 
@@ -78,6 +80,11 @@ def _load_module(spec: str, target: str) -> ModuleType:
         )
     parts = spec.split(".")
     own = {".".join(parts[: i + 1]) for i in range(len(parts))}  # the target and its parents
+    # The working folder goes first on sys.path, as under ``python -m pkg.module``
+    # (the rio script's own folder is there instead); workers inherit sys.path.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         return _guarded(spec, spec, lambda: importlib.import_module(spec))
     except ModuleNotFoundError as e:
