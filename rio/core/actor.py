@@ -134,7 +134,12 @@ class Actor(Generic[S]):
         save_on_deactivate: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init_subclass__(**kwargs)
+        if kwargs:  # object.__init_subclass__ would only say it "takes no keyword arguments"
+            raise RegistrationError(
+                f"{cls.__qualname__}: unknown class keyword(s) {', '.join(sorted(kwargs))}; "
+                "an actor class takes name=, idle_ttl=, reentrant= and save_on_deactivate="
+            )
+        super().__init_subclass__()
         parent = next(
             (b.__dict__["_rio_type"] for b in cls.__mro__[1:] if "_rio_type" in b.__dict__),
             None,
@@ -152,9 +157,12 @@ class Actor(Generic[S]):
             _check_state_type(cls, state_type)
         if idle_ttl is _UNSET:
             idle_ttl = parent.idle_ttl if parent else DEFAULT_IDLE_TTL
-        if idle_ttl is not None and idle_ttl <= 0:
+        if idle_ttl is not None and (
+            isinstance(idle_ttl, bool) or not isinstance(idle_ttl, int | float) or idle_ttl <= 0
+        ):
             raise RegistrationError(
-                f"{cls.__qualname__}: idle_ttl must be positive seconds or None, got {idle_ttl}"
+                f"{cls.__qualname__}: idle_ttl must be positive seconds or None, "
+                f"got {idle_ttl!r}"
             )
         init = cls.__init__
         if init is not object.__init__:

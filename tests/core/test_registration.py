@@ -114,10 +114,17 @@ def test_bad_type_names(bad: str) -> None:
         type("TrBadName", (rio.Actor,), {}, name=bad)
 
 
-@pytest.mark.parametrize("ttl", [0, -1.0])
-def test_idle_ttl_must_be_positive(ttl: float) -> None:
+@pytest.mark.parametrize("ttl", [0, -1.0, "x", True])
+def test_idle_ttl_must_be_positive(ttl: object) -> None:
+    # "x" used to fail inside the check with a bare TypeError ('<=' not supported).
     with pytest.raises(rio.RegistrationError, match="idle_ttl must be positive seconds or None"):
         type("TrBadTtl", (rio.Actor,), {}, idle_ttl=ttl)
+
+
+def test_an_unknown_class_keyword_is_named() -> None:
+    # It used to be "TrTypo.__init_subclass__() takes no keyword arguments".
+    with pytest.raises(rio.RegistrationError, match=r"keyword\(s\) reentrnt; an actor"):
+        type("TrTypo", (rio.Actor,), {}, reentrnt=True)
 
 
 def test_handlers_are_public_async_methods_only() -> None:
