@@ -443,9 +443,7 @@ class Router:
 
     def _joining(self, type_name: str) -> bool:
         """Whether a member that hosts ``type_name`` is still joining (soon to serve it)."""
-        return any(
-            m.status == "joining" and type_name in m.types for m in self.view.live.values()
-        )
+        return any(m.status == "joining" and type_name in m.types for m in self.view.live.values())
 
     async def _backoff(self, waits: int, deadline: float) -> None:
         """Sleep a little longer each time (5 ms doubling up to 200 ms), within the deadline."""

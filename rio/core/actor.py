@@ -161,8 +161,7 @@ class Actor(Generic[S]):
             isinstance(idle_ttl, bool) or not isinstance(idle_ttl, int | float) or idle_ttl <= 0
         ):
             raise RegistrationError(
-                f"{cls.__qualname__}: idle_ttl must be positive seconds or None, "
-                f"got {idle_ttl!r}"
+                f"{cls.__qualname__}: idle_ttl must be positive seconds or None, got {idle_ttl!r}"
             )
         init = cls.__init__
         if init is not object.__init__:

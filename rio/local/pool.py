@@ -465,18 +465,20 @@ class PoolSystem(System):
         A worker that keeps failing to start is retried with exponential backoff (up
         to 30 s); calls to it wait meanwhile, each within its own deadline.
         """
-        assert self._restart_lock is not None
+        lock = self._restart_lock
+        assert lock is not None
         try:
-            async with self._restart_lock:
+            async with lock:
                 if self._stopping:
                     return
                 await self._forget(w, pid, reason)
-                delay = 0.0
-                while not self._stopping:
-                    if delay:
-                        await asyncio.sleep(delay)
-                        if self._stopping:
-                            return
+            delay = 0.0
+            while not self._stopping:
+                if delay:  # backing off: other workers restart meanwhile
+                    await asyncio.sleep(delay)
+                    if self._stopping:
+                        return
+                async with lock:
                     self._restarts += 1
                     self._spawn(w)
                     assert w.ready is not None

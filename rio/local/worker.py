@@ -202,9 +202,7 @@ class WorkerSystem(System):
                         )
                     else:
                         args, kwargs = handler.split_wire_args(values)
-                        fut = deliver(
-                            key, handler, args, kwargs, chain, msg.deadline, now, True
-                        )
+                        fut = deliver(key, handler, args, kwargs, chain, msg.deadline, now, True)
                 except BaseException as e:  # a handler raising CancelledError at once, too
                     self._send_error(src, msg.req, e)
                     if not isinstance(e, Exception | asyncio.CancelledError):

@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,13 @@ from rio.local.pool import PoolSystem
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
+
+
+# A worker 2 started while this file exists fails as it imports this module (its
+# restarts back off); see test_a_worker_restarts_while_another_keeps_failing_to.
+_FAIL_FLAG = os.environ.get("RIO_TEST_FAIL_WORKER_2", "")
+if _FAIL_FLAG and os.environ.get("RIO_WORKER_INDEX") == "2" and os.path.exists(_FAIL_FLAG):
+    raise RuntimeError("worker 2 may not start now (test flag)")
 
 
 class RsNode(rio.Actor, reentrant=True):
@@ -198,6 +206,27 @@ async def test_a_call_whose_caller_gave_up_while_it_waited_in_a_ring_never_runs(
         finally:
             os.kill(pid, signal.SIGCONT)
         assert await RsNode.ref(key).bumps() == 0
+
+
+async def test_a_worker_restarts_while_another_keeps_failing_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Restarts were serialized, backoff sleeps included: while worker 2 kept failing
+    # to start (retrying after 0.5, 1, 2, 4... s), a dead worker 1 stayed dead.
+    flag = tmp_path / "fail-worker-2"
+    monkeypatch.setenv("RIO_TEST_FAIL_WORKER_2", str(flag))
+    async with pool() as system:
+        assert isinstance(system, PoolSystem)
+        key = on_worker(system, 1, "r")
+        flag.touch()
+        os.kill(system.worker_pid(2), signal.SIGKILL)
+        await eventually(lambda: system.stats().restarts >= 2, what="worker 2 failing to restart")
+        old = system.worker_pid(1)
+        os.kill(old, signal.SIGKILL)
+        await restarted(system, 1, old)
+        assert await RsNode.ref(key).ping(7) == 7
+        assert system.remote.is_down(2)  # still backing off
+        flag.unlink()
 
 
 async def test_a_worker_that_finds_its_ring_corrupted_is_restarted() -> None:
