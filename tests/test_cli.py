@@ -310,6 +310,42 @@ def test_run_module_in_the_working_folder_with_the_rio_script(tmp_path: Path) ->
     assert proc.stdout == "from the worker\n"
 
 
+def test_run_node_options_without_a_cluster_are_refused(tmp_path: Path) -> None:
+    # They used to be ignored in silence: the app served locally, nothing listened.
+    proc = rio_cmd(tmp_path, "run", str(APPS / "counter_main.py"), "--port", "7000", "--node", "a")
+    assert proc.returncode == 2, explain(proc)
+    assert "--port, --node only apply to a cluster node: add --cluster URL" in proc.stderr
+
+
+def test_run_node_options_replace_single_fields_of_the_apps_cluster_settings(
+    tmp_path: Path,
+) -> None:
+    # --cluster (or --port...) used to replace the app's whole ClusterSettings, so a
+    # config file's port, node name or timings were dropped without a word.
+    app = tmp_path / "node_app.py"
+    app.write_text(
+        "import rio\n\n"
+        "app = rio.App('n', storage='memory://', workers=0, cluster=rio.ClusterSettings(\n"
+        f"    url='sqlite:///{tmp_path}/c.db', secret='s', node='from-code', port=0,\n"
+        "    heartbeat_period=0.5))\n\n\n"
+        "@app.main\n"
+        "async def main() -> None:\n"
+        "    c = app.cluster\n"
+        "    print(c.url.rsplit('/', 1)[1], c.node, c.heartbeat_period, c.placement)\n"
+    )
+    proc = rio_cmd(
+        tmp_path,
+        "run",
+        str(app),
+        "--cluster",
+        f"sqlite:///{tmp_path}/d.db",
+        "--placement",
+        "random",
+    )
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "d.db from-code 0.5 random\n"
+
+
 def test_run_unknown_module(tmp_path: Path) -> None:
     proc = rio_cmd(tmp_path, "run", "no_such_module_here:app")
     assert proc.returncode == 2, explain(proc)

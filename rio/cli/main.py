@@ -83,11 +83,17 @@ def run(
         ),
     ] = None,
     host: Annotated[
-        str, typer.Option(help="Address the node listens on.", rich_help_panel="Cluster")
-    ] = "127.0.0.1",
+        str | None,
+        typer.Option(
+            help="Address the node listens on [default: 127.0.0.1].", rich_help_panel="Cluster"
+        ),
+    ] = None,
     port: Annotated[
-        int, typer.Option(help="Port it listens on (0: any free one).", rich_help_panel="Cluster")
-    ] = 0,
+        int | None,
+        typer.Option(
+            help="Port it listens on (0: any free one) [default: 0].", rich_help_panel="Cluster"
+        ),
+    ] = None,
     advertise: Annotated[
         str | None,
         typer.Option(
@@ -102,12 +108,13 @@ def run(
         ),
     ] = None,
     placement: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Default placement: prefer-local, random, consistent-hash, least-loaded.",
+            help="Default placement: prefer-local, random, consistent-hash, least-loaded "
+            "[default: prefer-local].",
             rich_help_panel="Cluster",
         ),
-    ] = "prefer-local",
+    ] = None,
     tls_cert: Annotated[
         Path | None,
         typer.Option(help="PEM certificate: the node listens with TLS.", rich_help_panel="Cluster"),
@@ -138,7 +145,7 @@ def run(
     2 the target or an option is wrong (nothing started), 130 interrupted.
     """
     from rio.cli.loader import ImportFailed, load_app
-    from rio.core.errors import RemoteError, RioError
+    from rio.core.errors import ConfigError, RemoteError, RioError
     from rio.core.logs import configure_logging
 
     try:
@@ -163,24 +170,38 @@ def run(
     except RioError as e:
         _echo_err(f"rio run: --storage: {e}\n")
         raise typer.Exit(2) from None
+    node_options = {
+        "host": host,
+        "port": port,
+        "advertise": advertise,
+        "node": node,
+        "placement": placement,
+        "tls_cert": None if tls_cert is None else str(tls_cert),
+        "tls_key": None if tls_key is None else str(tls_key),
+        "tls_ca": None if tls_ca is None else str(tls_ca),
+    }
+    given = {k: v for k, v in node_options.items() if v is not None}
     try:
         rio_app.configure(workers=workers)
-        if cluster is not None:
+        if cluster is not None or ((given or secret) and rio_app.cluster is not None):
+            import msgspec
+
             from rio.cluster.settings import ClusterSettings
 
-            rio_app.configure(
-                cluster=ClusterSettings(
-                    url=cluster,
-                    secret=secret or "",
-                    host=host,
-                    port=port,
-                    advertise=advertise,
-                    node=node,
-                    placement=placement,
-                    tls_cert=None if tls_cert is None else str(tls_cert),
-                    tls_key=None if tls_key is None else str(tls_key),
-                    tls_ca=None if tls_ca is None else str(tls_ca),
-                )
+            # Each option given replaces one field of the app's own cluster settings
+            # (from its code or config file), if it has any.
+            base = rio_app.cluster or ClusterSettings(url=cluster or "")
+            changes: dict[str, object] = dict(given)
+            if cluster is not None:
+                changes["url"] = cluster
+            if secret:
+                changes["secret"] = secret
+            rio_app.configure(cluster=msgspec.structs.replace(base, **changes))
+        elif given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ConfigError(
+                f"{flags} only apply to a cluster node: add --cluster URL (or give the "
+                "app cluster settings)"
             )
     except RioError as e:
         _echo_err(f"rio run: {e}\n")
