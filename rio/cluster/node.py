@@ -691,6 +691,8 @@ class PoolNode(NodeCore):
         key = (req.type_name, req.object_id)
         handler = self._raw_handlers.get((req.type_name, req.method))
         if handler is None:
+            if len(self._raw_handlers) >= 4096:  # names come off the wire: bounded
+                self._raw_handlers.clear()
             handler = Handler(owner=req.type_name, name=req.method, fn=_raw_answer, reentrant=True)
             handler.prepare()
             self._raw_handlers[(req.type_name, req.method)] = handler

@@ -118,6 +118,10 @@ def event_runs(events: list[Any]) -> list[tuple[str, list[Any]]]:
     return runs
 
 
+#: Event classes an :class:`EventDecoders` keeps decoders for before it starts afresh.
+_MAX_DECODERS = 1024
+
+
 class EventDecoders:
     """Rebuilds arriving runs of events as their class (one cached decoder per class).
 
@@ -136,6 +140,8 @@ class EventDecoders:
         """The events of ``raw``; None (logged, naming ``where``) when unreadable."""
         decoder = self._decoders.get(type_name)
         if decoder is None:
+            if len(self._decoders) >= _MAX_DECODERS:  # names come off the wire: bounded
+                self._decoders = {"": _ANY_LIST}
             decoder = self._decoders[type_name] = self._decoder_for(type_name)
         try:
             return decoder.decode(raw)
