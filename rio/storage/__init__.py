@@ -151,6 +151,10 @@ def _sqlite_from_url(url: str) -> SQLiteStorage:
 
 
 def _memory_from_url(url: str) -> MemoryStorage:
+    if url.partition(":")[2].strip("/"):
+        raise ConfigError(
+            f"memory storage URL {url!r} takes no host, path or options: write memory://"
+        )
     return MemoryStorage(url)
 
 

@@ -78,6 +78,8 @@ def test_url_options_are_parsed() -> None:
         ("mysql://u:secret@h/db?schema=x", "unknown option(s) schema"),
         ("redis://u:secret@h/abc", "must be a database number"),
         ("redis://u:secret@h/0?prefix=a*b", "prefix 'a*b' is not allowed"),
+        ("memory://foo", "takes no host, path or options"),
+        ("memory://?prefix=x", "takes no host, path or options"),
     ],
 )
 def test_bad_urls_are_refused_clearly(url: str, message: str) -> None:
