@@ -123,6 +123,13 @@ class Actor(Generic[S]):
                     name=name,
                     obj=self,
                 ) from None
+            if name == "state":
+                raise AttributeError(
+                    f"{cls}.state: {cls} declares no state type; declare one as "
+                    f"class {cls}(rio.Actor[MyState]) with a msgspec.Struct MyState",
+                    name=name,
+                    obj=self,
+                )
             raise AttributeError(f"{cls!r} object has no attribute {name!r}", name=name, obj=self)
 
     def __init_subclass__(

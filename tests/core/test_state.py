@@ -76,6 +76,9 @@ class TsStateless(rio.Actor):
     async def try_clear(self) -> None:
         await self.clear_state()
 
+    async def read_state(self) -> object:
+        return self.state
+
 
 class TsOtherShape(msgspec.Struct):
     balance: str = ""
@@ -209,6 +212,9 @@ async def test_save_and_clear_need_a_state_type(system: rio.System) -> None:
         await TsStateless.ref("x").try_save()
     with pytest.raises(rio.RegistrationError, match="TsStateless declares no state type"):
         await TsStateless.ref("x").try_clear()
+    # Reading self.state says the same, not "'TsStateless' object has no attribute".
+    with pytest.raises(rio.RemoteError, match=r"TsStateless\.state: TsStateless declares no state"):
+        await TsStateless.ref("x").read_state()
 
 
 # -- optimistic concurrency --------------------------------------------------------
