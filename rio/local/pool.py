@@ -70,6 +70,7 @@ class PoolStats(msgspec.Struct, frozen=True):
     """A snapshot of a worker pool."""
 
     workers: int
+    #: Each worker's pid, 0 while it is dead or restarting.
     pids: list[int]
     restarts: int
     in_flight: int
@@ -358,7 +359,13 @@ class PoolSystem(System):
 
     def stats(self) -> PoolStats:
         """Workers, their pids, restarts so far, calls in flight from this process."""
-        pids = [w.proc.pid if w.proc is not None else 0 for w in self._workers]
+        # 0 while a worker is dead or restarting: its last pid names no process.
+        pids = [
+            w.proc.pid
+            if w.proc is not None and not w.restarting and not self.remote.is_down(i)
+            else 0
+            for i, w in enumerate(self._workers, 1)
+        ]
         streams, subscribers = self.streams.stats()
         relays = len(self.node.relays) if self.node is not None else 0
         return PoolStats(

@@ -338,7 +338,8 @@ async def test_losing_the_membership_store_does_not_stop_serving(nodes: Nodes) -
     proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 6379))
     await proxy.start()
     prefix = f"outage{random.randrange(1 << 30)}:"
-    url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&connect_timeout=1"
+    db = parts.path.strip("/") or "0"  # the database RIO_TEST_REDIS_URL names
+    url = f"redis://127.0.0.1:{proxy.port}/{db}?prefix={prefix}&connect_timeout=1"
     try:
         a, b = await nodes(2, url=url)
         for i in range(6):

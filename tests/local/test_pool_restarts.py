@@ -226,6 +226,7 @@ async def test_a_worker_restarts_while_another_keeps_failing_to(
         await restarted(system, 1, old)
         assert await RsNode.ref(key).ping(7) == 7
         assert system.remote.is_down(2)  # still backing off
+        assert system.stats().pids[1] == 0  # not the pid of a process that is gone
         flag.unlink()
 
 
