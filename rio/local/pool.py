@@ -521,6 +521,14 @@ class PoolSystem(System):
                             delay,
                         )
                         continue
+                    # Workers that died while this one was down (or back off still)
+                    # were forgotten by the others, not by this new process: it forgets
+                    # them now. None of them runs (they spawn under this lock, later).
+                    for other in self._workers:
+                        if other is not w and self.remote.is_down(other.index):
+                            gone = other.proc.pid if other.proc is not None else 0
+                            down = Down(other.index, other.gen, gone, "it is restarting")
+                            self.hub.send(w.index, down)
                     self.links.peer_up(w.index)  # subscriptions first: held calls may publish
                     self.remote.peer_up(w.index)
                     self._broadcast(Up(w.index, w.gen, ready.pid), skip=w.index)

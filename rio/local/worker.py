@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from asyncio import Future
 from collections.abc import Callable
 from functools import partial
@@ -59,6 +60,16 @@ DEACTIVATE = "$deactivate"
 STATS = "$stats"
 _REPLY = 2  # the tag of protocol.Reply: replies travel as tuples laid out like it
 _NO_KWARGS: dict[str, Any] = {}  # shared, never written to
+
+
+def _now(loop: asyncio.AbstractEventLoop) -> float:
+    """The time to hold a call's deadline against, on the box's monotonic clock.
+
+    A caller's deadline is its ``loop.time()``; uvloop's reads up to a millisecond
+    behind (and is taken once per loop pass), so a call its caller has just given
+    up on would still look due. The later of the two readings is never behind.
+    """
+    return max(loop.time(), time.monotonic())
 
 
 class WorkerSystem(System):
@@ -176,7 +187,7 @@ class WorkerSystem(System):
         down = self.remote.down
         reply = self._reply
         life = self.remote.life(src)
-        now = self._loop.time()
+        now = _now(self._loop)
         for msg in msgs:
             try:
                 if msg.__class__ is not Call or runtime._stopping:
@@ -270,7 +281,7 @@ class WorkerSystem(System):
                     raise SystemStopping(
                         f"{self.name} is stopping: call to {key[0]}/{key[1]}.{msg.method}() refused"
                     )
-                now = self._loop.time()
+                now = _now(self._loop)
                 fut = self.runtime.deliver(key, handler, args, kwargs, chain, msg.deadline, now)
         except BaseException as e:  # a handler raising CancelledError at once lands here too
             self._send_error(src, msg.req, e)

@@ -60,6 +60,13 @@ class RsNode(rio.Actor, reentrant=True):
     async def stall(self, seconds: float) -> None:
         time.sleep(seconds)  # noqa: ASYNC251 - the whole worker stops reading its rings
 
+    async def ping_within(self, other: str, seconds: float) -> str:
+        """Ping ``other``; the CallTimeout's message if it does not answer in time."""
+        try:
+            return str(await RsNode.ref(other).with_timeout(seconds).ping(1))
+        except rio.CallTimeout as e:
+            return str(e)
+
     async def bump(self) -> None:
         self.bumped = getattr(self, "bumped", 0) + 1
 
@@ -227,7 +234,15 @@ async def test_a_worker_restarts_while_another_keeps_failing_to(
         assert await RsNode.ref(key).ping(7) == 7
         assert system.remote.is_down(2)  # still backing off
         assert system.stats().pids[1] == 0  # not the pid of a process that is gone
+        # The new worker 1 knows worker 2 is down: its call waits for worker 2 (held),
+        # it does not go into a ring nobody reads.
+        on_2 = on_worker(system, 2, "t")
+        said = await RsNode.ref(key).ping_within(on_2, 0.2)
+        assert "was not sent within 0.2s: worker 2 died" in said, said
         flag.unlink()
+        old2 = system.worker_pid(2)
+        await restarted(system, 2, old2)
+        assert await RsNode.ref(key).ping_within(on_2, 10) == "1"
 
 
 async def test_a_worker_that_finds_its_ring_corrupted_is_restarted() -> None:
