@@ -32,6 +32,7 @@ from rio.bench.workloads import (
     register_pubsub,
     seq_calls,
 )
+from rio.cluster.store import cluster_store_from_url
 
 __all__ = ["BenchHopper", "node_main"]
 
@@ -76,6 +77,9 @@ async def _nodes(*hosts: str) -> AsyncIterator[rio.System]:
     """Start one node per entry of ``hosts`` and yield a client of the cluster."""
     with tempfile.TemporaryDirectory(prefix="rio-bench-cluster-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'cluster.db'}"
+        store = cluster_store_from_url(url)  # there before the client looks for it
+        await store.open()
+        await store.close()
         root = str(Path(__file__).resolve().parents[2])
         env = {
             **os.environ,

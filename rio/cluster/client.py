@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Sequence
 from functools import partial
 from ssl import SSLContext
 from typing import Any
 
 import msgspec
-from loguru import logger
 
 from rio.cluster.membership import MembershipView
 from rio.cluster.node import deactivate_anywhere
@@ -62,6 +62,10 @@ class ClientStats(msgspec.Struct, frozen=True):
     subscribers: int = 0
 
 
+#: Seconds a client waits for an SQLite cluster file its nodes have not created yet.
+STORE_FILE_WAIT = 5.0
+
+
 class ClusterClient(System):
     """A cluster seen from outside: made by :func:`rio.connect`."""
 
@@ -92,6 +96,7 @@ class ClusterClient(System):
         self.default_timeout = float(default_timeout)
         self.seeds = list(seeds)
         self.store: ClusterStore | None = cluster_store_from_url(url) if url else None
+        self._url = url or ""
         self.view = MembershipView(self._fetch, refresh, name)
         table = dict(placement or {})
         self.router = Router(
@@ -142,12 +147,7 @@ class ClusterClient(System):
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
         if self.store is not None:
-            try:
-                require_existing(self.store, self.store.url)
-            except ConfigError as e:  # a node may be creating it right now: say so only
-                logger.warning(
-                    "{}: {}; until a node uses it, calls fail with NoNodesAvailable", self.name, e
-                )
+            await self._store_file(self.store)
         self.streams.start()
         if self.store is not None:
             await self.store.open()
@@ -158,6 +158,22 @@ class ClusterClient(System):
                 await self.store.close()
             raise
         self._started = True
+
+    async def _store_file(self, store: ClusterStore) -> None:
+        """Wait a little for an SQLite cluster file that does not exist yet, then refuse.
+
+        Its nodes may be creating it right now (a client started with them); a path
+        that stays missing is a mistake, and opening it would make it an empty cluster.
+        """
+        give_up = time.monotonic() + STORE_FILE_WAIT
+        while True:
+            try:
+                require_existing(store, self._url)
+                return
+            except ConfigError:
+                if time.monotonic() >= give_up:
+                    raise
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         """Close connections and the store."""

@@ -213,9 +213,11 @@ class MembershipAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self.status = member.status
         self._store_down_since: float | None = None
-        #: When this node last read its own row as live (monotonic): a row missing
-        #: sooner than ``prune_after`` after that was not pruned; the store lost it.
-        self._row_seen = time.monotonic()
+        #: When this node last read its own row as live (asked for it, on a clock that
+        #: counts suspended time): a row missing sooner than ``prune_after / 2`` after
+        #: that was not pruned; the store lost it.
+        self._row_seen = _uptime()
+        self._asked = self._row_seen
 
     async def join(self) -> None:
         """Register as ``joining`` and supersede older incarnations of this node name.
@@ -316,7 +318,7 @@ class MembershipAgent:
         if row.status == "dead":
             self._dead()
             return True
-        self._row_seen = time.monotonic()
+        self._row_seen = self._asked
         return False
 
     def _store_lost(self) -> bool:
@@ -327,14 +329,15 @@ class MembershipAgent:
         the verdict first. So the store was wiped, restarted empty (a Redis without
         persistence) or restored from an older copy.
         """
-        return time.monotonic() - self._row_seen < self.settings.prune_after / 2
+        return _uptime() - self._row_seen < self.settings.prune_after / 2
 
     async def _register_again(self) -> None:
         """Write this node's row back into a store that lost it (same incarnation)."""
         row = msgspec.structs.replace(self.member, status=self.status, heartbeat=time.time())
+        self._asked = _uptime()
         with contextlib.suppress(ConfigError):  # written back meanwhile: as good
             await self.store.register(row)
-        self._row_seen = time.monotonic()
+        self._row_seen = self._asked
         logger.warning(
             "{}: the membership store lost this node's row (a wiped or restarted store); "
             "registered it again, still serving. Placements it held are lost with it: "
@@ -351,6 +354,7 @@ class MembershipAgent:
         while True:
             activations, by_type = self._stats()
             try:
+                self._asked = _uptime()
                 row = await self.store.update(
                     self.me, heartbeat=time.time(), activations=activations, by_type=by_type
                 )
@@ -425,6 +429,7 @@ class MembershipAgent:
             if votes >= min(s.votes, voters):
                 # A member declared dead itself (the other side of a partition won)
                 # must not declare anyone: it would take the survivors down with it.
+                self._asked = _uptime()
                 row = await self.store.update(self.me, heartbeat=time.time())
                 if self._gone(row) or row is None:  # no verdicts from a store that lost data
                     return
@@ -439,6 +444,18 @@ class MembershipAgent:
                 await self.view.refresh()
         except (StorageError, OSError) as e:
             logger.warning("{}: cannot record a suspicion of {}: {}", self.me, m.member_id, e)
+
+
+def _uptime() -> float:
+    """Seconds on a clock that keeps counting while the machine is suspended.
+
+    A node frozen past ``prune_after`` (a suspended VM) must see that much time
+    pass, or it would take its pruned row for a store that lost its data.
+    """
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if _BOOTTIME else time.monotonic()
+
+
+_BOOTTIME = hasattr(time, "CLOCK_BOOTTIME")
 
 
 def _exit_dead() -> None:

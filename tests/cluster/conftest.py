@@ -7,6 +7,7 @@ a server is unreachable locally, fail under CI" all come from ``tests/storage``.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -63,5 +64,10 @@ async def open_store(backend: Backend, prefix: str) -> AsyncIterator[OpenStore]:
 
 @pytest.fixture
 def urls(tmp_path: Path) -> tuple[str, str]:
-    """(cluster store URL, state storage URL), both SQLite files in the test's folder."""
+    """(cluster store URL, state storage URL), both SQLite files in the test's folder.
+
+    The cluster file exists (empty) from the start, as once a node has run: a client
+    refuses a cluster file that nobody creates.
+    """
+    sqlite3.connect(tmp_path / "cluster.db").close()
     return f"sqlite:///{tmp_path}/cluster.db", f"sqlite:///{tmp_path}/state.db"

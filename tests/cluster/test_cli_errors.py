@@ -51,15 +51,18 @@ def test_run_with_a_malformed_cluster_url_starts_nothing(
     assert "Traceback" not in proc.stderr
 
 
-async def test_a_client_of_a_missing_sqlite_file_says_so(
-    tmp_path: Path, logs: list[str]
+async def test_a_client_of_a_missing_sqlite_file_is_refused_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A mistyped path used to be made into an empty cluster in silence: every call
-    # then failed with NoNodesAvailable ("live members: none"). A client may start
-    # before its nodes create the file, so it warns rather than refuses.
+    # A mistyped path used to be made into an empty cluster: every call then failed
+    # with NoNodesAvailable ("live members: none"), and the typo stayed on disk. A
+    # client started with its nodes waits a moment for them to create the file.
     import rio
+    from rio.cluster import client
 
+    monkeypatch.setattr(client, "STORE_FILE_WAIT", 0.2)
     missing = tmp_path / "clustr.db"
-    async with rio.connect(f"sqlite:///{missing}", secret="s"):
-        pass
-    assert any("WARNING" in line and f"the file {missing} does not exist" in line for line in logs)
+    with pytest.raises(rio.ConfigError, match=f"the file {missing} does not exist"):
+        async with rio.connect(f"sqlite:///{missing}", secret="s"):
+            pass
+    assert not missing.exists()

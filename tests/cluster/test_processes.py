@@ -28,6 +28,7 @@ import rio
 from rio.cli.status import cluster_status
 from rio.cluster import transport
 from rio.cluster.client import ClusterClient
+from rio.cluster.store import cluster_store_from_url
 
 sys.path.insert(0, str(Path(__file__).parent / "apps"))
 from cluster_app import Counter, Relay, Tick, Ticker
@@ -104,6 +105,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 async def cluster(backend: Backend, tmp_path: Path) -> AsyncIterator[Cluster]:
     prefix = backend.new_prefix()
     c = Cluster(backend.url(prefix), tmp_path)
+    # The store exists before the nodes start: a client connected at once finds it
+    # (a client refuses an SQLite file that nobody creates).
+    store = cluster_store_from_url(c.url)
+    await store.open()
+    await store.close()
     try:
         yield c
     finally:

@@ -656,21 +656,23 @@ def test_keepalive_spares_a_peer_whose_requests_this_end_stopped_reading(run: Ru
     # A node that stops reading a client because too many of its requests wait
     # (max_in_flight) cannot read the client's pong either: it used to close that
     # connection after ping_timeout, losing the answers of everything in flight.
-    opts = TransportOptions(max_in_flight=2, ping_interval=0.05, ping_timeout=0.2)
+    # Both ends ping (as cluster nodes do); the caller is kept alive by the answers
+    # that do come, one every 50 ms, while the node reads nothing for 0.8 s.
+    opts = TransportOptions(max_in_flight=1, ping_interval=0.05, ping_timeout=0.2)
 
     async def main() -> None:
-        go = asyncio.Event()
-
         async def slow(conn: Connection, body: msgspec.Raw) -> Any:
-            await go.wait()
+            await asyncio.sleep(0.05)
             return body
 
-        async with node(slow, options=opts) as server, client(server.port) as conn:
-            futs = [conn.request(i) for i in range(10)]
-            await asyncio.sleep(0.8)  # four ping timeouts with its reading paused
-            go.set()
-            assert [_any.decode(await f) for f in futs] == list(range(10))
+        async with (
+            node(slow, options=opts) as server,
+            client(server.port, options=opts) as conn,
+        ):
+            futs = [conn.request(i) for i in range(16)]  # 0.8 s of work, one at a time
+            assert [_any.decode(await f) for f in futs] == list(range(16))
             assert not conn.is_closed
+            assert not server.connections[0].is_closed
 
     run(main())
 
