@@ -549,7 +549,7 @@ async def test_nodes_keep_serving_when_the_store_loses_their_rows(
         n.core._agent._on_dead = lambda n=n: exits.append(n.core.member_id)  # type: ignore[misc]
     assert await ns[0].ref(RvCounter, "w").incr(1) == 1
     path = urls[0].removeprefix("sqlite:///")
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as db, db:
         db.execute("DELETE FROM rio_members")
         db.execute("DELETE FROM rio_placements")
         db.execute("DELETE FROM rio_suspicions")

@@ -657,8 +657,8 @@ def test_keepalive_spares_a_peer_whose_requests_this_end_stopped_reading(run: Ru
     # (max_in_flight) cannot read the client's pong either: it used to close that
     # connection after ping_timeout, losing the answers of everything in flight.
     # Both ends ping (as cluster nodes do); the caller is kept alive by the answers
-    # that do come, one every 50 ms, while the node reads nothing for 0.8 s.
-    opts = TransportOptions(max_in_flight=1, ping_interval=0.05, ping_timeout=0.2)
+    # that do come, one every 50 ms, while the node reads nothing for 2 s.
+    opts = TransportOptions(max_in_flight=1, ping_interval=0.1, ping_timeout=0.6)
 
     async def main() -> None:
         async def slow(conn: Connection, body: msgspec.Raw) -> Any:
@@ -669,8 +669,8 @@ def test_keepalive_spares_a_peer_whose_requests_this_end_stopped_reading(run: Ru
             node(slow, options=opts) as server,
             client(server.port, options=opts) as conn,
         ):
-            futs = [conn.request(i) for i in range(16)]  # 0.8 s of work, one at a time
-            assert [_any.decode(await f) for f in futs] == list(range(16))
+            futs = [conn.request(i) for i in range(40)]  # 2 s of work, one at a time
+            assert [_any.decode(await f) for f in futs] == list(range(40))
             assert not conn.is_closed
             assert not server.connections[0].is_closed
 
