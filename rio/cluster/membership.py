@@ -124,6 +124,10 @@ class MembershipView:
         """Members that take new activations of ``type_name`` (sorted by id)."""
         return self._accepting.get(type_name, [])
 
+    def joining(self, type_name: str) -> bool:
+        """Whether a member that hosts ``type_name`` is still joining (soon to serve it)."""
+        return any(m.status == "joining" and type_name in m.types for m in self.live.values())
+
     def all_accepting(self) -> list[Member]:
         """Members that take new activations of any type (sorted by id)."""
         return self._all_accepting

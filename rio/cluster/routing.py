@@ -347,7 +347,7 @@ class Router:
                 try:
                     member = self.place(key)
                 except NoNodesAvailable as e:
-                    joining = self._joining(key[0])
+                    joining = self.view.joining(key[0])
                     if refreshed and not joining:
                         raise
                     refreshed = True  # a node may have joined since the last refresh
@@ -440,10 +440,6 @@ class Router:
         chosen = choose(self._strategy_of(key[0]), key, candidates, self.me, self._rng)
         self.cache.put(key, chosen.member_id)
         return chosen.member_id
-
-    def _joining(self, type_name: str) -> bool:
-        """Whether a member that hosts ``type_name`` is still joining (soon to serve it)."""
-        return any(m.status == "joining" and type_name in m.types for m in self.view.live.values())
 
     async def _backoff(self, waits: int, deadline: float) -> None:
         """Sleep a little longer each time (5 ms doubling up to 200 ms), within the deadline."""
