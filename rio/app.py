@@ -20,7 +20,7 @@ from rio.core.actor import Actor
 from rio.core.context import reset_system, set_default_system, system_token
 from rio.core.errors import ConfigError
 from rio.core.registry import actor_type
-from rio.core.runtime import Runtime
+from rio.core.runtime import MAX_QUEUED, Runtime
 from rio.core.system import System
 from rio.storage import StateStorage, check_storage_url, storage_from_url
 
@@ -38,6 +38,7 @@ _APP_KEYS = {
     "drain_timeout",
     "workers",
     "reminder_poll",
+    "max_queued",
 }
 
 
@@ -72,6 +73,12 @@ class App:
         reminder_poll: seconds between two reads of the due durable reminders
             (default 1): how late a reminder may fire, and how often the storage is
             asked.
+        max_queued: calls that may wait in one queue before more are refused with
+            :class:`rio.Overloaded` (default 100,000): one activation's mailbox, or
+            the calls held for one worker process while it has its window of 10,000
+            calls in flight from this process (or restarts). Callers that await
+            their calls never reach it; it bounds the memory of callers that start
+            calls without awaiting them.
 
     Example::
 
@@ -98,6 +105,7 @@ class App:
         workers: int | None = None,
         cluster: ClusterSettings | None = None,
         reminder_poll: float = 1.0,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise ConfigError(f"app name {name!r}: use letters, digits, '-', '_' or '.'")
@@ -111,6 +119,8 @@ class App:
             or not 0 < reminder_poll < float("inf")
         ):
             raise ConfigError(f"reminder_poll must be positive seconds, got {reminder_poll!r}")
+        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
+            raise ConfigError(f"max_queued must be a whole number >= 1, got {max_queued!r}")
         self.name = name
         self.actors = None if actors is None else [actor_type(a) for a in actors]
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -120,6 +130,7 @@ class App:
         self.default_timeout = float(default_timeout)
         self.drain_timeout = float(drain_timeout)
         self.reminder_poll = float(reminder_poll)
+        self.max_queued = max_queued
         self.idle_ttl: dict[str, float | None] = {}
         self.placement: dict[str, str] = {}
         for type_name, opts in (actor_options or {}).items():
@@ -253,6 +264,7 @@ class App:
             idle_ttl=self.idle_ttl,
             name=self.name,
             reminder_poll=self.reminder_poll if poll_reminders else None,
+            max_queued=self.max_queued,
         )
 
     @property

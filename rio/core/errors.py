@@ -17,6 +17,7 @@
     ├── WorkerLost                the worker process hosting the call died
     ├── NodeUnreachable           the node hosting the call cannot be reached
     ├── NoNodesAvailable          no cluster member can take the call
+    ├── Overloaded                a queue the call would wait in is full (backpressure)
     └── StorageError              a storage engine failed
         ├── StorageUnavailable    the engine's server cannot be reached
         ├── StateConflict         a write named a stale version (optimistic concurrency)
@@ -41,6 +42,7 @@ __all__ = [
     "NoNodesAvailable",
     "NoSystemRunning",
     "NodeUnreachable",
+    "Overloaded",
     "RegistrationError",
     "RemoteError",
     "RioError",
@@ -198,6 +200,17 @@ class NodeUnreachable(RioError, ConnectionError):
 
 class NoNodesAvailable(RioError, ConnectionError):
     """No cluster member is alive (or hosts the type) to take the call."""
+
+
+class Overloaded(RioError):
+    """A queue the call would wait in is full; the call was refused and never ran.
+
+    rio bounds what waits on a caller's behalf: an activation's mailbox, and the calls
+    held for another worker process while that process has as many in flight as it
+    may take (``App(max_queued=...)``). A caller that waits for its answers never
+    meets this error; one that keeps starting calls without awaiting them does, once
+    ``max_queued`` of them wait. Retry later, or await the calls already made.
+    """
 
 
 class StorageError(RioError):

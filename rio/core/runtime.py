@@ -37,6 +37,7 @@ from rio.core.deadlines import Deadlines
 from rio.core.errors import (
     CallTimeout,
     Deadlock,
+    Overloaded,
     RemoteError,
     RioError,
     SystemStopping,
@@ -75,6 +76,12 @@ R = TypeVar("R")
 _PLAIN = frozenset({int, str, float, bool, type(None), bytes, list, dict, tuple})
 
 
+#: Default of ``max_queued``: calls that may wait in one queue (an activation's
+#: mailbox, the calls held for one worker process) before more are refused with
+#: :class:`rio.Overloaded`.
+MAX_QUEUED = 100_000
+
+
 class RuntimeStats(msgspec.Struct, frozen=True):
     """An immutable snapshot of a runtime's activity."""
 
@@ -100,6 +107,8 @@ class Runtime(Lifecycle, System):
         reminder_poll: fire the durable reminders of ``storage`` from here, reading
             the due ones every this many seconds; None (default) leaves them to
             another process (a pool's driver) or to the cluster node.
+        max_queued: calls one activation's mailbox holds; a call beyond them is
+            refused at once with :class:`rio.Overloaded`.
     """
 
     def __init__(
@@ -112,6 +121,7 @@ class Runtime(Lifecycle, System):
         idle_ttl: dict[str, float | None] | None = None,
         name: str = "rio",
         reminder_poll: float | None = None,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         if not default_timeout > 0:
             raise ValueError(f"default_timeout must be positive, got {default_timeout}")
@@ -121,6 +131,7 @@ class Runtime(Lifecycle, System):
         self.drain_timeout = float(drain_timeout)
         self._hosted = types
         self._idle_ttl = dict(idle_ttl or {})
+        self.max_queued = max_queued
         self._acts: dict[Key, Actor[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = -1
@@ -399,12 +410,18 @@ class Runtime(Lifecycle, System):
                 return self._run_eager(
                     act, handler, args, kwargs, chain, deadline, activate=True, now=now
                 )
-        chain = chain[:-1]
-        fut = loop.create_future()
-        self._deadlines.add(loop, deadline, (fut, key, handler.name, deadline - now))
         queue = act._rio_queue
         if queue is None:
             queue = act._rio_queue = deque()
+        elif len(queue) >= self.max_queued:
+            raise Overloaded(
+                f"{key_str(key)}.{handler.name}() refused: {len(queue)} calls already wait "
+                f"in its mailbox (max_queued={self.max_queued}); it serves calls slower "
+                "than they come. Await the calls already made before starting more"
+            )
+        chain = chain[:-1]
+        fut = loop.create_future()
+        self._deadlines.add(loop, deadline, (fut, key, handler.name, deadline - now))
         queue.append((handler, args, kwargs, chain, deadline, fut))
         if not act._rio_busy and not act._rio_draining:
             self._start_drain(act)

@@ -27,6 +27,7 @@ class AppSettings(msgspec.Struct, frozen=True):
     idle_ttl: dict[str, float | None]
     placement: dict[str, str] = {}
     reminder_poll: float = 1.0
+    max_queued: int = 100_000
 
 
 class WorkerConfig(msgspec.Struct, frozen=True):

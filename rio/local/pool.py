@@ -73,6 +73,7 @@ class PoolStats(msgspec.Struct, frozen=True):
     #: Each worker's pid, 0 while it is dead or restarting.
     pids: list[int]
     restarts: int
+    #: Calls from this process not answered yet (``queued`` included).
     in_flight: int
     #: Pub/sub streams this process subscribes to.
     streams: int = 0
@@ -80,6 +81,9 @@ class PoolStats(msgspec.Struct, frozen=True):
     subscribers: int = 0
     #: Relays this node keeps for subscribers on other cluster nodes.
     relays: int = 0
+    #: Calls from this process waiting to be sent: for their turn while a worker has
+    #: as many in flight as it may take, or for a worker that restarts.
+    queued: int = 0
 
 
 class _Worker:
@@ -135,6 +139,7 @@ class PoolSystem(System):
             idle_ttl=app.idle_ttl,
             placement=app.placement,
             reminder_poll=app.reminder_poll,
+            max_queued=app.max_queued,
         )
         self.cluster = cluster.resolved() if cluster is not None else None
         self.node: PoolNode | None = None
@@ -182,7 +187,7 @@ class PoolSystem(System):
             recheck=self.recheck,
             on_corrupt=self._ring_corrupted,
         )
-        self.remote = RemoteCalls(self.hub, self.name)
+        self.remote = RemoteCalls(self.hub, self.name, self.app.max_queued)
         self.links = StreamLinks(self.streams, self.hub, 0, self.n, self.remote.is_down, self.name)
         self.hub.start()
         self.streams.start()
@@ -369,7 +374,14 @@ class PoolSystem(System):
         streams, subscribers = self.streams.stats()
         relays = len(self.node.relays) if self.node is not None else 0
         return PoolStats(
-            self.n, pids, self._restarts, len(self.remote), streams, subscribers, relays
+            self.n,
+            pids,
+            self._restarts,
+            len(self.remote),
+            streams,
+            subscribers,
+            relays,
+            self.remote.waiting(),
         )
 
     @property

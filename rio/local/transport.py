@@ -197,12 +197,12 @@ class Hub:
 
     # -- sending -----------------------------------------------------------------------
 
-    def send(self, dst: int, msg: Any) -> None:
+    def send(self, dst: int, msg: Any) -> int:
         """Add ``msg`` (a protocol struct or its tuple) to the batch for process ``dst``.
 
-        It arrives whole and in order. A value that cannot be encoded raises here
-        (``TypeError``, ``msgspec.EncodeError``, ``OverflowError``...) and leaves the
-        batch as it was.
+        It arrives whole and in order. Returns its size, encoded. A value that cannot
+        be encoded raises here (``TypeError``, ``msgspec.EncodeError``,
+        ``OverflowError``...) and leaves the batch as it was.
         """
         buf = self._bufs[dst]
         mark = len(buf)
@@ -211,15 +211,17 @@ class Hub:
         except BaseException:
             del buf[mark:]
             raise
+        size = len(buf) - mark
         # What _added() does, inlined: this is the hot path of every message.
         count = self._counts[dst] = self._counts[dst] + 1
         if count == 1:
             self._dirty.append(dst)
             if not self._flush_scheduled:
                 self._start_pass(dst)
-                return
+                return size
         if len(buf) >= self.flush_bytes:
             self._flush(dst)
+        return size
 
     def send_encoded(self, dst: int, data: bytes) -> None:
         """Like :meth:`send`, for one message already encoded (with ``protocol.encode``)."""

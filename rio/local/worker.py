@@ -92,7 +92,7 @@ class WorkerSystem(System):
             recheck=cfg.recheck,
             on_corrupt=_ring_corrupted,
         )
-        self.remote = RemoteCalls(self.hub, self.name)
+        self.remote = RemoteCalls(self.hub, self.name, cfg.app.max_queued)
         self.streams = runtime.streams
         self.links = StreamLinks(
             runtime.streams, self.hub, self.me, self.n, self.remote.is_down, self.name
@@ -374,6 +374,7 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
         name=f"{app.name}/worker-{cfg.index}",
         # The driver fires reminders kept in shared storage; memory is each worker's own.
         reminder_poll=app.reminder_poll if storage.process_local else None,
+        max_queued=app.max_queued,
     )
     system = WorkerSystem(cfg, runtime, fabric)
     system.hub.start()

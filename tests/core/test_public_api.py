@@ -18,6 +18,7 @@ PUBLIC = [
     "NoNodesAvailable",
     "NoSystemRunning",
     "NodeUnreachable",
+    "Overloaded",
     "Ref",
     "RegistrationError",
     "Reminder",
@@ -109,6 +110,7 @@ def test_error_tree() -> None:
         rio.WorkerLost,
         rio.NodeUnreachable,
         rio.NoNodesAvailable,
+        rio.Overloaded,
         rio.StateConflict,
     ]
     for cls in errors:

@@ -16,6 +16,7 @@ import pytest
 
 import rio
 from rio.local.pool import PoolSystem
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -162,16 +163,24 @@ async def test_kill_9_worker_under_load(tmp_path: Path) -> None:
         lost: list[str] = []
         victim = system.worker_pid(1)
 
+        done = asyncio.Event()
+
         async def load(oid: str) -> None:
-            for _ in range(60):
+            while not done.is_set():  # under load from before the kill to after the restart
                 try:
                     acked[oid] = await PlCounter.ref(oid).incr_saved(1)
                 except rio.WorkerLost as e:
                     lost.append(str(e))
 
         tasks = [asyncio.ensure_future(load(i)) for i in ids]
-        await asyncio.sleep(0.05)
+        await eventually(lambda: min(acked.values()) >= 5, what="every object acknowledged")
         os.kill(victim, signal.SIGKILL)
+        await eventually(lambda: system.stats().restarts == 1, what="worker 1 restarted")
+        after = dict(acked)
+        await eventually(
+            lambda: all(acked[i] > after[i] for i in on[1]), what="the restarted worker serves"
+        )
+        done.set()
         await asyncio.gather(*tasks)
         for message in lost:  # each names the worker and its pid
             assert f"worker 1 (pid {victim})" in message

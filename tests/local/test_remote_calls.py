@@ -26,9 +26,10 @@ class FakeHub:
         self.loop = asyncio.get_running_loop()
         self.sent: list[tuple[int, Any]] = []
 
-    def send(self, dst: int, msg: Any) -> None:
-        msgspec.msgpack.encode(msg)  # raises for what cannot cross, like the real hub
+    def send(self, dst: int, msg: Any) -> int:
+        data = msgspec.msgpack.encode(msg)  # raises for what cannot cross, like the real hub
         self.sent.append((dst, msg))
+        return len(data)
 
     def send_encoded(self, dst: int, data: bytes) -> None:
         self.sent.append((dst, msgspec.msgpack.decode(data)))
@@ -135,3 +136,135 @@ async def test_an_argument_that_cannot_cross_is_refused_at_the_call() -> None:
         remote.send(1, ("T", "x"), handler(), (object(),), (), now + 1, now)
     assert len(remote) == 0
     assert hub.sent == []
+
+
+# -- flow control: a window of calls in flight per process, a bounded queue behind it ----
+
+
+def _sent_reqs(hub: FakeHub) -> list[int]:
+    return [m[1] for _, m in hub.sent]
+
+
+async def test_calls_beyond_the_window_wait_their_turn_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rio.local.remote.WINDOW", 3)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test")  # type: ignore[arg-type]
+    h = handler()
+    now = hub.loop.time()
+    futs = [remote.send(1, ("T", "x"), h, (i,), (("T", "x"),), now + 30, now) for i in range(8)]
+    assert _sent_reqs(hub) == [1, 2, 3]  # the window; the rest wait, encoded
+    assert remote.waiting() == 5
+    assert len(remote) == 8
+    other = remote.send(2, ("T", "y"), h, (9,), (("T", "y"),), now + 30, now)
+    assert _sent_reqs(hub)[-1] == 9  # each process has its own window
+    answer(remote, 2, 20)
+    assert _sent_reqs(hub) == [1, 2, 3, 9, 4]  # an answer lets the next one go
+    for req in (1, 3, 4, 5, 6, 7, 8):
+        answer(remote, req, req * 10)
+    assert _sent_reqs(hub) == [1, 2, 3, 9, 4, 5, 6, 7, 8]
+    sent_args = [m[7] for _, m in hub.sent if m[1] >= 4]  # encoded while they waited
+    assert [msgspec.msgpack.decode(a) for a in sent_args[1:]] == [[i] for i in range(3, 8)]
+    assert [f.result() for f in futs] == [10, 20, 30, 40, 50, 60, 70, 80]
+    assert remote.waiting() == 0
+    assert not other.done()
+
+
+async def test_a_waiting_call_keeps_its_arguments_as_they_were_when_called(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rio.local.remote.WINDOW", 1)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test")  # type: ignore[arg-type]
+    h = handler()
+    now = hub.loop.time()
+    value = [1, 2]
+    remote.send(1, ("T", "x"), h, (0,), (), now + 30, now)
+    remote.send(1, ("T", "x"), h, (value,), (), now + 30, now)
+    value.append(3)  # the caller reuses its list while the call waits
+    answer(remote, 1, 0)
+    assert msgspec.msgpack.decode(hub.sent[-1][1][7]) == [[1, 2]]
+
+
+async def test_calls_made_inside_a_turn_never_wait_for_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An actor's call queued behind calls that wait on that actor would deadlock."""
+    monkeypatch.setattr("rio.local.remote.WINDOW", 2)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test")  # type: ignore[arg-type]
+    h = handler()
+    now = hub.loop.time()
+    for i in range(4):
+        remote.send(1, ("T", "x"), h, (i,), (("T", "x"),), now + 30, now)
+    nested = (("A", "a"), ("T", "y"))
+    remote.send(1, ("T", "y"), h, (99,), nested, now + 30, now)
+    assert _sent_reqs(hub) == [1, 2, 5]
+
+
+async def test_a_full_queue_refuses_the_call_at_once_with_overloaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rio.local.remote.WINDOW", 2)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test", max_queued=3)  # type: ignore[arg-type]
+    h = handler()
+    now = hub.loop.time()
+    futs = [remote.send(1, ("T", "x"), h, (i,), (), now + 30, now) for i in range(5)]
+    with pytest.raises(rio.Overloaded, match=r"T/x\.echo\(\) refused: 3 calls .*worker 1"):
+        remote.send(1, ("T", "x"), h, (5,), (), now + 30, now)
+    assert len(remote) == 5  # the refused call left nothing behind
+    for req in range(1, 6):
+        answer(remote, req, req)
+    assert [f.result() for f in futs] == [1, 2, 3, 4, 5]
+    remote.send(1, ("T", "x"), h, (6,), (), now + 30, now)  # room again
+
+
+async def test_calls_that_expired_while_waiting_free_the_queue_and_say_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rio.local.remote.WINDOW", 1)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test", max_queued=4)  # type: ignore[arg-type]
+    h = handler()
+    loop = hub.loop
+    now = loop.time()
+    first = remote.send(1, ("T", "x"), h, (0,), (), now + 30, now)
+    short = [remote.send(1, ("T", "x"), h, (i,), (), now + 0.02, now) for i in range(4)]
+    with pytest.raises(rio.Overloaded):
+        remote.send(1, ("T", "x"), h, (9,), (), now + 30, now)
+    await asyncio.gather(*short, return_exceptions=True)
+    for fut in short:
+        with pytest.raises(rio.CallTimeout, match=r"was not sent within .* calls from this"):
+            fut.result()
+    now = loop.time()
+    later = [remote.send(1, ("T", "x"), h, (i,), (), now + 30, now) for i in range(4)]
+    answer(remote, 1, 0)
+    assert first.result() == 0
+    assert _sent_reqs(hub) == [1, 6]  # the expired ones were never sent (nor the refused)
+    assert not any(f.done() for f in later)
+
+
+async def test_calls_waiting_for_a_dead_worker_are_held_then_sent_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rio.local.remote.WINDOW", 2)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test")  # type: ignore[arg-type]
+    h = handler()
+    now = hub.loop.time()
+    futs = [remote.send(1, ("T", "x"), h, (i,), (), now + 30, now) for i in range(4)]
+    assert remote.peer_down(1, 1234, "killed") == 2  # the two sent ones
+    for fut in futs[:2]:
+        with pytest.raises(rio.WorkerLost, match=r"worker 1 \(pid 1234\) died"):
+            fut.result()
+    nested = remote.send(1, ("T", "y"), h, (7,), (("A", "a"), ("T", "y")), now + 30, now)
+    hub.sent.clear()
+    remote.peer_up(1)
+    assert _sent_reqs(hub) == [3, 4]  # held in order; the window again applies
+    answer(remote, 3, 3)
+    assert _sent_reqs(hub) == [3, 4, 5]
+    answer(remote, 4, 4)
+    answer(remote, 5, 5)
+    assert [f.result() for f in (*futs[2:], nested)] == [3, 4, 5]

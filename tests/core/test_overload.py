@@ -1,0 +1,74 @@
+"""Bounded mailboxes: a call that would wait behind ``max_queued`` others is refused.
+
+On every runtime path: in-process the call raises at once; from another process the
+refusal comes back as the call's answer. Either way it never ran, and the calls
+already queued are served as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import rio
+
+
+class OlGate(rio.Actor):
+    """Holds its turn until released (release is reentrant, so it runs meanwhile)."""
+
+    _gate: asyncio.Future[None] | None = None
+
+    def _gate_future(self) -> asyncio.Future[None]:
+        if self._gate is None:
+            self._gate = asyncio.get_running_loop().create_future()
+        return self._gate
+
+    async def hold(self) -> str:
+        await self._gate_future()
+        self._gate = None
+        return "held"
+
+    @rio.reentrant
+    async def release(self) -> None:
+        gate = self._gate_future()
+        if not gate.done():
+            gate.set_result(None)
+
+    async def n(self, i: int) -> int:
+        return i
+
+
+async def test_a_full_mailbox_refuses_further_calls_with_overloaded(make_app: Any) -> None:
+    async with make_app(max_queued=3):
+        ref = OlGate.ref("m")
+        held = ref.hold()  # busy until released: what follows queues behind it
+        calls: list[Any] = []
+        for i in range(6):
+            try:
+                calls.append(ref.n(i))
+            except rio.Overloaded as e:  # in-process: refused right at the call
+                calls.append(e)
+        await ref.release()
+        assert await held == "held"
+        outcomes = [c if isinstance(c, Exception) else await _settle(c) for c in calls]
+        assert outcomes[:3] == [0, 1, 2]
+        for refused in outcomes[3:]:
+            assert isinstance(refused, rio.Overloaded)
+            assert "OlGate/m.n() refused" in str(refused)
+            assert "max_queued=3" in str(refused)
+        assert await ref.n(7) == 7  # room again once the mailbox drained
+
+
+async def _settle(fut: Any) -> Any:
+    try:
+        return await fut
+    except rio.Overloaded as e:
+        return e
+
+
+def test_max_queued_must_be_a_positive_whole_number() -> None:
+    for bad in (0, -1, 2.5, "10", True):
+        with pytest.raises(rio.ConfigError, match="max_queued"):
+            rio.App("x", max_queued=bad)  # type: ignore[arg-type]
