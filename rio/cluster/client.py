@@ -45,6 +45,7 @@ from rio.core.context import (
 )
 from rio.core.errors import ConfigError, NoNodesAvailable, RioError, SystemStopping
 from rio.core.registry import Handler
+from rio.core.runtime import MAX_QUEUED
 from rio.core.streams import Streams
 from rio.core.system import System, _topic, key_of
 
@@ -80,6 +81,7 @@ class ClusterClient(System):
         refresh: float = 1.0,
         placement: dict[str, str] | None = None,
         ssl: SSLContext | None = None,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         import os
 
@@ -107,6 +109,7 @@ class ClusterClient(System):
             strategy_of=lambda t: table.get(t, "consistent-hash"),
             name=name,
             ssl=ssl,
+            max_queued=max_queued,
         )
         self.ssl = ssl
         #: Pub/sub: this client's subscriptions, fed by the members' relays.
@@ -261,6 +264,7 @@ def connect(
     timeout: float = 30.0,
     placement: dict[str, str] | None = None,
     ssl: SSLContext | str | None = None,
+    max_queued: int = MAX_QUEUED,
 ) -> ClusterClient:
     """A client of the cluster whose membership lives at ``url`` (or reachable via ``seeds``).
 
@@ -277,12 +281,23 @@ def connect(
             (default ``consistent-hash``: spreads objects over the nodes).
         ssl: for nodes that speak TLS: an ``ssl.SSLContext``, or the path of a PEM
             file of the certificates to trust.
+        max_queued: calls that may wait for a connection, a placement or a node at
+            once (default 100,000); beyond them a call is refused at once with
+            :class:`rio.Overloaded`.
 
     Raises:
         ConfigError: no URL and no seeds, no secret, or a malformed address.
     """
     if isinstance(ssl, str):
         ssl = client_context(ssl)
+    if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
+        raise ConfigError(f"max_queued must be a whole number >= 1, got {max_queued!r}")
     return ClusterClient(
-        url, seeds=seeds, secret=secret, default_timeout=timeout, placement=placement, ssl=ssl
+        url,
+        seeds=seeds,
+        secret=secret,
+        default_timeout=timeout,
+        placement=placement,
+        ssl=ssl,
+        max_queued=max_queued,
     )

@@ -56,6 +56,7 @@ from rio.core.errors import (
 )
 from rio.core.registry import Handler, lookup_type
 from rio.core.reminders import Reminders
+from rio.core.runtime import MAX_QUEUED
 from rio.core.streams import Streams
 from rio.core.system import System, key_of
 from rio.core.turns import ACTIVE
@@ -222,6 +223,7 @@ class ClusterLink:
         strategy_of: placement strategy per type.
         local: runs a call on this node (the router's shortcut).
         name: for messages.
+        max_queued: calls the router may have waiting at once (see :class:`Router`).
     """
 
     def __init__(
@@ -231,6 +233,7 @@ class ClusterLink:
         strategy_of: Callable[[str], str],
         local: Any,
         name: str,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         self.settings = settings
         self.member_id = member_id
@@ -246,6 +249,7 @@ class ClusterLink:
             redirects=settings.redirects,
             name=name,
             ssl=settings.client_ssl(),
+            max_queued=max_queued,
         )
         self.placement = Placement(self.store, member_id, name)
         #: This process's subscriptions to streams published on other nodes.
@@ -439,7 +443,9 @@ class NodeCore:
             heartbeat=now,
         )
         strategy = strategy_table(self.app, s.placement)
-        link = self._link = ClusterLink(s, self.member_id, strategy, self._local, node)
+        link = self._link = ClusterLink(
+            s, self.member_id, strategy, self._local, node, self.app.max_queued
+        )
         self.gateway = Gateway(
             self.member_id,
             link.view,

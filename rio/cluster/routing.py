@@ -33,11 +33,13 @@ from rio.core.errors import (
     CallTimeout,
     NodeUnreachable,
     NoNodesAvailable,
+    Overloaded,
     RemoteError,
     RioError,
     SystemStopping,
 )
 from rio.core.registry import Handler
+from rio.core.runtime import MAX_QUEUED
 from rio.local.protocol import decode_result, encode, positional_args
 from rio.local.remote import unencodable
 
@@ -226,8 +228,12 @@ class Router:
         options: TransportOptions | None = None,
         name: str = "rio",
         ssl: SSLContext | None = None,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         self.view = view
+        self.max_queued = max_queued
+        #: Calls routed by a task (see :meth:`call`) that have not finished.
+        self.routing = 0
         self.ssl = ssl
         self.secret = secret
         self.me = local_member
@@ -280,11 +286,11 @@ class Router:
         member = self._cached(key)
         if member is None or member == self.me:
             body = None if self._local is not None else self.encode_args(handler, args, kwargs)
-            return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
+            return self._routed(key, handler, args, kwargs, chain, deadline, body)
         conn = self._conns.get(member)
         if conn is None or not conn.writable or member not in self.view.live or now >= deadline:
             body = self.encode_args(handler, args, kwargs)
-            return loop.create_task(self._route(key, handler, args, kwargs, chain, deadline, body))
+            return self._routed(key, handler, args, kwargs, chain, deadline, body)
         # Encoded now, once: a redirect or failover resends these bytes, not the
         # caller's objects as they are by then.
         body = self.encode_args(handler, args, kwargs)
@@ -301,6 +307,40 @@ class Router:
             _Routed(self, out, member, key, handler, args, kwargs, chain, deadline, body),
         )
         return out
+
+    def _routed(
+        self,
+        key: Key,
+        handler: Handler,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        chain: tuple[Key, ...],
+        deadline: float,
+        body: msgspec.Raw | None,
+    ) -> asyncio.Future[Any]:
+        """Route a call in a task (:meth:`_route`); at most ``max_queued`` at once.
+
+        Each holds its caller's arguments and a task until it is answered: the
+        calls of a caller that starts them faster than the peers take them (their
+        connections stop being writable) would otherwise pile up without limit.
+        """
+        if self.routing >= self.max_queued:
+            raise Overloaded(
+                f"{key[0]}/{key[1]}.{handler.name}() refused: {self.routing} calls from "
+                f"{self.name} already wait for a connection, a placement or a node "
+                f"(max_queued={self.max_queued}); the cluster takes calls slower than "
+                "they are made. Await the calls already made before starting more"
+            )
+        assert self._loop is not None
+        task = self._loop.create_task(
+            self._route(key, handler, args, kwargs, chain, deadline, body)
+        )
+        self.routing += 1
+        task.add_done_callback(self._route_done)
+        return task
+
+    def _route_done(self, _task: asyncio.Task[Any]) -> None:
+        self.routing -= 1
 
     def encode_args(
         self, handler: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -391,6 +391,7 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
                 lambda t: table.get(t, default),
                 system.local_route,
                 f"{cfg.member_id}/worker-{cfg.index}",
+                app.max_queued,
             )
             link.attach_streams(runtime.streams)  # subscribers here reach other nodes
             await link.start()

@@ -619,3 +619,26 @@ async def test_a_call_waits_for_a_host_that_is_still_joining(
             assert await call == 1
     finally:
         await store.close()
+
+
+async def test_a_client_flooding_the_cluster_is_refused_beyond_max_queued(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    """Calls that wait for a placement or a connection are bounded, not one task each forever."""
+    await nodes(1)
+    async with rio.connect(urls[0], secret=SECRET, max_queued=50) as client:
+        accepted = []
+        refused = []
+        for i in range(80):  # first calls to new objects: each waits for its placement
+            try:
+                accepted.append(client.ref(RvCounter, f"flood-{i}").incr(i))
+            except rio.Overloaded as e:
+                refused.append(str(e))
+        assert len(accepted) == 50
+        assert len(refused) == 30
+        assert "RvCounter/flood-50.incr() refused" in refused[0]
+        assert "max_queued=50" in refused[0]
+        assert await asyncio.gather(*accepted) == list(range(50))
+        assert await client.ref(RvCounter, "flood-50").incr(7) == 7  # room again
+    with pytest.raises(rio.ConfigError, match="max_queued"):
+        rio.connect(urls[0], secret=SECRET, max_queued=0)
