@@ -255,7 +255,9 @@ class RemoteCalls:
             if entry is None:  # it expired while waiting
                 q.expired = max(0, q.expired - 1)
                 continue
-            if deadline <= now:  # its timer is about to fail it
+            if deadline <= now:  # due: fail it now (its timer will find it gone)
+                del pending[req]
+                self._timed_out(entry)
                 continue
             size = send(dst, msg)
             pending[req] = (*entry[:5], size)
@@ -352,8 +354,8 @@ class RemoteCalls:
         entry = self._pending.pop(req, None)
         if entry is None:
             return
-        fut, handler, dst, budget, key, size = entry
-        if size >= 0:
+        dst = entry[2]
+        if entry[5] >= 0:
             self._answered(entry)
             if self._queues:
                 self._pump(dst)
@@ -361,6 +363,11 @@ class RemoteCalls:
             q = self._queues.get(dst)
             if q is not None:
                 q.expired += 1
+        self._timed_out(entry)
+
+    def _timed_out(self, entry: _Entry) -> None:
+        """Fail ``entry``'s call with CallTimeout saying whether it was ever sent."""
+        fut, handler, dst, budget, key, size = entry
         if fut.done():
             return
         where = f"{key[0]}/{key[1]}"
@@ -447,7 +454,7 @@ class RemoteCalls:
 
     def waiting(self) -> int:
         """Calls made but not sent yet (waiting for their turn, or for a restart)."""
-        return sum(len(q) - q.expired for q in self._queues.values())
+        return sum(max(0, len(q) - q.expired) for q in self._queues.values())
 
     def __len__(self) -> int:
         return len(self._pending)
