@@ -73,12 +73,13 @@ class App:
         reminder_poll: seconds between two reads of the due durable reminders
             (default 1): how late a reminder may fire, and how often the storage is
             asked.
-        max_queued: calls that may wait in one queue before more are refused with
-            :class:`rio.Overloaded` (default 100,000): one activation's mailbox, or
-            the calls held for one worker process while it has its window of 10,000
-            calls in flight from this process (or restarts). Callers that await
-            their calls never reach it; it bounds the memory of callers that start
-            calls without awaiting them.
+        max_queued: calls that may wait before more are refused with
+            :class:`rio.Overloaded` (default 100,000): in one activation's mailbox,
+            in a process for their turn to go to another worker (at most 10,000
+            calls from one process are in flight to one object), or for a placement
+            or connection in a cluster. A program with fewer calls outstanding
+            never reaches it; it bounds the memory of callers that start calls
+            without awaiting them.
 
     Example::
 

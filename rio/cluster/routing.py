@@ -286,11 +286,14 @@ class Router:
         member = self._cached(key)
         if member is None or member == self.me:
             body = None if self._local is not None else self.encode_args(handler, args, kwargs)
-            return self._routed(key, handler, args, kwargs, chain, deadline, body)
+            # Placed here already: it goes to this node's runtime at once, uncounted.
+            counted = member is None and len(chain) <= 1
+            return self._routed(key, handler, args, kwargs, chain, deadline, body, counted)
         conn = self._conns.get(member)
         if conn is None or not conn.writable or member not in self.view.live or now >= deadline:
             body = self.encode_args(handler, args, kwargs)
-            return self._routed(key, handler, args, kwargs, chain, deadline, body)
+            counted = len(chain) <= 1
+            return self._routed(key, handler, args, kwargs, chain, deadline, body, counted)
         # Encoded now, once: a redirect or failover resends these bytes, not the
         # caller's objects as they are by then.
         body = self.encode_args(handler, args, kwargs)
@@ -317,30 +320,44 @@ class Router:
         chain: tuple[Key, ...],
         deadline: float,
         body: msgspec.Raw | None,
+        counted: bool,
     ) -> asyncio.Future[Any]:
-        """Route a call in a task (:meth:`_route`); at most ``max_queued`` at once.
+        """Route a call in a task (:meth:`_route`).
 
-        Each holds its caller's arguments and a task until it is answered: the
-        calls of a caller that starts them faster than the peers take them (their
-        connections stop being writable) would otherwise pile up without limit.
+        A ``counted`` call (made outside any turn, not placed on this node) counts
+        in :attr:`routing` until it is handed to this node's runtime or written to
+        a connection: while it waits for a placement, a connection or a node, it
+        holds its caller's arguments and a task, and a caller that starts calls
+        faster than the peers take them would pile those up without limit. At most
+        ``max_queued`` count at once; beyond, a call is refused with Overloaded. (A
+        turn's calls never are: refusing them would fail turns that wait on calls
+        already made.)
         """
-        if self.routing >= self.max_queued:
-            raise Overloaded(
-                f"{key[0]}/{key[1]}.{handler.name}() refused: {self.routing} calls from "
-                f"{self.name} already wait for a connection, a placement or a node "
-                f"(max_queued={self.max_queued}); the cluster takes calls slower than "
-                "they are made. Await the calls already made before starting more"
-            )
+        slot: list[bool] | None = None
+        if counted:
+            if self.routing >= self.max_queued:
+                raise Overloaded(
+                    f"{key[0]}/{key[1]}.{handler.name}() refused: {self.routing} calls "
+                    f"from {self.name} already wait for a placement, a connection or a "
+                    f"node (max_queued={self.max_queued}); the cluster takes calls "
+                    "slower than they are made. Await the calls already made before "
+                    "starting more"
+                )
+            slot = [True]
+            self.routing += 1
         assert self._loop is not None
         task = self._loop.create_task(
-            self._route(key, handler, args, kwargs, chain, deadline, body)
+            self._route(key, handler, args, kwargs, chain, deadline, body, slot=slot)
         )
-        self.routing += 1
-        task.add_done_callback(self._route_done)
+        if slot is not None:
+            task.add_done_callback(partial(self._handed_off, slot))
         return task
 
-    def _route_done(self, _task: asyncio.Task[Any]) -> None:
-        self.routing -= 1
+    def _handed_off(self, slot: list[bool], _task: object = None) -> None:
+        """A counted call no longer waits in this router (see :meth:`_routed`)."""
+        if slot[0]:
+            slot[0] = False
+            self.routing -= 1
 
     def encode_args(
         self, handler: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -364,6 +381,8 @@ class Router:
         deadline: float,
         body: msgspec.Raw | None,
         first: tuple[str, BaseException] | None = None,
+        *,
+        slot: list[bool] | None = None,
     ) -> Any:
         loop = asyncio.get_running_loop()
         redirects = waits = 0
@@ -405,6 +424,8 @@ class Router:
                     first = None
                     raise exc
                 if member == self.me and self._local is not None:
+                    if slot is not None:
+                        self._handed_off(slot)
                     return await self._local(key, handler, args, kwargs, chain, deadline, now)
                 if body is None:
                     body = self.encode_args(handler, args, kwargs)
@@ -420,6 +441,8 @@ class Router:
                     if now >= deadline:
                         continue
                 req = CallReq(key[0], key[1], handler.name, deadline - now, chain, body)
+                if slot is not None and conn.writable:
+                    self._handed_off(slot)  # written at once, not waiting here
                 raw = await conn.request(req, timeout=deadline - now)
             except Redirect as r:
                 last = r

@@ -205,11 +205,12 @@ class NoNodesAvailable(RioError, ConnectionError):
 class Overloaded(RioError):
     """A queue the call would wait in is full; the call was refused and never ran.
 
-    rio bounds what waits on a caller's behalf: an activation's mailbox, and the calls
-    held for another worker process while that process has as many in flight as it
-    may take (``App(max_queued=...)``). A caller that waits for its answers never
-    meets this error; one that keeps starting calls without awaiting them does, once
-    ``max_queued`` of them wait. Retry later, or await the calls already made.
+    rio bounds what waits on a caller's behalf (``App(max_queued=...)``): an
+    activation's mailbox, the calls a process holds back while an object in another
+    worker has as many of its calls in flight as it may take, and the calls a
+    cluster router is still placing or connecting. A program that keeps fewer calls
+    outstanding never meets this error; one that keeps starting calls without
+    awaiting them does. Retry later, or await the calls already made.
     """
 
 

@@ -43,6 +43,7 @@ from rio.core.errors import (
     CallTimeout,
     NodeUnreachable,
     NoNodesAvailable,
+    Overloaded,
     RemoteError,
     StorageUnavailable,
     SystemStopping,
@@ -90,6 +91,7 @@ _UNDELIVERED = (
     SystemStopping,
     ActivationFailed,
     StorageUnavailable,
+    Overloaded,  # refused before it ran: the mailbox (or a queue on the way) was full
 )
 
 

@@ -50,46 +50,48 @@ def unencodable(handler: Handler, values: tuple[Any, ...], e: Exception) -> BadA
 
 
 Key = tuple[str, str]
-# (future, handler, destination, budget, key, bytes of the sent message; -1 not sent yet)
-_Entry = tuple[asyncio.Future[Any], Handler, int, float, Key, int]
+# (future, handler, destination, budget, key, bytes of the sent message (-1: not sent yet)
+# ... and the object's counter of calls in flight from here (see RemoteCalls._keys)
+_Entry = tuple[asyncio.Future[Any], Handler, int, float, Key, int, list[int]]
 _CALL = 1  # the tag of protocol.Call: calls travel as tuples laid out like it
 _wire_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
-#: Calls one process keeps in flight to another (sent, not answered yet) before its
-#: callers' further calls wait their turn in :class:`RemoteCalls` (flow control).
+#: Calls one process keeps in flight to one object (sent, not answered yet) before its
+#: callers' further calls to that object wait their turn in :class:`RemoteCalls`.
 WINDOW = 10_000
-#: The same window in bytes of encoded calls (one call larger than this still goes,
-#: alone).
+#: Calls, and bytes of encoded calls, one process keeps in flight to another process
+#: (a safety net over many objects; one call larger than this still goes, alone).
+PROCESS_WINDOW = 100_000
 WINDOW_BYTES = 64 << 20
-#: Encoded bytes that may wait for one process before more calls are refused.
+#: Encoded bytes that may wait in one process before more calls are refused.
 MAX_QUEUED_BYTES = 256 << 20
 
 
 class _Queue(collections.deque[tuple[int, tuple[Any, ...], float, int]]):
-    """Calls waiting to be sent to one process, in the order they were made.
+    """Calls waiting to be sent to one object, in the order they were made.
 
     Each is (req, the Call with its arguments encoded, deadline, their size).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dst: int) -> None:
         super().__init__()
-        self.nbytes = 0
-        #: Entries whose call expired while waiting (dropped when the queue is pruned).
-        self.expired = 0
+        self.dst = dst
 
 
 class RemoteCalls:
     """The calls this process has in flight to other processes.
 
-    Flow control. At most :data:`WINDOW` calls (and :data:`WINDOW_BYTES`) are in
-    flight to one process; further calls made outside any turn (a script, a client,
-    a timer) wait their turn here, in order, encoded, and go as answers come back,
-    so a caller that starts calls faster than their target serves them cannot
-    flood that process's mailboxes. Calls made inside a turn never wait for the
-    window (an actor's call that waited behind calls that wait on it would
-    deadlock). While a process is dead or restarting, every call to it waits here.
-    At most ``max_queued`` calls (and :data:`MAX_QUEUED_BYTES`) wait for one
-    process: beyond that, a call is refused at once with :class:`rio.Overloaded`.
+    Flow control. At most :data:`WINDOW` calls are in flight from this process to one
+    object (and :data:`PROCESS_WINDOW` calls, :data:`WINDOW_BYTES` bytes, to one
+    process); further calls made outside any turn (a script, a client) wait their
+    turn here, encoded, in order per object, and go as answers come back. So a
+    caller that starts calls faster than an object serves them cannot flood its
+    worker, while calls to other objects go on at once. Calls made inside a turn
+    never wait for a window (an actor's call that waited behind calls that wait on
+    that actor would deadlock), nor do the pool's own control calls (``$...``).
+    While a process is dead or restarting, every call to it waits here. At most
+    ``max_queued`` calls (and :data:`MAX_QUEUED_BYTES`) wait in this process:
+    beyond that, a call that would wait is refused at once with :class:`rio.Overloaded`.
     """
 
     def __init__(self, hub: Hub, name: str, max_queued: int = MAX_QUEUED) -> None:
@@ -102,11 +104,22 @@ class RemoteCalls:
         # RunDeadlines): a call that joins the current run costs one comparison.
         self._next_req = 1
         self._runs = RunDeadlines(self._pending, lambda: self._next_req, self._expire)
-        #: Peers that are dead or restarting (their calls wait in ``_queues``).
+        #: Peers that are dead or restarting (their calls wait to be sent).
         self.down: set[int] = set()
-        # Per peer: [calls in flight, their bytes]; and the calls waiting to be sent.
+        # Per peer: [calls in flight, their bytes]; per object: calls in flight.
         self._out: dict[int, list[int]] = {}
-        self._queues: dict[int, _Queue] = {}
+        # [calls in flight] per object, shared by its pending entries; objects with
+        # none are swept out when the table grows (see _counter).
+        self._keys: dict[Key, list[int]] = {}
+        self._swept = 0
+        # Calls made outside a turn waiting to be sent, per object; calls made inside
+        # a turn held while their peer is down, per peer; how many wait in all (and
+        # their bytes), how many of those expired meanwhile (swept when it pays).
+        self._queues: dict[Key, _Queue] = {}
+        self._held: dict[int, list[tuple[int, tuple[Any, ...], float, int]]] = {}
+        self._nwaiting = 0
+        self._wbytes = 0
+        self._expired = 0
         #: How many times each peer died: a reply owed to a caller from before its
         #: last death must not reach its replacement (see :meth:`life`).
         self.deaths: dict[int, int] = {}
@@ -148,8 +161,7 @@ class RemoteCalls:
 
         Raises:
             rio.BadArguments: an argument cannot be encoded (nothing was sent).
-            rio.Overloaded: the call would wait and ``max_queued`` calls already wait
-                for ``dst``.
+            rio.Overloaded: the call would wait and ``max_queued`` calls already wait.
         """
         req = self._next_req
         budget = deadline - now
@@ -167,19 +179,30 @@ class RemoteCalls:
         out = self._out.get(dst)
         if out is None:
             out = self._out[dst] = [0, 0]
+        counter = self._keys.get(key)
+        if counter is None:
+            counter = self._counter(key)
         try:
-            if dst in self._queues:
-                waits = len(chain) <= 1 or dst in self.down
-            else:
-                waits = len(chain) <= 1 and (out[0] >= WINDOW or out[1] >= WINDOW_BYTES)
-            if waits:
-                body = args if isinstance(args, msgspec.Raw) else msgspec.Raw(encode(args))
-                self._wait(dst, key, handler, req, (*msg[:7], body), deadline, len(body))
+            if dst in self.down:
+                self._wait(dst, key, handler, req, msg, deadline, len(chain) > 1)
                 size = -1
-            else:
+            elif (
+                len(chain) > 1
+                or (
+                    counter[0] < WINDOW
+                    and out[0] < PROCESS_WINDOW
+                    and out[1] < WINDOW_BYTES
+                    and (not self._queues or key not in self._queues)
+                )
+                or handler.name[0] == "$"
+            ):  # the pool's own control calls never wait
                 size = self._hub_send(dst, msg)
                 out[0] += 1
                 out[1] += size
+                counter[0] += 1
+            else:
+                self._wait(dst, key, handler, req, msg, deadline, False)
+                size = -1
         except RioError:
             raise
         except Exception as e:  # TypeError, EncodeError, OverflowError (an int > 64 bits)...
@@ -191,11 +214,21 @@ class RemoteCalls:
         if loop is None:
             loop = self._loop = self.hub.loop
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending[req] = (fut, handler, dst, budget, key, size)
+        self._pending[req] = (fut, handler, dst, budget, key, size, counter)
         runs = self._runs
         if deadline != runs.at:
             runs.start(loop, req, deadline, budget)
         return fut
+
+    def _counter(self, key: Key) -> list[int]:
+        """The in-flight counter of ``key`` (new); idle ones are swept as the table grows."""
+        keys = self._keys
+        if len(keys) >= 4096 and len(keys) >= 2 * self._swept:
+            for k in [k for k, c in keys.items() if not c[0]]:
+                del keys[k]
+            self._swept = len(keys)
+        counter = keys[key] = [0]
+        return counter
 
     def _wait(
         self,
@@ -205,78 +238,149 @@ class RemoteCalls:
         req: int,
         msg: tuple[Any, ...],
         deadline: float,
-        nbytes: int,
+        nested: bool,
     ) -> None:
-        """Queue a call for ``dst`` until it may be sent; Overloaded when the queue is full."""
-        q = self._queues.get(dst)
-        if q is None:
-            q = self._queues[dst] = _Queue()
-        if len(q) >= self.max_queued or q.nbytes + nbytes > MAX_QUEUED_BYTES:
-            if q.expired * 8 >= len(q):  # enough expired ones to be worth a sweep
-                self._prune(q)
-            if q and (len(q) >= self.max_queued or q.nbytes + nbytes > MAX_QUEUED_BYTES):
-                why = (
-                    f"worker {dst} is restarting"
-                    if dst in self.down
-                    else f"worker {dst} already has {self._out[dst][0]} calls in flight "
-                    "from this process"
-                )
+        """Keep a call until it may be sent (encoded now: the caller may reuse its objects).
+
+        Raises Overloaded when ``max_queued`` calls already wait (a turn's call held
+        for a restarting peer and the pool's control calls are never refused).
+        """
+        args = msg[7]
+        body = args if isinstance(args, msgspec.Raw) else msgspec.Raw(encode(args))
+        nbytes = len(body)
+        if (self._nwaiting >= self.max_queued or self._wbytes + nbytes > MAX_QUEUED_BYTES) and not (
+            nested or handler.name[0] == "$"
+        ):
+            if self._expired * 8 >= self._nwaiting:  # enough expired ones to sweep
+                self._prune()
+            if self._nwaiting >= self.max_queued or self._wbytes + nbytes > MAX_QUEUED_BYTES:
+                if dst in self.down:
+                    why = f"worker {dst} is restarting"
+                else:
+                    why = (
+                        f"{self._keys[key][0]} calls to it and {self._out[dst][0]} to "
+                        f"worker {dst} are in flight from this process"
+                    )
                 raise Overloaded(
-                    f"{key[0]}/{key[1]}.{handler.name}() refused: {len(q)} calls "
-                    f"({q.nbytes} bytes) already wait to be sent to worker {dst} ({why}); "
-                    f"at most max_queued={self.max_queued} calls and "
+                    f"{key[0]}/{key[1]}.{handler.name}() refused: {self._nwaiting} calls "
+                    f"({self._wbytes} bytes) from {self.name} already wait to be sent "
+                    f"({why}); at most max_queued={self.max_queued} calls and "
                     f"{MAX_QUEUED_BYTES} bytes may wait. Await the calls already made "
                     "before starting more"
                 )
-        q.append((req, msg, deadline, nbytes))
-        q.nbytes += nbytes
+        item = (req, (*msg[:7], body), deadline, nbytes)
+        if nested:
+            self._held.setdefault(dst, []).append(item)
+        else:
+            q = self._queues.get(key)
+            if q is None:
+                q = self._queues[key] = _Queue(dst)
+            q.append(item)
+        self._nwaiting += 1
+        self._wbytes += nbytes
 
-    def _prune(self, q: _Queue) -> None:
+    def _prune(self) -> None:
+        """Drop the waiting calls whose deadline passed (their callers were told)."""
         pending = self._pending
-        kept = [w for w in q if w[0] in pending]
-        q.clear()
-        q.extend(kept)
-        q.nbytes = sum(w[3] for w in kept)
-        q.expired = 0
+        for key, q in list(self._queues.items()):
+            kept = [w for w in q if w[0] in pending]
+            if kept:
+                q.clear()
+                q.extend(kept)
+            else:
+                del self._queues[key]
+        for held in self._held.values():
+            held[:] = [w for w in held if w[0] in pending]
+        self._count_waiting()
 
-    def _pump(self, dst: int) -> None:
-        """Send the calls waiting for ``dst`` that fit in its window now."""
-        q = self._queues.get(dst)
-        if q is None or dst in self.down:
+    def _count_waiting(self) -> None:
+        items = [w for q in self._queues.values() for w in q]
+        items += [w for held in self._held.values() for w in held]
+        self._nwaiting = len(items)
+        self._wbytes = sum(w[3] for w in items)
+        self._expired = 0
+
+    def _pump(self, key: Key, q: _Queue) -> None:
+        """Send the calls waiting for ``key`` that its windows take now."""
+        dst = q.dst
+        if dst in self.down:
             return
         out = self._out[dst]
         pending = self._pending
-        now = self.hub.loop.time()
         send = self._hub_send
-        while q and (out[0] == 0 or (out[0] < WINDOW and out[1] < WINDOW_BYTES)):
-            req, msg, deadline, nbytes = q.popleft()
-            q.nbytes -= nbytes
+        now = self.hub.loop.time()
+        while q:
+            req = q[0][0]
             entry = pending.get(req)
+            if entry is not None:
+                n = entry[6][0]
+                if not (
+                    (n < WINDOW and out[0] < PROCESS_WINDOW and out[1] < WINDOW_BYTES)
+                    or out[0] == 0
+                ):
+                    break
+            req, msg, deadline, nbytes = q.popleft()
+            self._nwaiting -= 1
+            self._wbytes -= nbytes
             if entry is None:  # it expired while waiting
-                q.expired = max(0, q.expired - 1)
+                self._expired = max(0, self._expired - 1)
                 continue
-            if deadline <= now:  # due: fail it now (its timer will find it gone)
+            if entry[0].done() or deadline <= now:  # cancelled by its caller, or due
                 del pending[req]
                 self._timed_out(entry)
                 continue
             size = send(dst, msg)
-            pending[req] = (*entry[:5], size)
+            pending[req] = (*entry[:5], size, entry[6])
             out[0] += 1
             out[1] += size
+            entry[6][0] += 1
         if not q:
-            del self._queues[dst]
+            del self._queues[key]
 
-    def _pump_all(self) -> None:
-        for dst in list(self._queues):
-            self._pump(dst)
+    def _pump_dst(self, dst: int) -> None:
+        """Send what waits for ``dst`` and fits now: held calls of turns first, all."""
+        held = self._held.pop(dst, None)
+        if held:
+            out = self._out[dst]
+            pending = self._pending
+            now = self.hub.loop.time()
+            for req, msg, deadline, nbytes in held:
+                self._nwaiting -= 1
+                self._wbytes -= nbytes
+                entry = pending.get(req)
+                if entry is None:
+                    self._expired = max(0, self._expired - 1)
+                    continue
+                if entry[0].done() or deadline <= now:
+                    del pending[req]
+                    self._timed_out(entry)
+                    continue
+                size = self._hub_send(dst, msg)
+                pending[req] = (*entry[:5], size, entry[6])
+                out[0] += 1
+                out[1] += size
+                entry[6][0] += 1
+        for key, q in list(self._queues.items()):
+            if q.dst == dst:
+                self._pump(key, q)
 
     def _answered(self, entry: _Entry) -> None:
-        """Free ``entry``'s place in its destination's window (it was sent)."""
+        """Free ``entry``'s place in its windows (if it was sent); send what waits for it."""
         size = entry[5]
-        if size >= 0:
-            out = self._out[entry[2]]
-            out[0] -= 1
-            out[1] -= size
+        if size < 0:
+            return
+        dst = entry[2]
+        out = self._out[dst]
+        out[0] -= 1
+        out[1] -= size
+        entry[6][0] -= 1
+        if self._queues:
+            key = entry[4]
+            q = self._queues.get(key)
+            if q is not None:
+                self._pump(key, q)
+            if out[0] + 1 >= PROCESS_WINDOW or out[1] + size >= WINDOW_BYTES:
+                self._pump_dst(dst)  # the process window held back other objects' calls
 
     def on_messages(self, msgs: list[Message], other: Callable[[Message], None]) -> None:
         """Resolve the calls the replies among ``msgs`` answer; hand the rest to ``other``.
@@ -294,11 +398,13 @@ class RemoteCalls:
                 entry = pop(msg.req, None)
                 if entry is None:
                     continue  # a late answer after a timeout
-                size = entry[5]
-                if size >= 0:
+                if self._queues:
+                    self._answered(entry)
+                else:  # what _answered() does when nothing waits, inlined
                     out = outs[entry[2]]
                     out[0] -= 1
-                    out[1] -= size
+                    out[1] -= entry[5]
+                    entry[6][0] -= 1
                 fut = entry[0]
                 if fut.done():
                     continue
@@ -311,8 +417,6 @@ class RemoteCalls:
                 self._resolve(entry, msg)  # an error, or a value of the wrong type
             except Exception:  # one bad message must never stop this process reading
                 logger.opt(exception=True).error("{}: handling a message failed", self.name)
-        if self._queues:
-            self._pump_all()
 
     def on_reply(self, msg: Reply) -> None:
         """Resolve the call ``msg`` answers (a late answer after a timeout is dropped)."""
@@ -322,11 +426,9 @@ class RemoteCalls:
         self._answered(entry)
         if not entry[0].done():
             self._resolve(entry, msg)
-        if self._queues:
-            self._pump(entry[2])
 
     def _resolve(self, entry: _Entry, msg: Reply) -> None:
-        fut, handler, _, _, key, _ = entry
+        fut, handler, _, _, key, _, _ = entry
         if msg.ok:
             try:
                 fut.set_result(handler.result_decoder.decode(msg.value))
@@ -354,20 +456,15 @@ class RemoteCalls:
         entry = self._pending.pop(req, None)
         if entry is None:
             return
-        dst = entry[2]
         if entry[5] >= 0:
             self._answered(entry)
-            if self._queues:
-                self._pump(dst)
         else:
-            q = self._queues.get(dst)
-            if q is not None:
-                q.expired += 1
+            self._expired += 1  # still in its queue: swept later
         self._timed_out(entry)
 
     def _timed_out(self, entry: _Entry) -> None:
         """Fail ``entry``'s call with CallTimeout saying whether it was ever sent."""
-        fut, handler, dst, budget, key, size = entry
+        fut, handler, dst, budget, key, size, _ = entry
         if fut.done():
             return
         where = f"{key[0]}/{key[1]}"
@@ -404,14 +501,13 @@ class RemoteCalls:
         if dst not in self.down:
             self.down.add(dst)
             self.deaths[dst] = self.deaths.get(dst, 0) + 1
-        if dst not in self._queues:
-            self._queues[dst] = _Queue()
-        self._out[dst] = [0, 0]
         failed = 0
-        for req, (fut, handler, d, _, key, size) in list(self._pending.items()):
-            if d != dst or size < 0:
+        for req, entry in list(self._pending.items()):
+            if entry[2] != dst or entry[5] < 0:
                 continue
             del self._pending[req]
+            self._answered(entry)
+            fut, handler, _, _, key, _, _ = entry
             if not fut.done():
                 fut.set_exception(
                     WorkerLost(
@@ -421,6 +517,7 @@ class RemoteCalls:
                     )
                 )
                 failed += 1
+        self._out[dst] = [0, 0]
         self.hub.reset_peer(dst)
         if failed:
             logger.warning("{}: {} call(s) to worker {} failed: {}", self.name, failed, dst, reason)
@@ -432,7 +529,7 @@ class RemoteCalls:
         Each keeps its deadline: the time it was held counts.
         """
         self.down.discard(dst)
-        self._pump(dst)
+        self._pump_dst(dst)
 
     def life(self, peer: int) -> int:
         """Which life of ``peer`` this is (how many times it died so far)."""
@@ -445,6 +542,8 @@ class RemoteCalls:
     def fail_all(self, exc_factory: Any) -> None:
         """Fail every pending call (the pool is going away)."""
         self._queues.clear()
+        self._held.clear()
+        self._count_waiting()
         for req, entry in list(self._pending.items()):
             del self._pending[req]
             fut = entry[0]
@@ -454,7 +553,7 @@ class RemoteCalls:
 
     def waiting(self) -> int:
         """Calls made but not sent yet (waiting for their turn, or for a restart)."""
-        return sum(max(0, len(q) - q.expired) for q in self._queues.values())
+        return max(0, self._nwaiting - self._expired)
 
     def __len__(self) -> int:
         return len(self._pending)

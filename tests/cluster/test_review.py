@@ -549,10 +549,14 @@ async def test_nodes_keep_serving_when_the_store_loses_their_rows(
         n.core._agent._on_dead = lambda n=n: exits.append(n.core.member_id)  # type: ignore[misc]
     assert await ns[0].ref(RvCounter, "w").incr(1) == 1
     path = urls[0].removeprefix("sqlite:///")
-    with contextlib.closing(sqlite3.connect(path, timeout=60)) as db, db:
-        db.execute("DELETE FROM rio_members")
-        db.execute("DELETE FROM rio_placements")
-        db.execute("DELETE FROM rio_suspicions")
+
+    def wipe() -> None:  # off the loop: the nodes' transactions must be able to commit
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as db, db:
+            db.execute("DELETE FROM rio_members")
+            db.execute("DELETE FROM rio_placements")
+            db.execute("DELETE FROM rio_suspicions")
+
+    await asyncio.to_thread(wipe)
     store = cluster_store_from_url(urls[0])
     await store.open()
     try:
@@ -642,3 +646,15 @@ async def test_a_client_flooding_the_cluster_is_refused_beyond_max_queued(
         assert await client.ref(RvCounter, "flood-50").incr(7) == 7  # room again
     with pytest.raises(rio.ConfigError, match="max_queued"):
         rio.connect(urls[0], secret=SECRET, max_queued=0)
+
+
+async def test_calls_to_objects_placed_here_are_never_refused_by_the_routing_cap(
+    urls: tuple[str, str],
+) -> None:
+    """max_queued bounds calls waiting for a placement or a connection, not running ones."""
+    async with node_launcher("rvq", [RvCounter], *urls, SECRET, max_queued=5) as start:
+        await start(1)
+        for i in range(10):  # placed here, one at a time
+            assert await RvCounter.ref(f"q{i}").incr(1) == 1
+        results = await asyncio.gather(*[RvCounter.ref(f"q{i % 10}").incr(1) for i in range(50)])
+        assert sorted(results) == sorted([2, 3, 4, 5, 6] * 10)

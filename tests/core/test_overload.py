@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from waiting import eventually
 
 import rio
 
@@ -72,3 +73,35 @@ def test_max_queued_must_be_a_positive_whole_number() -> None:
     for bad in (0, -1, 2.5, "10", True):
         with pytest.raises(rio.ConfigError, match="max_queued"):
             rio.App("x", max_queued=bad)  # type: ignore[arg-type]
+
+
+_fired = asyncio.Event()
+
+
+class OlReminded(OlGate):
+    async def arm(self, due: float) -> None:
+        await self.register_reminder("r", 3600.0, due=due)
+
+    async def receive_reminder(self, name: str) -> None:
+        _fired.set()
+
+
+async def test_a_reminder_firing_refused_by_a_full_mailbox_is_tried_again(
+    logs: list[str],
+) -> None:
+    """Overloaded means the firing never ran: it is retried, not counted as delivered."""
+    _fired.clear()
+    app = rio.App("ol-rem", storage="memory://", workers=0, max_queued=1, reminder_poll=0.05)
+    async with app:
+        ref = OlReminded.ref("r")
+        await ref.arm(0.3)
+        held = ref.hold()
+        queued = ref.n(1)  # the mailbox (of one) is full until released
+        await eventually(
+            lambda: any("Overloaded" in line and "'r'" in line for line in logs),
+            what="a firing refused",
+        )
+        await ref.release()
+        assert await held == "held"
+        assert await queued == 1
+        await asyncio.wait_for(_fired.wait(), 10)

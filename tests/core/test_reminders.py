@@ -229,8 +229,13 @@ async def test_reminders_survive_a_restart_of_the_app(
     async with start():  # a new app on the same file fires what the old one registered
         await probe.wait("fired:later", within=5.0)
         assert probe.data("fired:later") == [("r1", False)]
-        (after,) = await RmClock.ref("r1").listing()
-        assert after.next_due == (to_ms(due) + 3_600_000) / 1000  # on its hourly schedule
+        hourly = (to_ms(due) + 3_600_000) / 1000
+
+        async def rescheduled() -> bool:  # the poller writes it after the call answers
+            (after,) = await RmClock.ref("r1").listing()
+            return after.next_due == hourly
+
+        await eventually(rescheduled, what="next_due back on its hourly schedule")
 
 
 def test_reminder_names_are_reserved() -> None:

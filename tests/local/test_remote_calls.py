@@ -262,9 +262,79 @@ async def test_calls_waiting_for_a_dead_worker_are_held_then_sent_in_order(
     nested = remote.send(1, ("T", "y"), h, (7,), (("A", "a"), ("T", "y")), now + 30, now)
     hub.sent.clear()
     remote.peer_up(1)
-    assert _sent_reqs(hub) == [3, 4]  # held in order; the window again applies
+    assert _sent_reqs(hub) == [5, 3, 4]  # a turn's calls at once; the rest in order
     answer(remote, 3, 3)
-    assert _sent_reqs(hub) == [3, 4, 5]
     answer(remote, 4, 4)
     answer(remote, 5, 5)
     assert [f.result() for f in (*futs[2:], nested)] == [3, 4, 5]
+
+
+async def test_one_busy_object_does_not_hold_back_calls_to_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The window is per object: long polls to one object leave the worker reachable."""
+    monkeypatch.setattr("rio.local.remote.WINDOW", 2)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test")  # type: ignore[arg-type]
+    h = handler()
+    now = hub.loop.time()
+    for i in range(4):
+        remote.send(1, ("T", "busy"), h, (i,), (), now + 30, now)
+    other = remote.send(1, ("T", "idle"), h, (9,), (), now + 30, now)
+    assert _sent_reqs(hub) == [1, 2, 5]
+    answer(remote, 5, 9)
+    assert other.result() == 9
+
+
+async def test_a_turn_s_calls_held_through_a_restart_are_not_overtaken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held calls of turns all go when the worker is back, before any later call of theirs."""
+    monkeypatch.setattr("rio.local.remote.WINDOW", 1)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test")  # type: ignore[arg-type]
+    h = handler()
+    now = hub.loop.time()
+    nested = (("A", "a"), ("T", "x"))
+    remote.peer_down(1, 1234, "killed")
+    for i in range(3):
+        remote.send(1, ("T", "x"), h, (i,), nested, now + 30, now)  # a turn's, held
+    remote.send(1, ("T", "x"), h, (7,), (), now + 30, now)  # a script's, held
+    remote.peer_up(1)
+    remote.send(1, ("T", "x"), h, (3,), nested, now + 30, now)  # the turn goes on
+    assert _sent_reqs(hub) == [1, 2, 3, 5]  # the script's waits for the window
+    assert remote.waiting() == 1
+
+
+async def test_control_calls_never_wait_nor_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rio.local.remote.WINDOW", 1)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test", max_queued=1)  # type: ignore[arg-type]
+    h = handler()
+    stats = Handler(owner="", name="$stats", fn=_echo, reentrant=True)
+    stats.prepare()
+    now = hub.loop.time()
+    remote.send(1, ("", ""), h, (0,), (), now + 30, now)
+    remote.send(1, ("", ""), h, (1,), (), now + 30, now)  # waits: the queue is full
+    remote.send(1, ("", ""), stats, (), (), now + 30, now)
+    assert _sent_reqs(hub) == [1, 3]
+
+
+async def test_a_call_cancelled_while_waiting_is_never_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rio.local.remote.WINDOW", 1)
+    hub = FakeHub()
+    remote = RemoteCalls(hub, "test")  # type: ignore[arg-type]
+    h = handler()
+    now = hub.loop.time()
+    remote.send(1, ("T", "x"), h, (0,), (), now + 30, now)
+    gone = remote.send(1, ("T", "x"), h, (1,), (), now + 30, now)
+    kept = remote.send(1, ("T", "x"), h, (2,), (), now + 30, now)
+    gone.cancel()
+    answer(remote, 1, 0)
+    assert _sent_reqs(hub) == [1, 3]
+    answer(remote, 3, 2)
+    assert kept.result() == 2
+    assert len(remote) == 0
+    assert remote.waiting() == 0
