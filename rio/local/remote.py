@@ -398,13 +398,11 @@ class RemoteCalls:
                 entry = pop(msg.req, None)
                 if entry is None:
                     continue  # a late answer after a timeout
-                if self._queues:
-                    self._answered(entry)
-                else:  # what _answered() does when nothing waits, inlined
-                    out = outs[entry[2]]
-                    out[0] -= 1
-                    out[1] -= entry[5]
-                    entry[6][0] -= 1
+                # What _answered() does, inlined; what waits is sent after the batch.
+                out = outs[entry[2]]
+                out[0] -= 1
+                out[1] -= entry[5]
+                entry[6][0] -= 1
                 fut = entry[0]
                 if fut.done():
                     continue
@@ -417,6 +415,9 @@ class RemoteCalls:
                 self._resolve(entry, msg)  # an error, or a value of the wrong type
             except Exception:  # one bad message must never stop this process reading
                 logger.opt(exception=True).error("{}: handling a message failed", self.name)
+        if self._queues:  # the answers made room: one pass over what waits
+            for key, q in list(self._queues.items()):
+                self._pump(key, q)
 
     def on_reply(self, msg: Reply) -> None:
         """Resolve the call ``msg`` answers (a late answer after a timeout is dropped)."""
