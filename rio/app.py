@@ -20,7 +20,7 @@ from rio.core.actor import Actor
 from rio.core.context import reset_system, set_default_system, system_token
 from rio.core.errors import ConfigError
 from rio.core.registry import actor_type
-from rio.core.runtime import MAX_QUEUED, Runtime
+from rio.core.runtime import MAX_QUEUED, Runtime, check_max_queued
 from rio.core.system import System
 from rio.storage import StateStorage, check_storage_url, storage_from_url
 
@@ -120,8 +120,7 @@ class App:
             or not 0 < reminder_poll < float("inf")
         ):
             raise ConfigError(f"reminder_poll must be positive seconds, got {reminder_poll!r}")
-        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
-            raise ConfigError(f"max_queued must be a whole number >= 1, got {max_queued!r}")
+        check_max_queued(max_queued)
         self.name = name
         self.actors = None if actors is None else [actor_type(a) for a in actors]
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()

@@ -45,7 +45,7 @@ from rio.core.context import (
 )
 from rio.core.errors import ConfigError, NoNodesAvailable, RioError, SystemStopping
 from rio.core.registry import Handler
-from rio.core.runtime import MAX_QUEUED
+from rio.core.runtime import MAX_QUEUED, check_max_queued
 from rio.core.streams import Streams
 from rio.core.system import System, _topic, key_of
 
@@ -290,8 +290,7 @@ def connect(
     """
     if isinstance(ssl, str):
         ssl = client_context(ssl)
-    if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
-        raise ConfigError(f"max_queued must be a whole number >= 1, got {max_queued!r}")
+    check_max_queued(max_queued)
     return ClusterClient(
         url,
         seeds=seeds,

@@ -36,6 +36,7 @@ from rio.core.context import CALLER_DEADLINE, CURRENT_TURN, fresh_deadline
 from rio.core.deadlines import Deadlines
 from rio.core.errors import (
     CallTimeout,
+    ConfigError,
     Deadlock,
     Overloaded,
     RemoteError,
@@ -80,6 +81,13 @@ _PLAIN = frozenset({int, str, float, bool, type(None), bytes, list, dict, tuple}
 #: mailbox, the calls held for one worker process) before more are refused with
 #: :class:`rio.Overloaded`.
 MAX_QUEUED = 100_000
+
+
+def check_max_queued(value: object) -> int:
+    """``value`` as a ``max_queued`` setting (a whole number >= 1), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_queued must be a whole number >= 1, got {value!r}")
+    return value
 
 
 class RuntimeStats(msgspec.Struct, frozen=True):
