@@ -232,7 +232,8 @@ class Router:
     ) -> None:
         self.view = view
         self.max_queued = max_queued
-        #: Calls routed by a task (see :meth:`call`) that have not finished.
+        #: Calls made outside a turn still waiting here for a placement or a
+        #: connection (see :meth:`_routed`).
         self.routing = 0
         self.ssl = ssl
         self.secret = secret

@@ -81,8 +81,8 @@ class PoolStats(msgspec.Struct, frozen=True):
     subscribers: int = 0
     #: Relays this node keeps for subscribers on other cluster nodes.
     relays: int = 0
-    #: Calls from this process waiting to be sent: for their turn while a worker has
-    #: as many in flight as it may take, or for a worker that restarts.
+    #: Calls from this process waiting to be sent: for their turn while their object
+    #: (or worker) has as many in flight as it may take, or for a worker that restarts.
     queued: int = 0
 
 

@@ -98,7 +98,7 @@ class RemoteCalls:
         self.hub = hub
         self.name = name
         self.max_queued = max_queued
-        # req -> (future, handler, destination, budget, key, size)
+        # req -> _Entry
         self._pending: dict[int, _Entry] = {}
         # Deadlines are watched per run of consecutive calls with one deadline (see
         # RunDeadlines): a call that joins the current run costs one comparison.
@@ -224,7 +224,8 @@ class RemoteCalls:
         """The in-flight counter of ``key`` (new); idle ones are swept as the table grows."""
         keys = self._keys
         if len(keys) >= 4096 and len(keys) >= 2 * self._swept:
-            for k in [k for k, c in keys.items() if not c[0]]:
+            queues = self._queues  # a waiting call keeps its object's counter
+            for k in [k for k, c in keys.items() if not c[0] and k not in queues]:
                 del keys[k]
             self._swept = len(keys)
         counter = keys[key] = [0]
@@ -307,11 +308,9 @@ class RemoteCalls:
             return
         out = self._out[dst]
         pending = self._pending
-        send = self._hub_send
         now = self.hub.loop.time()
         while q:
-            req = q[0][0]
-            entry = pending.get(req)
+            entry = pending.get(q[0][0])
             if entry is not None:
                 n = entry[6][0]
                 if not (
@@ -319,21 +318,7 @@ class RemoteCalls:
                     or out[0] == 0
                 ):
                     break
-            req, msg, deadline, nbytes = q.popleft()
-            self._nwaiting -= 1
-            self._wbytes -= nbytes
-            if entry is None:  # it expired while waiting
-                self._expired = max(0, self._expired - 1)
-                continue
-            if entry[0].done() or deadline <= now:  # cancelled by its caller, or due
-                del pending[req]
-                self._timed_out(entry)
-                continue
-            size = send(dst, msg)
-            pending[req] = (*entry[:5], size, entry[6])
-            out[0] += 1
-            out[1] += size
-            entry[6][0] += 1
+            self._release(dst, q.popleft(), out, now)
         if not q:
             del self._queues[key]
 
@@ -342,27 +327,34 @@ class RemoteCalls:
         held = self._held.pop(dst, None)
         if held:
             out = self._out[dst]
-            pending = self._pending
             now = self.hub.loop.time()
-            for req, msg, deadline, nbytes in held:
-                self._nwaiting -= 1
-                self._wbytes -= nbytes
-                entry = pending.get(req)
-                if entry is None:
-                    self._expired = max(0, self._expired - 1)
-                    continue
-                if entry[0].done() or deadline <= now:
-                    del pending[req]
-                    self._timed_out(entry)
-                    continue
-                size = self._hub_send(dst, msg)
-                pending[req] = (*entry[:5], size, entry[6])
-                out[0] += 1
-                out[1] += size
-                entry[6][0] += 1
+            for item in held:
+                self._release(dst, item, out, now)
         for key, q in list(self._queues.items()):
             if q.dst == dst:
                 self._pump(key, q)
+
+    def _release(
+        self, dst: int, item: tuple[int, tuple[Any, ...], float, int], out: list[int], now: float
+    ) -> None:
+        """Send one call taken from a queue (unless it expired, or was cancelled, meanwhile)."""
+        req, msg, deadline, nbytes = item
+        self._nwaiting -= 1
+        self._wbytes -= nbytes
+        pending = self._pending
+        entry = pending.get(req)
+        if entry is None:  # it expired while waiting
+            self._expired = max(0, self._expired - 1)
+            return
+        if entry[0].done() or deadline <= now:  # cancelled by its caller, or due
+            del pending[req]
+            self._timed_out(entry)
+            return
+        size = self._hub_send(dst, msg)
+        pending[req] = (*entry[:5], size, entry[6])
+        out[0] += 1
+        out[1] += size
+        entry[6][0] += 1
 
     def _answered(self, entry: _Entry) -> None:
         """Free ``entry``'s place in its windows (if it was sent); send what waits for it."""
@@ -484,10 +476,10 @@ class RemoteCalls:
         else:
             fut.set_exception(
                 CallTimeout(
-                    f"{where}.{handler.name}() was not sent within {budget:.3g}s: worker "
-                    f"{dst} had {self._out[dst][0]} calls from this process in flight "
-                    "(it serves them slower than they are made), so the call waited "
-                    "its turn and never ran"
+                    f"{where}.{handler.name}() was not sent within {budget:.3g}s: it had "
+                    f"{entry[6][0]} calls from this process in flight (worker {dst}: "
+                    f"{self._out[dst][0]}), served slower than they were made, so the "
+                    "call waited its turn and never ran"
                 )
             )
 
