@@ -63,6 +63,8 @@ class MembershipView:
         self._changed = asyncio.Event()
         self._failed_since: float | None = None
         self.loaded = False
+        #: How many reads of the table were applied so far.
+        self.generation = 0
 
     def on_gone(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(member_id)`` when a member turns dead or leaves."""
@@ -102,6 +104,7 @@ class MembershipView:
                 by_type.setdefault(t, []).append(m)
         self._accepting = by_type
         self.loaded = True
+        self.generation += 1
         for gone in old_live.keys() - self.live.keys():
             self._tell(self._on_gone, gone)
         for joined in self.live.keys() - old_live.keys():

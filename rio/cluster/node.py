@@ -484,8 +484,14 @@ class NodeCore:
     async def activate(self) -> None:
         """Take new activations."""
         assert self._agent is not None
-        await self._agent.activate()
+        # Serving first: once the table says active, a call placed here must be
+        # served, not turned away as "not serving yet".
         self._serving = True
+        try:
+            await self._agent.activate()
+        except BaseException:
+            self._serving = False
+            raise
         assert self.member is not None
         logger.info(
             "{}: node {} serving at {} ({})",

@@ -249,8 +249,10 @@ class Router:
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
         self._rng = random.Random()
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Members that said they take no new activations, until the view catches up.
-        self._refusing: set[str] = set()
+        #: Members that said they take no new activations, with the view's generation
+        #: then: each is passed over until two more reads of the table (the first may
+        #: have been made before it said so) show whether it still takes them.
+        self._refusing: dict[str, int] = {}
         #: Set by :meth:`close`: calls still routing fail instead of waiting or redialing.
         self._closed = False
         #: The loop of the first call (``asyncio.get_running_loop`` costs a system call
@@ -407,7 +409,9 @@ class Router:
                 try:
                     member = self.place(key)
                 except NoNodesAvailable as e:
-                    joining = self.view.joining(key[0])
+                    # A host is starting, or one passed over since it refused
+                    # (a node still starting, or draining) may be back: wait for it.
+                    joining = self.view.joining(key[0]) or self._passed_over(key[0])
                     if refreshed and not joining:
                         raise
                     refreshed = True  # a node may have joined since the last refresh
@@ -449,9 +453,9 @@ class Router:
                 last = r
                 self.cache.drop(key, member)
                 if not r.owner:  # that member takes no new activations (it drains)
-                    self._refusing.add(member)
+                    self._refusing[member] = self.view.generation
                     continue
-                if r.owner in self._refusing or not self.view.is_live(r.owner):
+                if self._refuses(r.owner) or not self.view.is_live(r.owner):
                     # Its old home drains (or died): wait for it to let go, then claim.
                     await self._backoff(waits, deadline)
                     waits += 1
@@ -494,7 +498,7 @@ class Router:
             return member
         candidates = self.view.accepting(key[0])
         if self._refusing:
-            candidates = [m for m in candidates if m.member_id not in self._refusing]
+            candidates = [m for m in candidates if not self._refuses(m.member_id)]
         if not candidates:
             live = ", ".join(sorted(self.view.live)) or "none"
             raise NoNodesAvailable(
@@ -504,6 +508,20 @@ class Router:
         chosen = choose(self._strategy_of(key[0]), key, candidates, self.me, self._rng)
         self.cache.put(key, chosen.member_id)
         return chosen.member_id
+
+    def _refuses(self, member_id: str) -> bool:
+        """Whether ``member_id`` refused new activations recently enough to pass it over."""
+        mark = self._refusing.get(member_id)
+        if mark is None:
+            return False
+        if self.view.generation >= mark + 2:  # the view caught up: trust it again
+            del self._refusing[member_id]
+            return False
+        return True
+
+    def _passed_over(self, type_name: str) -> bool:
+        """Whether a member the view says takes ``type_name`` is passed over for now."""
+        return any(m.member_id in self._refusing for m in self.view.accepting(type_name))
 
     async def _backoff(self, waits: int, deadline: float) -> None:
         """Sleep a little longer each time (5 ms doubling up to 200 ms), within the deadline."""
@@ -605,7 +623,7 @@ class Router:
 
     def _member_gone(self, member_id: str) -> None:
         self.cache.forget_member(member_id)
-        self._refusing.discard(member_id)
+        self._refusing.pop(member_id, None)
         conn = self._conns.pop(member_id, None)
         if conn is not None:
             task = asyncio.get_running_loop().create_task(conn.close())

@@ -111,6 +111,25 @@ async def test_a_draining_node_hands_its_objects_over(nodes: Nodes, urls: tuple[
     assert all(hosting([a, b], ("CnCounter", f"d{i}")) == [1] for i in range(10))
 
 
+async def test_a_node_that_refused_while_starting_is_used_once_it_serves(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    # A call that reaches a node between its row turning active and its serving gets
+    # "not serving yet". The client passed that node over for good, so with no other
+    # host every later first call failed with NoNodesAvailable.
+    (a,) = await nodes(1)
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        a.core._serving = False  # the row says active; the node does not serve yet
+        call = asyncio.ensure_future(client.ref(CnCounter, "late").incr(1))
+        router = client.router
+        while a.core.member_id not in router._refusing:
+            await asyncio.sleep(0.01)
+        assert not call.done()  # it waits for the view to catch up, within its deadline
+        a.core._serving = True
+        assert await call == 1
+        assert await client.ref(CnCounter, "later").incr(2) == 2
+
+
 async def test_a_silent_node_is_declared_dead_and_its_objects_move(
     nodes: Nodes, urls: tuple[str, str]
 ) -> None:
