@@ -18,6 +18,7 @@ import msgspec
 import pytest
 from cluster.inproc import Nodes, hosting, node_launcher
 from cluster.tls import self_signed
+from waiting import eventually
 
 import rio
 from rio.cluster.routing import choose
@@ -122,8 +123,7 @@ async def test_a_node_that_refused_while_starting_is_used_once_it_serves(
         a.core._serving = False  # the row says active; the node does not serve yet
         call = asyncio.ensure_future(client.ref(CnCounter, "late").incr(1))
         router = client.router
-        while a.core.member_id not in router._refusing:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: a.core.member_id in router._refusing, what="the refusal")
         assert not call.done()  # it waits for the view to catch up, within its deadline
         a.core._serving = True
         assert await call == 1
