@@ -470,10 +470,18 @@ class Router:
                     ) from r
                 continue
             except NodeUnreachable as e:
-                if getattr(e, "handshake_refused", False) or not _route_failed(e):
-                    # The node is up and turned us away (a wrong secret, TLS...), or
-                    # the handler there raised it about a node of its own.
-                    raise
+                if getattr(e, "handshake_refused", False):
+                    # The node is up and turned us away (a wrong secret, TLS...): the
+                    # call never reached it, so another host of the type may take it.
+                    # When none is left, this one's reason is the call's error.
+                    self.cache.drop(key, member)
+                    self._refusing[member] = self.view.generation
+                    if all(self._refuses(m.member_id) for m in self.view.accepting(key[0])):
+                        raise
+                    last = e
+                    continue
+                if not _route_failed(e):
+                    raise  # the handler there raised it about a node of its own
                 last = e
                 if not self._closed:
                     # A little longer each time: a peer that keeps dropping the call

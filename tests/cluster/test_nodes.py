@@ -186,6 +186,23 @@ async def test_a_wrong_secret_fails_at_once(nodes: Nodes, urls: tuple[str, str])
             await client.ref(CnCounter, "a").with_timeout(20).incr(1)
 
 
+async def test_a_node_with_another_secret_does_not_fail_calls_others_can_serve(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    # A node started with the wrong secret still registers and turns active. Calls
+    # placed on it were refused in the handshake and failed (about half of them
+    # here), though they never reached it and the good node could serve them.
+    slow = {"probe_period": 30.0}  # neither node declares the other dead meanwhile
+    (good,) = await nodes(1, **slow)
+    async with node_launcher("cn", [CnCounter, CnRelay], *urls, "another-secret") as other:
+        (bad,) = await other(1, **slow)
+        async with rio.connect(urls[0], secret=SECRET) as client:
+            await eventually(lambda: len(client.view.accepting("CnCounter")) == 2)
+            calls = (client.ref(CnCounter, f"s{i}").incr(1) for i in range(40))
+            assert await asyncio.gather(*calls) == [1] * 40
+        assert all(hosting([good, bad], ("CnCounter", f"s{i}")) == [0] for i in range(40))
+
+
 async def test_bad_arguments_and_unknown_methods_are_named(
     nodes: Nodes, urls: tuple[str, str]
 ) -> None:
