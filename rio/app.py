@@ -328,12 +328,40 @@ class App:
         turns in flight finish, ``on_deactivate`` hooks run, state is saved.
         """
         fn = main or self._main
-        await self.start()
+        await self._start_until_signal()
+        if self._system is None:
+            return  # a stop signal came while starting: it was undone
         try:
             await _until_signal(self.name, None if fn is None else fn())
         finally:
             with _forced_by_sigint(self.name):
                 await self.stop()
+
+    async def _start_until_signal(self) -> None:
+        """Start; SIGINT or SIGTERM meanwhile undoes the start (a cluster node leaves).
+
+        A node killed by the default handler while it started left its row joining,
+        and clients waited for it to serve until their deadlines.
+        """
+        starting = asyncio.ensure_future(self.start())
+
+        def stop_starting() -> None:
+            if not starting.done():
+                logger.info("{}: stop signal received while starting; stopping", self.name)
+                starting.cancel()
+
+        with _on_signals({signal.SIGINT: stop_starting, signal.SIGTERM: stop_starting}):
+            try:
+                await starting
+            except asyncio.CancelledError:
+                if not starting.cancelled():
+                    raise  # serve() itself was cancelled
+                logger.info("{}: start undone", self.name)
+            finally:
+                if not starting.done():  # serve() itself was cancelled
+                    starting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await starting
 
     def configure(
         self,

@@ -653,6 +653,39 @@ def test_signal_during_main_drains_turn_hooks_and_state(
     assert code == 0, child.transcript()
 
 
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_a_signal_while_a_node_starts_undoes_the_start(
+    start: Any, tmp_path: Path, sig: signal.Signals
+) -> None:
+    # The stop handlers came after the start: a signal while the workers loaded killed
+    # the node at once (-15), its row stayed joining, and clients waited for it.
+    db = tmp_path / "cluster.db"
+    child = start(
+        "run",
+        str(APPS / "slow_start_app.py"),
+        "--workers",
+        "1",
+        "--cluster",
+        f"sqlite:///{db}",
+        "--secret",
+        "s",
+        "--node",
+        "slow",
+    )
+    child.expect("stdout", "worker loading")  # the node joined; its worker is loading
+    child.proc.send_signal(sig)
+    code = child.finish()
+    assert code == 0, child.transcript()
+    assert "stop signal received while starting" in child.stderr(), child.transcript()
+    assert "Traceback" not in child.stderr(), child.transcript()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT status FROM rio_members").fetchall()
+    finally:
+        conn.close()
+    assert rows == [("left",)]
+
+
 def test_a_second_sigint_during_the_drain_exits_at_once(start: Any) -> None:
     child = start("run", str(APPS / "stuck_drain_app.py"))
     child.expect("stdout", "ready")

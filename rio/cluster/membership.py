@@ -37,6 +37,11 @@ __all__ = ["MembershipAgent", "MembershipView", "ring_successors"]
 Fetch = Callable[[], Awaitable[list[Member]]]
 
 
+#: Seconds without a heartbeat after which a joining row is not waited for (the
+#: default: five heartbeats at the default period).
+STALE_JOINING = 10.0
+
+
 class MembershipView:
     """The members a process knows of, refreshed in the background.
 
@@ -47,10 +52,16 @@ class MembershipView:
         name: for log lines.
     """
 
-    def __init__(self, fetch: Fetch, refresh: float, name: str) -> None:
+    def __init__(
+        self, fetch: Fetch, refresh: float, name: str, stale_after: float = STALE_JOINING
+    ) -> None:
         self._fetch = fetch
         self.refresh_period = refresh
         self.name = name
+        #: A joining row whose heartbeat is older than this (seconds) is no longer
+        #: waited for: its node died while starting, and may never be declared dead
+        #: when it was the only one.
+        self.stale_after = stale_after
         self.members: dict[str, Member] = {}
         #: Members that answer calls, by id.
         self.live: dict[str, Member] = {}
@@ -129,7 +140,11 @@ class MembershipView:
 
     def joining(self, type_name: str) -> bool:
         """Whether a member that hosts ``type_name`` is still joining (soon to serve it)."""
-        return any(m.status == "joining" and type_name in m.types for m in self.live.values())
+        since = time.time() - self.stale_after
+        return any(
+            m.status == "joining" and type_name in m.types and m.heartbeat >= since
+            for m in self.live.values()
+        )
 
     def all_accepting(self) -> list[Member]:
         """Members that take new activations of any type (sorted by id)."""

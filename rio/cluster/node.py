@@ -239,7 +239,9 @@ class ClusterLink:
         self.member_id = member_id
         self.name = name
         self.store = cluster_store_from_url(settings.url)
-        self.view = MembershipView(self.store.members, settings.refresh, name)
+        self.view = MembershipView(
+            self.store.members, settings.refresh, name, 5 * settings.heartbeat_period
+        )
         self.router = Router(
             self.view,
             settings.secret,
@@ -530,7 +532,8 @@ class NodeCore:
         """Undo a failed start."""
         await self.relays.close()
         if self._agent is not None:
-            await self._agent.stop()
+            # Its row says joining: marked left, so no one waits for it to serve.
+            await self._agent.leave()
         if self.server is not None:
             await self.server.close()
         if self._link is not None:

@@ -625,6 +625,25 @@ async def test_a_call_waits_for_a_host_that_is_still_joining(
         await store.close()
 
 
+async def test_a_joining_row_that_stopped_heartbeating_is_not_waited_for(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    # A node that died while it joined, with no other node to declare it dead, kept
+    # its row joining: every call waited its whole deadline, then CallTimeout.
+    (n,) = await nodes(1)
+    assert n.core._agent is not None
+    await n.core._agent.stop()  # no more heartbeats, as after a kill -9
+    store = cluster_store_from_url(urls[0])
+    await store.open()
+    try:
+        await store.update(n.core.member_id, status="joining", heartbeat=time.time() - 60)
+        async with rio.connect(urls[0], secret=SECRET) as client:
+            with pytest.raises(rio.NoNodesAvailable, match="start a node that hosts it"):
+                await client.ref(RvCounter, "stale").with_timeout(60).incr(1)
+    finally:
+        await store.close()
+
+
 async def test_a_client_flooding_the_cluster_is_refused_beyond_max_queued(
     nodes: Nodes, urls: tuple[str, str]
 ) -> None:
