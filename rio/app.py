@@ -19,7 +19,7 @@ from rio.cluster.settings import ClusterSettings
 from rio.core.actor import Actor
 from rio.core.context import reset_system, set_default_system, system_token
 from rio.core.errors import ConfigError
-from rio.core.registry import actor_type
+from rio.core.registry import actor_type, all_types
 from rio.core.runtime import MAX_QUEUED, Runtime, check_max_queued
 from rio.core.system import System
 from rio.storage import StateStorage, check_storage_url, storage_from_url
@@ -110,16 +110,17 @@ class App:
     ) -> None:
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise ConfigError(f"app name {name!r}: use letters, digits, '-', '_' or '.'")
-        if not default_timeout > 0:
-            raise ConfigError(f"default_timeout must be positive seconds, got {default_timeout!r}")
-        if not drain_timeout > 0:
-            raise ConfigError(f"drain_timeout must be positive seconds, got {drain_timeout!r}")
-        if (
-            isinstance(reminder_poll, bool)
-            or not isinstance(reminder_poll, int | float)
-            or not 0 < reminder_poll < float("inf")
+        for setting, value in (
+            ("default_timeout", default_timeout),
+            ("drain_timeout", drain_timeout),
+            ("reminder_poll", reminder_poll),
         ):
-            raise ConfigError(f"reminder_poll must be positive seconds, got {reminder_poll!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value < float("inf")
+            ):
+                raise ConfigError(f"{setting} must be positive seconds, got {value!r}")
         check_max_queued(max_queued)
         self.name = name
         self.actors = None if actors is None else [actor_type(a) for a in actors]
@@ -232,6 +233,8 @@ class App:
             return cls(actors=actors, actor_options=options, cluster=cluster, **app_cfg)
         except TypeError as e:
             raise ConfigError(f"{p} [app]: {e}") from e
+        except ConfigError as e:
+            raise ConfigError(f"{p} [app]: {e}") from None
 
     def main(self, fn: MainFn) -> MainFn:
         """Decorate the coroutine function that :meth:`run` runs once started."""
@@ -286,6 +289,7 @@ class App:
                 f"{os.environ['RIO_WORKER_INDEX']}: a worker imports your script to find "
                 'its actor classes, so start the app under `if __name__ == "__main__":`'
             )
+        self._check_actor_options()
         system: System
         if self.workers:
             from rio.local.pool import PoolSystem
@@ -302,6 +306,17 @@ class App:
         self._token = system_token(system)
         set_default_system(system)
         return system
+
+    def _check_actor_options(self) -> None:
+        """Refuse options for a type no actor class registered (a typo would be ignored)."""
+        known = set(all_types())  # a placement may be for a type hosted elsewhere
+        for type_name in {*self.idle_ttl, *self.placement}:
+            if type_name not in known:
+                raise ConfigError(
+                    f"actor_options names actor type {type_name!r}, which this app has "
+                    f"no class for (known: {', '.join(sorted(known)) or 'none'}); use the "
+                    "type's name, its class name unless it sets name="
+                )
 
     async def stop(self) -> None:
         """Drain and stop the running system (no-op when not running)."""

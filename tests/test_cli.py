@@ -314,7 +314,7 @@ def test_run_node_options_without_a_cluster_are_refused(tmp_path: Path) -> None:
     # They used to be ignored in silence: the app served locally, nothing listened.
     proc = rio_cmd(tmp_path, "run", str(APPS / "counter_main.py"), "--port", "7000", "--node", "a")
     assert proc.returncode == 2, explain(proc)
-    assert "--port, --node only apply to a cluster node: add --cluster URL" in proc.stderr
+    assert "--port, --node apply only to a cluster node: add --cluster URL" in proc.stderr
 
 
 def test_run_node_options_replace_single_fields_of_the_apps_cluster_settings(

@@ -200,7 +200,8 @@ def run(
         elif given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             raise ConfigError(
-                f"{flags} only apply to a cluster node: add --cluster URL (or give the "
+                f"{flags} {'applies' if len(given) == 1 else 'apply'} only to a cluster "
+                "node: add --cluster URL (or give the "
                 "app cluster settings)"
             )
     except RioError as e:

@@ -411,6 +411,23 @@ def test_bad_actor_options(options: dict[str, dict[str, object]], message: str) 
     assert message in str(info.value)
 
 
+async def test_options_for_a_type_no_class_registers_are_refused_at_start() -> None:
+    # A typo in the type's name was ignored: its idle_ttl never applied, without a word.
+    app = rio.App("x", storage="memory://", actor_options={"TlConfigred": {"idle_ttl": 5}})
+    with pytest.raises(rio.ConfigError) as info:
+        await app.start()
+    assert "actor_options names actor type 'TlConfigred'" in str(info.value)
+    assert "TlConfigured" in str(info.value)  # the names it could have meant
+    assert app.system is None
+
+
+@pytest.mark.parametrize("setting", ["default_timeout", "drain_timeout", "reminder_poll"])
+def test_seconds_given_as_text_are_refused_naming_the_setting(setting: str) -> None:
+    # A string gave Python's own "'>' not supported between instances of 'str' and 'int'".
+    with pytest.raises(rio.ConfigError, match=f"{setting} must be positive seconds, got '30'"):
+        rio.App("x", storage="memory://", **{setting: "30"})  # type: ignore[arg-type]
+
+
 # -- stopping the app drains -------------------------------------------------------
 
 
