@@ -151,6 +151,8 @@ class PoolSystem(System):
         self._resets: dict[tuple[int, int], set[int]] = {}
         self._reset_events: dict[tuple[int, int], asyncio.Event] = {}
         self._drained: dict[int, asyncio.Event] = {}
+        #: Workers that died while the pool stopped, before they drained.
+        self.lost_drains = 0
         self._tasks: set[asyncio.Future[None]] = set()
         self.streams = Streams(app.name, app.default_timeout)
         #: Fires the durable reminders (storage shared with the workers, opened here
@@ -464,6 +466,18 @@ class PoolSystem(System):
             self.links.peer_down(w.index)
             self._recheck_resets()
             drained = self._drained.get(w.index)
+            if drained is None or not drained.is_set():
+                # Not asked to drain yet, or asked and not done: its turns in flight and
+                # unsaved state are lost, and the operator must hear of it.
+                logger.error(
+                    "{}: worker {} (pid {}) {} while the pool stopped, before it drained: "
+                    "its turns in flight and state not saved yet are lost",
+                    self.name,
+                    w.index,
+                    proc.pid,
+                    reason,
+                )
+                self.lost_drains += 1
             if drained is not None:
                 drained.set()
             return

@@ -266,3 +266,21 @@ async def test_a_worker_that_finds_its_ring_corrupted_is_restarted() -> None:
         await restarted(system, 1, old)
         assert system.stats().restarts == 1
         assert await RsNode.ref(key).ping(2) == 2
+
+
+async def test_a_worker_killed_during_the_drain_is_reported() -> None:
+    # It used to be noted nowhere: the stop looked clean, with its turns and unsaved
+    # state gone.
+    app = pool(default_timeout=10)
+    system = await app.start()
+    assert isinstance(system, PoolSystem)
+    held = on_worker(system, 1, "h")
+    call = asyncio.ensure_future(RsNode.ref(held).gated_echo(1))
+    await eventually(RsNode.ref(held).waiters, what="the turn the drain waits for")
+    stop = asyncio.ensure_future(app.stop())
+    await eventually(lambda: system._stopping, what="the pool stopping")
+    os.kill(system.worker_pid(1), signal.SIGKILL)
+    await stop
+    assert system.lost_drains == 1
+    with pytest.raises(rio.WorkerLost):
+        await call
