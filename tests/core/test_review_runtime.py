@@ -259,6 +259,32 @@ async def test_an_actor_made_directly_says_to_use_a_ref() -> None:
     assert not hasattr(made, "anything")  # still an AttributeError for hasattr
 
 
+class RvStateless(rio.Actor):
+    async def peek(self) -> str:
+        try:
+            return repr(self.state)
+        except AttributeError as e:
+            return str(e)
+
+
+class RvCountState(msgspec.Struct):
+    n: int = 0
+
+
+class RvStatefulChild(RvStateless, rio.Actor[RvCountState]):
+    async def bump(self) -> int:
+        self.state.n += 1
+        return self.state.n
+
+
+async def test_state_of_a_stateless_type_says_why_and_a_stateful_child_has_one() -> None:
+    async with rio.App("rv-stateless", storage="memory://", workers=0) as s:
+        said = await s.ref(RvStateless, "a").peek()
+        assert said.startswith("RvStateless.state: RvStateless declares no state type")
+        assert await s.ref(RvStatefulChild, "b").bump() == 1
+        assert await s.ref(RvStatefulChild, "b").peek() == "RvCountState(n=1)"
+
+
 noted: list[str] = []
 
 
