@@ -113,6 +113,9 @@ class Connection(asyncio.BufferedProtocol):
         self._batch_n = 0
         self._last_direct = 0.0  # when a frame last went out at once
         self._write_paused = False
+        #: True while the connection is open and the peer keeps up with what is sent
+        #: (an attribute, not a property: every call sent on the fast path reads it).
+        self.writable = False
         self._writable: list[asyncio.Future[None]] = []
         # Requests we sent, and requests we serve.
         self._timeout = options.request_timeout
@@ -239,11 +242,6 @@ class Connection(asyncio.BufferedProtocol):
             raise NodeUnreachable(f"node {self.peer}: {self._reason or 'not connected'}")
         self._send_checked((_ONEWAY, body), "one-way message")
 
-    @property
-    def writable(self) -> bool:
-        """True while the connection is open and the peer keeps up with what is sent."""
-        return self._state == _READY and not self._write_paused
-
     async def wait_writable(self) -> None:
         """Wait until the peer has read enough of what was sent to take more.
 
@@ -350,10 +348,12 @@ class Connection(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         """The transport's buffer is over the high-water mark (asyncio calls this)."""
         self._write_paused = True
+        self.writable = False
 
     def resume_writing(self) -> None:
         """The transport's buffer drained below the low-water mark (asyncio calls this)."""
         self._write_paused = False
+        self.writable = self._state == _READY
         if self._state != _READY:
             return
         if self._pong_owed is not None:
@@ -389,6 +389,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _became_ready(self) -> None:
         self._state = _READY
+        self.writable = not self._write_paused
         self._rx.resize(self._options.read_buffer_size)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
@@ -536,27 +537,41 @@ class Connection(asyncio.BufferedProtocol):
         mark = len(out)
         try:
             _encode_into(message, out, -1)
-            size = len(out) - mark
-            if size > self._max_frame:
-                raise FrameTooLarge(size, self._max_frame)
         except BaseException:
-            del out[mark:]  # nothing of it stays queued
-            if not self._batch_n:
-                del out[start:]
-                self._batch_at = -1
+            self._unbatch(start, mark)
             raise
-        self._batch_n += 1
+        # One test for both limits: the message alone is never larger than its batch.
         if len(out) - start - HEADER_SIZE > self._max_frame:
-            # Too much for one frame with the others: the batch goes without it, and
-            # it goes alone, as a plain frame.
-            body = out[mark:]
-            del out[mark:]
-            self._batch_n -= 1
-            self._seal()
-            out += HEADER.pack(size)
-            out += body
+            self._too_large_to_batch(start, mark)
+        else:
+            self._batch_n += 1
         if len(out) >= self._coalesce:
             self._write_out()
+
+    def _unbatch(self, start: int, mark: int) -> None:
+        """Take back what a message added from ``mark`` on (the batch too, if it was alone)."""
+        out = self._out
+        del out[mark:]
+        if not self._batch_n:
+            del out[start:]
+            self._batch_at = -1
+
+    def _too_large_to_batch(self, start: int, mark: int) -> None:
+        """The message at ``out[mark:]`` makes its batch too large for one frame.
+
+        Over ``max_frame_size`` alone, it is taken back (FrameTooLarge); else the batch
+        goes without it, and it goes alone, as a plain frame.
+        """
+        out = self._out
+        size = len(out) - mark
+        if size > self._max_frame:
+            self._unbatch(start, mark)
+            raise FrameTooLarge(size, self._max_frame)
+        body = out[mark:]
+        del out[mark:]
+        self._seal()
+        out += HEADER.pack(size)
+        out += body
 
     def _seal(self) -> None:
         if self._batch_at >= 0:
@@ -673,6 +688,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         was_ready = self._state == _READY
         self._state = _CLOSED
+        self.writable = False
         self._reason = reason
         for timer in (self._keepalive, self._handshake_timer):
             if timer is not None:

@@ -24,7 +24,7 @@ import msgspec
 from loguru import logger
 
 from rio.cluster._frames import Call, FrameTooLarge, Request
-from rio.core.codec import ENCODE_ERRORS
+from rio.core.codec import ENCODE_ERRORS, PLAIN_TYPES
 from rio.core.errors import RemoteError, RioError, error_to_wire, qualified_name
 
 if TYPE_CHECKING:
@@ -163,7 +163,9 @@ class Inbound:
             else:
                 self.serving += 1
                 result.add_done_callback(partial(self._future_done, msg.id))
-        elif type(result) is _Coroutine or hasattr(type(result), "__await__"):
+        elif type(result) is _Coroutine or (
+            type(result) not in PLAIN_TYPES and hasattr(type(result), "__await__")
+        ):
             self.serving += 1
             key = next(self._keys)
             task = asyncio.ensure_future(result)

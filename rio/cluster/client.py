@@ -38,7 +38,7 @@ from rio.cluster.store import ClusterStore, Member, cluster_store_from_url, requ
 from rio.cluster.streams import ClusterSubscriptions
 from rio.cluster.transport import connect as dial
 from rio.core.context import (
-    fresh_deadline,
+    CALLER_DEADLINE,
     reset_system,
     set_default_system,
     system_token,
@@ -204,7 +204,7 @@ class ClusterClient(System):
         timeout: float | None,
     ) -> Any:
         """Send a call to the member hosting ``key``."""
-        if not self.running:  # before the thread check: there is no loop before start
+        if self._stopping or not self._started:  # not running (inlined); no loop yet
             state = "closed" if self._stopping else "not started"
             raise SystemStopping(
                 f"{self.name}: the cluster client is {state}: call to "
@@ -214,7 +214,10 @@ class ClusterClient(System):
             return self.call_from_thread(self._loop, key, handler, args, kwargs, timeout)
         args, kwargs = handler.check(args, kwargs)
         now = self._loop.time()
-        deadline = fresh_deadline(now, timeout, self.default_timeout)
+        deadline = now + (timeout or self.default_timeout)  # fresh_deadline(), inlined
+        outer = CALLER_DEADLINE.get()
+        if outer is not None and outer < deadline:
+            deadline = outer
         return self.router.call(key, handler, args, kwargs, (key,), deadline, now)
 
     def publish(self, event: Any, *, topic: str) -> None:

@@ -299,7 +299,13 @@ class Router:
             return self._routed(key, handler, args, kwargs, chain, deadline, body, counted)
         # Encoded now, once: a redirect or failover resends these bytes, not the
         # caller's objects as they are by then.
-        body = self.encode_args(handler, args, kwargs)
+        if kwargs or not handler.wire_ok or len(args) != len(handler.param_names):
+            body = self.encode_args(handler, args, kwargs)
+        else:  # encode_args' common case, inlined
+            try:
+                body = msgspec.Raw(encode(args))
+            except Exception as e:
+                raise unencodable(handler, args, e) from None
         budget = deadline - now
         out: asyncio.Future[Any] = loop.create_future()
         conn.call_into(

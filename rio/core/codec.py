@@ -14,11 +14,16 @@ from rio.core.errors import StateDecodeError
 
 __all__ = [
     "ENCODE_ERRORS",
+    "PLAIN_TYPES",
     "decode_state",
     "decode_state_json",
     "encode_state",
     "encode_state_json",
 ]
+
+#: Types of the values a handler answers most, never awaitable: checked before asking
+#: a value's type for ``__await__`` (a miss costs a formatted AttributeError).
+PLAIN_TYPES = frozenset({int, str, float, bool, type(None), bytes, list, dict, tuple})
 
 #: What encoding a value with msgspec may raise (a type it cannot encode, an int
 #: over 64 bits...).

@@ -32,6 +32,7 @@ from loguru import logger
 
 from rio.core.actor import Actor
 from rio.core.background import Background
+from rio.core.codec import PLAIN_TYPES
 from rio.core.context import CALLER_DEADLINE, CURRENT_TURN, fresh_deadline
 from rio.core.deadlines import Deadlines
 from rio.core.errors import (
@@ -74,7 +75,6 @@ __all__ = ["Runtime", "RuntimeStats"]
 
 R = TypeVar("R")
 #: Types a plain answer is often of, known not to be awaitable (no lookup needed).
-_PLAIN = frozenset({int, str, float, bool, type(None), bytes, list, dict, tuple})
 
 
 #: Default of ``max_queued``: calls that may wait in one queue (an activation's
@@ -541,7 +541,7 @@ class Runtime(Lifecycle, System):
             if act._rio_deact or act._rio_queue:
                 self._turn_finished_slow(act)
             value = stop.value
-            if plain and (type(value) in _PLAIN or not hasattr(type(value), "__await__")):
+            if plain and (type(value) in PLAIN_TYPES or not hasattr(type(value), "__await__")):
                 return value  # see deliver(plain=True)
             fut = loop.create_future()
             fut.set_result(value)
