@@ -63,7 +63,8 @@ WINDOW = 10_000
 #: (a safety net over many objects; one call larger than this still goes, alone).
 PROCESS_WINDOW = 100_000
 WINDOW_BYTES = 64 << 20
-#: Encoded bytes that may wait in one process before more calls are refused.
+#: Encoded bytes that may wait in one process before more calls are refused; also
+#: the bytes of unanswered calls to one worker beyond which a turn's calls are refused.
 MAX_QUEUED_BYTES = 256 << 20
 
 
@@ -186,6 +187,14 @@ class RemoteCalls:
             if dst in self.down:
                 self._wait(dst, key, handler, req, msg, deadline, len(chain) > 1)
                 size = -1
+            elif len(chain) > 1 and out[1] >= MAX_QUEUED_BYTES and handler.name[0] != "$":
+                # A turn's calls never wait for a window (that could deadlock), so a
+                # turn that starts calls faster than they are answered is refused here.
+                raise Overloaded(
+                    f"{key[0]}/{key[1]}.{handler.name}() refused: {out[1]} bytes of calls "
+                    f"from this process to worker {dst} are still unanswered (at most "
+                    f"{MAX_QUEUED_BYTES}); await the calls already made before starting more"
+                )
             elif (
                 len(chain) > 1
                 or (

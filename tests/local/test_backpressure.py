@@ -30,6 +30,35 @@ class BpEcho(rio.Actor):
         return i
 
 
+class BpGate(rio.Actor, reentrant=True):
+    async def hold(self, blob: bytes) -> int:
+        if not hasattr(self, "gate"):
+            self.gate = asyncio.Event()
+        await self.gate.wait()
+        return len(blob)
+
+    async def open(self) -> None:
+        self.gate = getattr(self, "gate", asyncio.Event())
+        self.gate.set()
+
+
+class BpFlooder(rio.Actor):
+    async def flood(self, target: str, count: int, size: int) -> list[int]:
+        """``count`` unawaited calls of ``size`` bytes each; [sent, refused]."""
+        blob = b"x" * size
+        self.futs, refused = [], 0
+        for _ in range(count):
+            try:
+                self.futs.append(BpGate.ref(target).hold(blob))
+            except rio.Overloaded:
+                refused += 1
+        return [len(self.futs), refused]
+
+    async def answered(self) -> int:
+        """How many of the calls :meth:`flood` made were answered (awaits them all)."""
+        return len([await f for f in self.futs])
+
+
 def _peak_rss(pid: int) -> int:
     """The process's peak resident memory so far, in bytes (VmHWM)."""
     with open(f"/proc/{pid}/status") as f:
@@ -81,3 +110,19 @@ async def test_a_worker_holds_at_most_the_window_of_a_flood(tmp_path: Any) -> No
         grown = _peak_rss(pid) - before
         assert grown < 48 << 20, f"worker grew by {grown >> 20} MiB"
         assert os.getpid() != pid
+
+
+async def test_a_turns_flood_of_large_calls_is_refused_beyond_a_byte_bound() -> None:
+    # A turn's calls never wait for a window; before, only a count bounded them, so
+    # 2,000 calls of 1 MiB took 2 GiB in the target worker. The unanswered bytes
+    # from one process to one worker are bounded now (MAX_QUEUED_BYTES, 256 MiB).
+    async with rio.App("bp-bytes", storage="memory://", workers=2) as system:
+        assert isinstance(system, PoolSystem)
+        target = next(f"g{i}" for i in range(100) if system.owner(("BpGate", f"g{i}")) == 2)
+        flooder = next(f"f{i}" for i in range(100) if system.owner(("BpFlooder", f"f{i}")) == 1)
+        mib = 1 << 20
+        sent, refused = await BpFlooder.ref(flooder).with_timeout(120).flood(target, 300, mib)
+        assert sent + refused == 300
+        assert 250 <= sent <= 260, (sent, refused)  # 256 MiB of 1 MiB calls, give or take
+        await BpGate.ref(target).open()  # from the driver: not one of that turn's calls
+        assert await BpFlooder.ref(flooder).with_timeout(120).answered() == sent
