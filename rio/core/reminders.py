@@ -48,6 +48,7 @@ from rio.core.errors import (
     StorageUnavailable,
     SystemStopping,
     UnknownActorType,
+    UnknownMethod,
     WorkerLost,
 )
 from rio.core.registry import lookup_type
@@ -144,8 +145,14 @@ async def register_reminder(
 ) -> Reminder:
     """Store reminder ``name`` of ``act`` (see :meth:`rio.Actor.register_reminder`)."""
     _check(name, period, due)
-    next_due = time.time() + (period if due is None else due)
     type_name, object_id = act._rio_key
+    if act._rio_type.reminder is None:  # it would only be told at every firing
+        raise UnknownMethod(
+            f"{type_name}/{object_id}: cannot register reminder {name!r}: {type_name} has "
+            "no receive_reminder to fire it on; define "
+            "`async def receive_reminder(self, name: str) -> None` on it"
+        )
+    next_due = time.time() + (period if due is None else due)
     await storage.upsert_reminder(type_name, object_id, name, float(period), next_due)
     if poller is not None:
         poller.wake(next_due)

@@ -57,10 +57,20 @@ class RmClock(rio.Actor, idle_ttl=None):
 
 
 class RmDeaf(rio.Actor):
-    """Registers reminders but has no receive_reminder."""
+    """Has reminders (stored by an earlier version of the type) but no receive_reminder."""
 
     async def setup(self, period: float) -> None:
-        await self.register_reminder("unheard", period, due=0)
+        storage = self._rio_system.storage
+        await storage.upsert_reminder("RmDeaf", self.id, "unheard", period, time.time())
+        poller = self._rio_system.reminder_poller  # None in a worker: the driver polls
+        if poller is not None:
+            poller.wake(time.time())
+
+    async def register(self) -> None:
+        await self.register_reminder("unheard", 1.0)
+
+    async def listed(self) -> list[str]:
+        return [r.name for r in await self.reminders()]
 
 
 class RmFaulty(rio.Actor):
@@ -183,6 +193,14 @@ async def test_a_type_without_receive_reminder_is_told_once_and_keeps_it(
     told = [line for line in logs if "has no receive_reminder" in line]
     assert len(told) == 1, logs
     assert "reminder 'unheard' of RmDeaf/x" in told[0]
+
+
+async def test_a_type_without_receive_reminder_cannot_register_one(start: Start) -> None:
+    # It was stored, and the mistake showed only as a warning at each first firing.
+    async with start():
+        with pytest.raises(rio.UnknownMethod, match="RmDeaf has no receive_reminder"):
+            await RmDeaf.ref("y").register()
+        assert await RmDeaf.ref("y").listed() == []
 
 
 async def test_a_raising_receive_reminder_is_logged_and_the_reminder_goes_on(
