@@ -713,6 +713,10 @@ def test_an_unknown_log_level_is_refused(tmp_path: Path) -> None:
     proc = rio_cmd(tmp_path, "run", str(APPS / "stuck_drain_app.py"), "--log-level", "loud")
     assert proc.returncode == 2, explain(proc)
     assert "rio run: --log-level: log level 'loud': expected one of TRACE" in proc.stderr
+    # From the environment it names the variable (it said --log-level, not given).
+    env = rio_cmd(tmp_path, "run", str(APPS / "stuck_drain_app.py"), RIO_LOG_LEVEL="bogus")
+    assert env.returncode == 2, explain(env)
+    assert "rio run: RIO_LOG_LEVEL: log level 'bogus': expected one of" in env.stderr
 
 
 def test_arguments_after_the_target_reach_the_app_and_its_workers(tmp_path: Path) -> None:

@@ -129,12 +129,12 @@ def run(
         ),
     ] = None,
     log_level: Annotated[
-        str,
+        str | None,
         typer.Option(
-            envvar="RIO_LOG_LEVEL",
-            help="Log to stderr from this level up: TRACE, DEBUG, INFO, WARNING, ERROR.",
+            help="Log to stderr from this level up: TRACE, DEBUG, INFO, WARNING, ERROR "
+            "(default: $RIO_LOG_LEVEL, else INFO).",
         ),
-    ] = "INFO",
+    ] = None,
 ) -> None:
     """Start an app: run its @app.main, or serve until SIGINT/SIGTERM, then drain.
 
@@ -146,12 +146,14 @@ def run(
     """
     from rio.cli.loader import ImportFailed, load_app
     from rio.core.errors import ConfigError, RemoteError, RioError
-    from rio.core.logs import configure_logging
+    from rio.core.logs import LOG_LEVEL_ENV, configure_logging
 
+    env_level = os.environ.get(LOG_LEVEL_ENV)
     try:
-        configure_logging(log_level)
+        configure_logging(log_level or env_level or "INFO")
     except RioError as e:
-        _echo_err(f"rio run: --log-level: {e}\n")
+        where = "--log-level" if log_level else LOG_LEVEL_ENV  # where the bad value came from
+        _echo_err(f"rio run: {where}: {e}\n")
         raise typer.Exit(2) from None
     sys.argv = [target, *(script_args or [])]  # what the app's own code reads
     try:

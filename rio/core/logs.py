@@ -31,7 +31,10 @@ def configure_logging(level: str | None = None) -> None:
     Raises:
         ConfigError: ``level`` is not a loguru level name (TRACE, DEBUG, INFO, ...).
     """
-    level = level or os.environ.get(LOG_LEVEL_ENV)
+    source = ""
+    if not level:
+        level = os.environ.get(LOG_LEVEL_ENV)
+        source = f"{LOG_LEVEL_ENV}: "  # name where a wrong value came from
     if not level:
         return
     name = level.upper()
@@ -39,8 +42,8 @@ def configure_logging(level: str | None = None) -> None:
         logger.level(name)
     except ValueError:
         raise ConfigError(
-            f"log level {level!r}: expected one of TRACE, DEBUG, INFO, SUCCESS, WARNING, "
-            "ERROR, CRITICAL"
+            f"{source}log level {level!r}: expected one of TRACE, DEBUG, INFO, SUCCESS, "
+            "WARNING, ERROR, CRITICAL"
         ) from None
     logger.remove()
     logger.add(sys.stderr, level=name, diagnose=False)

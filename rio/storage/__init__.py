@@ -81,8 +81,9 @@ def storage_from_url(url: str) -> StateStorage:
             installed (the message names the pip extra to install).
     """
     if "://" not in url:
+        what = "is missing '://'" if ":" in url else "has no scheme"
         raise ConfigError(
-            f"storage URL {mask_url(url)!r} has no scheme: expected one of "
+            f"storage URL {mask_url(url)!r} {what}: expected one of "
             f"{', '.join(sorted({*_ENGINES, *_LAZY}))} (e.g. 'sqlite:///data/rio.db')"
         )
     scheme = url.split("://", 1)[0].lower()

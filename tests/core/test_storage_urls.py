@@ -83,6 +83,11 @@ def test_url_without_scheme() -> None:
     assert "e.g. 'sqlite:///data/rio.db'" in message
 
 
+def test_a_url_missing_its_slashes_is_told_so() -> None:
+    with pytest.raises(rio.ConfigError, match=r"storage URL 'sqlite:/x.db' is missing '://'"):
+        rio.App("x", storage="sqlite:/x.db")
+
+
 def test_unknown_scheme() -> None:
     with pytest.raises(rio.ConfigError) as info:
         storage_from_url("mongodb://user:hunter2@db/app")
