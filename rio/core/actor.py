@@ -157,7 +157,7 @@ class Actor(Generic[S]):
             _check_state_type(cls, state_type)
             if isinstance(inspect.getattr_static(cls, "state"), _NoState):
                 cls.state = _STATE_SLOT  # a stateless parent's: the plain slot again
-        elif "state" not in cls.__dict__:
+        elif inspect.getattr_static(cls, "state") is _STATE_SLOT:  # not the user's own
             cls.state = _NoState()  # type: ignore[assignment]
         if idle_ttl is _UNSET:
             idle_ttl = parent.idle_ttl if parent else DEFAULT_IDLE_TTL
