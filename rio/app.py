@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import math
+import numbers
 import os
 import signal
 import tomllib
@@ -110,15 +112,16 @@ class App:
     ) -> None:
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise ConfigError(f"app name {name!r}: use letters, digits, '-', '_' or '.'")
-        for setting, value in (
-            ("default_timeout", default_timeout),
-            ("drain_timeout", drain_timeout),
-            ("reminder_poll", reminder_poll),
+        for setting, value, finite in (
+            ("default_timeout", default_timeout, False),  # inf: no deadline
+            ("drain_timeout", drain_timeout, False),
+            ("reminder_poll", reminder_poll, True),  # a period
         ):
             if (
                 isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0 < value < float("inf")
+                or not isinstance(value, numbers.Real)
+                or not value > 0
+                or (finite and math.isinf(value))
             ):
                 raise ConfigError(f"{setting} must be positive seconds, got {value!r}")
         check_max_queued(max_queued)
@@ -359,24 +362,22 @@ class App:
         and clients waited for it to serve until their deadlines.
         """
         starting = asyncio.ensure_future(self.start())
+        signalled = False
 
         def stop_starting() -> None:
+            nonlocal signalled
             if not starting.done():
                 logger.info("{}: stop signal received while starting; stopping", self.name)
+                signalled = True
                 starting.cancel()
 
         with _on_signals({signal.SIGINT: stop_starting, signal.SIGTERM: stop_starting}):
             try:
                 await starting
             except asyncio.CancelledError:
-                if not starting.cancelled():
-                    raise  # serve() itself was cancelled
+                if not signalled:
+                    raise  # serve() itself was cancelled (its start was, with it)
                 logger.info("{}: start undone", self.name)
-            finally:
-                if not starting.done():  # serve() itself was cancelled
-                    starting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await starting
 
     def configure(
         self,

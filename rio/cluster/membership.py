@@ -62,6 +62,10 @@ class MembershipView:
         #: waited for: its node died while starting, and may never be declared dead
         #: when it was the only one.
         self.stale_after = stale_after
+        #: Per member: its last heartbeat value read, and when (this process's clock)
+        #: a read found it changed: a heartbeat seen moving is fresh whatever the
+        #: writer's clock says.
+        self._beats: dict[str, tuple[float, float]] = {}
         self.members: dict[str, Member] = {}
         #: Members that answer calls, by id.
         self.live: dict[str, Member] = {}
@@ -116,6 +120,19 @@ class MembershipView:
         self._accepting = by_type
         self.loaded = True
         self.generation += 1
+        now = time.monotonic()
+        beats = self._beats
+        self._beats = {
+            m.member_id: (
+                m.heartbeat,
+                # first read: not seen moving yet (its own time may still say fresh)
+                float("-inf")
+                if m.member_id not in beats
+                else (now if beats[m.member_id][0] != m.heartbeat else beats[m.member_id][1]),
+            )
+            for m in rows
+            if m.status == "joining"
+        }
         for gone in old_live.keys() - self.live.keys():
             self._tell(self._on_gone, gone)
         for joined in self.live.keys() - old_live.keys():
@@ -140,11 +157,17 @@ class MembershipView:
 
     def joining(self, type_name: str) -> bool:
         """Whether a member that hosts ``type_name`` is still joining (soon to serve it)."""
-        since = time.time() - self.stale_after
         return any(
-            m.status == "joining" and type_name in m.types and m.heartbeat >= since
+            m.status == "joining" and type_name in m.types and self._beating(m)
             for m in self.live.values()
         )
+
+    def _beating(self, m: Member) -> bool:
+        """Whether ``m``'s heartbeat is recent by its own clock, or was seen moving lately."""
+        if time.time() - m.heartbeat < self.stale_after:
+            return True
+        seen = self._beats.get(m.member_id)
+        return seen is not None and time.monotonic() - seen[1] < self.stale_after
 
     def all_accepting(self) -> list[Member]:
         """Members that take new activations of any type (sorted by id)."""

@@ -253,6 +253,9 @@ class Router:
         #: then: each is passed over until two more reads of the table (the first may
         #: have been made before it said so) show whether it still takes them.
         self._refusing: dict[str, int] = {}
+        #: Of those, the ones that refused this process in the handshake (a wrong
+        #: secret, TLS): the refusal, for calls that have no other host to go to.
+        self._refused_auth: dict[str, BaseException] = {}
         #: Set by :meth:`close`: calls still routing fail instead of waiting or redialing.
         self._closed = False
         #: The loop of the first call (``asyncio.get_running_loop`` costs a system call
@@ -415,6 +418,9 @@ class Router:
                 try:
                     member = self.place(key)
                 except NoNodesAvailable as e:
+                    refusal = self._only_refusals(key[0])
+                    if refusal is not None:
+                        raise _again(refusal) from None  # every host turned this away
                     # A host is starting, or one passed over since it refused
                     # (a node still starting, or draining) may be back: wait for it.
                     joining = self.view.joining(key[0]) or self._passed_over(key[0])
@@ -461,6 +467,9 @@ class Router:
                 if not r.owner:  # that member takes no new activations (it drains)
                     self._refusing[member] = self.view.generation
                     continue
+                refusal = self._refused_auth.get(r.owner)
+                if refusal is not None and self._refuses(r.owner):
+                    raise _again(refusal) from None  # its home turns this process away
                 if self._refuses(r.owner) or not self.view.is_live(r.owner):
                     # Its old home drains (or died): wait for it to let go, then claim.
                     await self._backoff(waits, deadline)
@@ -482,6 +491,7 @@ class Router:
                     # When none is left, this one's reason is the call's error.
                     self.cache.drop(key, member)
                     self._refusing[member] = self.view.generation
+                    self._refused_auth[member] = e
                     if all(self._refuses(m.member_id) for m in self.view.accepting(key[0])):
                         raise
                     last = e
@@ -530,8 +540,20 @@ class Router:
             return False
         if self.view.generation >= mark + 2:  # the view caught up: trust it again
             del self._refusing[member_id]
+            self._refused_auth.pop(member_id, None)
             return False
         return True
+
+    def _only_refusals(self, type_name: str) -> BaseException | None:
+        """A handshake refusal, when every host of ``type_name`` refused this process."""
+        hosts = self.view.accepting(type_name)
+        refusals = [self._refused_auth.get(m.member_id) for m in hosts]
+        if not hosts or any(
+            r is None or not self._refuses(m.member_id)
+            for m, r in zip(hosts, refusals, strict=True)
+        ):
+            return None
+        return refusals[-1]
 
     def _passed_over(self, type_name: str) -> bool:
         """Whether a member the view says takes ``type_name`` is passed over for now."""
@@ -638,6 +660,7 @@ class Router:
     def _member_gone(self, member_id: str) -> None:
         self.cache.forget_member(member_id)
         self._refusing.pop(member_id, None)
+        self._refused_auth.pop(member_id, None)
         conn = self._conns.pop(member_id, None)
         if conn is not None:
             task = asyncio.get_running_loop().create_task(conn.close())
@@ -668,6 +691,16 @@ def _bad_answer(key: Key, handler: Handler, e: Exception) -> RemoteError:
         f"{key[0]}/{key[1]}.{handler.name}() answered a value that does not match its "
         f"return annotation: {e}",
     )
+
+
+def _again(refusal: BaseException) -> BaseException:
+    """A fresh copy of a stored handshake refusal.
+
+    Raising one object again and again would grow its traceback with every call.
+    """
+    copy = NodeUnreachable(*refusal.args)
+    copy.handshake_refused = True  # type: ignore[attr-defined]
+    return copy
 
 
 class _Routed:

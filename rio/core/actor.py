@@ -110,16 +110,9 @@ class Actor(Generic[S]):
 
     # No __getattr__ here: a class with one gets no specialized attribute access, and
     # the runtime reads an activation's _rio_* slots on every call (12% of an
-    # in-process call's instructions). The helpful errors live on what needs them:
-    # an actor made directly (Type()) is of a subclass that has one, and a stateless
-    # type's ``state`` explains itself.
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        """``Type()`` outside rio: an instance whose missing attributes say to use a ref.
-
-        The runtime makes activations with ``object.__new__``, never through here.
-        """
-        return object.__new__(_made_directly(cls))
+    # in-process call's instructions). The helpful errors live on ``state`` instead
+    # (see _State below): what an actor made directly (Type()), or a type that
+    # declares no state type, reads first.
 
     def __init_subclass__(
         cls,
@@ -128,12 +121,8 @@ class Actor(Generic[S]):
         idle_ttl: float | None = _UNSET,
         reentrant: bool | None = None,
         save_on_deactivate: bool | None = None,
-        _rio_direct: bool = False,
         **kwargs: Any,
     ) -> None:
-        if _rio_direct:  # the class of actors made directly (see _made_directly)
-            super().__init_subclass__()
-            return
         if kwargs:  # object.__init_subclass__ would only say it "takes no keyword arguments"
             raise RegistrationError(
                 f"{cls.__qualname__}: unknown class keyword(s) {', '.join(sorted(kwargs))}; "
@@ -155,10 +144,6 @@ class Actor(Generic[S]):
             state_type = parent.state_type
         if state_type is not None:
             _check_state_type(cls, state_type)
-            if isinstance(inspect.getattr_static(cls, "state"), _NoState):
-                cls.state = _STATE_SLOT  # a stateless parent's: the plain slot again
-        elif inspect.getattr_static(cls, "state") is _STATE_SLOT:  # not the user's own
-            cls.state = _NoState()  # type: ignore[assignment]
         if idle_ttl is _UNSET:
             idle_ttl = parent.idle_ttl if parent else DEFAULT_IDLE_TTL
         if idle_ttl is not None and (
@@ -493,58 +478,51 @@ def _check_state_type(cls: type, state_type: Any) -> None:
         ) from e
 
 
-#: The ``state`` slot of every actor (a member descriptor).
+#: The ``state`` slot of every actor (a member descriptor), reached through _State.
 _STATE_SLOT: Any = Actor.__dict__["state"]
+_get_state = _STATE_SLOT.__get__
+_set_state = _STATE_SLOT.__set__
 
 
-class _NoState:
-    """``state`` of a type that declares no state type: reading it explains why it fails."""
+class _State:
+    """``Actor.state``: the slot, and an error that says why when it is not set.
+
+    Not set means the type declares no state type, or the actor was made directly
+    (``Type()``) rather than activated by rio.
+    """
+
+    __slots__ = ()
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
         try:
-            return _STATE_SLOT.__get__(obj, owner)
+            return _get_state(obj, owner)
         except AttributeError:
-            cls = type(obj).__name__
-            raise AttributeError(
-                f"{cls}.state: {cls} declares no state type; declare one as "
-                f"class {cls}(rio.Actor[MyState]) with a msgspec.Struct MyState",
-                name="state",
-                obj=obj,
-            ) from None
+            raise _no_state(obj) from None
 
     def __set__(self, obj: Any, value: Any) -> None:
-        _STATE_SLOT.__set__(obj, value)
+        _set_state(obj, value)
 
     def __delete__(self, obj: Any) -> None:
         _STATE_SLOT.__delete__(obj)
 
 
-def _direct_getattr(self: Any, name: str) -> Any:
-    """Missing attributes of an actor made directly (``Type()``): say to use a ref."""
-    cls = type(self).__name__
-    raise AttributeError(
-        f"{cls}.{name}: this {cls} was made directly ({cls}()), not activated by "
-        f"rio, so it has no {name}; reach actors through refs: "
-        f"await {cls}.ref(id).method(...)",
-        name=name,
-        obj=self,
-    )
+def _no_state(obj: Any) -> AttributeError:
+    cls = type(obj).__name__
+    try:
+        object.__getattribute__(obj, "_rio_key")
+    except AttributeError:
+        why = (
+            f"{cls}.state: this {cls} was made directly ({cls}()), not activated by rio, "
+            f"so it has no state; reach actors through refs: await {cls}.ref(id).method(...)"
+        )
+    else:
+        why = (
+            f"{cls}.state: {cls} declares no state type; declare one as "
+            f"class {cls}(rio.Actor[MyState]) with a msgspec.Struct MyState"
+        )
+    return AttributeError(why, name="state", obj=obj)
 
 
-_DIRECT: dict[type, type] = {}
-
-
-def _made_directly(cls: type) -> type:
-    """The subclass of ``cls`` for its instances made directly (same name, same layout)."""
-    direct = _DIRECT.get(cls)
-    if direct is None:
-        ns = {
-            "__slots__": (),
-            "__getattr__": _direct_getattr,
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-        }
-        direct = _DIRECT[cls] = type(cls)(cls.__name__, (cls,), ns, _rio_direct=True)
-    return direct
+Actor.state = _State()  # type: ignore[misc]  # over the slot, which it reaches

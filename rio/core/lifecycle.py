@@ -94,7 +94,7 @@ class Lifecycle:
                 "add it to App(actors=[...])"
             )
         info = lookup_type(type_name)
-        act: Actor[Any] = object.__new__(info.cls)  # not Actor.__new__: see there
+        act: Actor[Any] = info.cls.__new__(info.cls)
         act.id = key[1]
         act._rio_key = key
         act._rio_system = self  # type: ignore[assignment]  # self is a Runtime

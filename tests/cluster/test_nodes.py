@@ -184,6 +184,10 @@ async def test_a_wrong_secret_fails_at_once(nodes: Nodes, urls: tuple[str, str])
     async with rio.connect(urls[0], secret="not-the-secret") as client:
         with pytest.raises(rio.NodeUnreachable, match="handshake"):
             await client.ref(CnCounter, "a").with_timeout(20).incr(1)
+        # And every later call at once too, not a wait for the view and a CallTimeout.
+        for key in ("a", "b"):
+            with pytest.raises(rio.NodeUnreachable, match="handshake"):
+                await client.ref(CnCounter, key).with_timeout(1.5).incr(1)
 
 
 async def test_a_node_with_another_secret_does_not_fail_calls_others_can_serve(

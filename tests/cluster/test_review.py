@@ -677,3 +677,25 @@ async def test_calls_to_objects_placed_here_are_never_refused_by_the_routing_cap
             assert await RvCounter.ref(f"q{i}").incr(1) == 1
         results = await asyncio.gather(*[RvCounter.ref(f"q{i % 10}").incr(1) for i in range(50)])
         assert sorted(results) == sorted([2, 3, 4, 5, 6] * 10)
+
+
+def test_a_joining_node_is_waited_for_while_its_heartbeat_moves_whatever_its_clock() -> None:
+    # Judged by the node's clock alone, a node whose clock is minutes behind looked
+    # dead while it joined. A heartbeat seen changing between reads is alive; one
+    # that stays old is not.
+    def row(mid: str, heartbeat: float) -> Member:
+        return Member(
+            member_id=mid, node=mid, address="h:1", incarnation=1, types=["T"], heartbeat=heartbeat
+        )
+
+    view = MembershipView(lambda: None, 1.0, "test")  # type: ignore[arg-type,return-value]
+    past = time.time() - 600  # ten minutes behind
+    view.apply([row("skewed", past)])
+    assert not view.joining("T")  # old, and not seen moving yet
+    view.apply([row("skewed", past + 2)])
+    assert view.joining("T")  # it moved: alive
+    view.apply([row("dead", past)])
+    view.apply([row("dead", past)])
+    assert not view.joining("T")
+    view.apply([row("fresh", time.time())])
+    assert view.joining("T")  # fresh by its own clock from the first read

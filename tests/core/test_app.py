@@ -1,5 +1,6 @@
 """The App: configuration (in code and TOML), starting, stopping, stats."""
 
+import asyncio
 import contextlib
 import re
 import sqlite3
@@ -278,3 +279,25 @@ async def test_a_worker_that_dies_at_start_fails_the_start_and_nothing_restarts(
         await app.start()
     assert app.system is None
     assert [line for line in logs if "restarting" in line] == []
+
+
+async def test_cancelling_serve_while_it_starts_cancels_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stop signal during the start undoes it and serve() returns; a cancellation of
+    # serve() itself (asyncio.timeout around it) must still raise, not return None.
+    app = rio.App("x", storage="memory://", workers=0)
+    started = asyncio.Event()
+
+    async def slow_start() -> rio.System:
+        started.set()
+        await asyncio.Event().wait()  # a start that takes forever
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(app, "start", slow_start)
+    serving = asyncio.ensure_future(app.serve())
+    await started.wait()
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await app.serve()
