@@ -315,6 +315,12 @@ def test_run_node_options_without_a_cluster_are_refused(tmp_path: Path) -> None:
     proc = rio_cmd(tmp_path, "run", str(APPS / "counter_main.py"), "--port", "7000", "--node", "a")
     assert proc.returncode == 2, explain(proc)
     assert "--port, --node apply only to a cluster node: add --cluster URL" in proc.stderr
+    secret = rio_cmd(tmp_path, "run", str(APPS / "counter_main.py"), "--secret", "s")
+    assert secret.returncode == 2, explain(secret)
+    assert "--secret applies only to a cluster node" in secret.stderr
+    # From the environment (set for every app on a box) it is no mistake: ignored.
+    env = rio_cmd(tmp_path, "run", str(APPS / "counter_main.py"), RIO_CLUSTER_SECRET="s")
+    assert env.returncode == 0, explain(env)
 
 
 def test_run_node_options_replace_single_fields_of_the_apps_cluster_settings(

@@ -183,6 +183,9 @@ def run(
         "tls_ca": None if tls_ca is None else str(tls_ca),
     }
     given = {k: v for k, v in node_options.items() if v is not None}
+    # --secret on the command line (not the environment's RIO_CLUSTER_SECRET, which a
+    # box may set for every app it runs) is refused like the other node options.
+    secret_given = bool(secret) and secret != os.environ.get("RIO_CLUSTER_SECRET")
     try:
         rio_app.configure(workers=workers)
         if cluster is not None or ((given or secret) and rio_app.cluster is not None):
@@ -199,12 +202,12 @@ def run(
             if secret:
                 changes["secret"] = secret
             rio_app.configure(cluster=msgspec.structs.replace(base, **changes))
-        elif given:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        elif given or secret_given:
+            names = [*given, "secret"] if secret_given else list(given)
+            flags = ", ".join("--" + k.replace("_", "-") for k in names)
             raise ConfigError(
-                f"{flags} {'applies' if len(given) == 1 else 'apply'} only to a cluster "
-                "node: add --cluster URL (or give the "
-                "app cluster settings)"
+                f"{flags} {'applies' if len(names) == 1 else 'apply'} only to a cluster "
+                "node: add --cluster URL (or give the app cluster settings)"
             )
     except RioError as e:
         _echo_err(f"rio run: {e}\n")
