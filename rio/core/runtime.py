@@ -74,8 +74,6 @@ from rio.storage.base import StateStorage
 __all__ = ["Runtime", "RuntimeStats"]
 
 R = TypeVar("R")
-#: Types a plain answer is often of, known not to be awaitable (no lookup needed).
-
 
 #: Default of ``max_queued``: calls that may wait in one queue (an activation's
 #: mailbox, the calls held for one worker process) before more are refused with
