@@ -166,6 +166,7 @@ class RemoteCalls:
         """
         req = self._next_req
         budget = deadline - now
+        nested = len(chain) > 1  # a turn's call
         # A Call; a chain of just the target travels empty (the receiver restores it).
         msg = (
             _CALL,
@@ -174,7 +175,7 @@ class RemoteCalls:
             key[1],
             handler.name,
             deadline,
-            chain if len(chain) > 1 else (),
+            chain if nested else (),
             args,
         )
         out = self._out.get(dst)
@@ -185,18 +186,12 @@ class RemoteCalls:
             counter = self._counter(key)
         try:
             if dst in self.down:
-                self._wait(dst, key, handler, req, msg, deadline, len(chain) > 1)
+                self._wait(dst, key, handler, req, msg, deadline, nested)
                 size = -1
-            elif len(chain) > 1 and out[1] >= MAX_QUEUED_BYTES and handler.name[0] != "$":
-                # A turn's calls never wait for a window (that could deadlock), so a
-                # turn that starts calls faster than they are answered is refused here.
-                raise Overloaded(
-                    f"{key[0]}/{key[1]}.{handler.name}() refused: {out[1]} bytes of calls "
-                    f"from this process to worker {dst} are still unanswered (at most "
-                    f"{MAX_QUEUED_BYTES}); await the calls already made before starting more"
-                )
             elif (
-                len(chain) > 1
+                # A turn's calls never wait for a window (that could deadlock); nor do
+                # the pool's own control calls ($stats, $deactivate).
+                (nested and out[1] < MAX_QUEUED_BYTES)
                 or (
                     counter[0] < WINDOW
                     and out[0] < PROCESS_WINDOW
@@ -204,11 +199,18 @@ class RemoteCalls:
                     and (not self._queues or key not in self._queues)
                 )
                 or handler.name[0] == "$"
-            ):  # the pool's own control calls never wait
+            ):
                 size = self._hub_send(dst, msg)
                 out[0] += 1
                 out[1] += size
                 counter[0] += 1
+            elif nested:
+                # A turn that starts calls faster than they are answered is refused.
+                raise Overloaded(
+                    f"{key[0]}/{key[1]}.{handler.name}() refused: {out[1]} bytes of calls "
+                    f"from this process to worker {dst} are still unanswered (at most "
+                    f"{MAX_QUEUED_BYTES}); await the calls already made before starting more"
+                )
             else:
                 self._wait(dst, key, handler, req, msg, deadline, False)
                 size = -1
