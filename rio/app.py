@@ -375,7 +375,8 @@ class App:
             try:
                 await starting
             except asyncio.CancelledError:
-                if not signalled:
+                task = asyncio.current_task()
+                if not signalled or (task is not None and task.cancelling()):
                     raise  # serve() itself was cancelled (its start was, with it)
                 logger.info("{}: start undone", self.name)
 

@@ -518,10 +518,16 @@ def _no_state(obj: Any) -> AttributeError:
             f"so it has no state; reach actors through refs: await {cls}.ref(id).method(...)"
         )
     else:
-        why = (
-            f"{cls}.state: {cls} declares no state type; declare one as "
-            f"class {cls}(rio.Actor[MyState]) with a msgspec.Struct MyState"
-        )
+        if type(obj)._rio_type.state_type is not None:
+            why = (
+                f"{cls}.state is not set: it is loaded after __init__ and before "
+                "on_activate (read it from on_activate on), or it was deleted"
+            )
+        else:
+            why = (
+                f"{cls}.state: {cls} declares no state type; declare one as "
+                f"class {cls}(rio.Actor[MyState]) with a msgspec.Struct MyState"
+            )
     return AttributeError(why, name="state", obj=obj)
 
 

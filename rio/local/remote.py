@@ -66,6 +66,9 @@ WINDOW_BYTES = 64 << 20
 #: Encoded bytes that may wait in one process before more calls are refused; also
 #: the bytes of unanswered calls to one worker beyond which a turn's calls are refused.
 MAX_QUEUED_BYTES = 256 << 20
+# RemoteCalls.send lets a turn's call over MAX_QUEUED_BYTES fall through to the
+# window test, which must then fail for it to be refused.
+assert WINDOW_BYTES < MAX_QUEUED_BYTES
 
 
 class _Queue(collections.deque[tuple[int, tuple[Any, ...], float, int]]):

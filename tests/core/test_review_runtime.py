@@ -339,3 +339,20 @@ def test_an_app_whose_storage_driver_is_missing_still_builds(
     app.configure(storage="memory://")
     with pytest.raises(rio.ConfigError, match="needs a driver that is not installed"):
         app.configure(storage="postgresql://db/prod")
+
+
+class RvEarly(rio.Actor[RvCountState]):
+    def __init__(self) -> None:
+        try:
+            self.early = repr(self.state)
+        except AttributeError as e:
+            self.early = str(e)
+
+    async def said(self) -> str:
+        return self.early
+
+
+async def test_state_read_before_it_is_loaded_says_so_not_that_the_type_has_none() -> None:
+    async with rio.App("rv-early", storage="memory://", workers=0) as s:
+        said = await s.ref(RvEarly, "e").said()
+        assert said.startswith("RvEarly.state is not set: it is loaded after __init__")
