@@ -487,10 +487,7 @@ class Connection(asyncio.BufferedProtocol):
                 if fut is not None and not fut.done():
                     fut.set_result(msg.body)
             elif cls is Call or cls is Request:
-                if inbound.serving < inbound.limit and not self._write_paused:
-                    inbound.start(msg)  # Inbound.take's common case, inlined
-                else:
-                    inbound.take(msg)
+                inbound.take(msg)
             elif cls is Failure:
                 self._ping_sent_at = None
                 fut = futures.pop(msg.id, None)

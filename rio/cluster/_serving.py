@@ -64,9 +64,9 @@ class Inbound:
         "_conn",
         "_handler",
         "_keys",
+        "_limit",
         "_on_call",
         "_on_oneway",
-        "limit",
         "queued",
         "reading_paused",
         "serving",
@@ -85,7 +85,7 @@ class Inbound:
         self._handler = handler
         self._on_call = on_call
         self._on_oneway = on_oneway
-        self.limit = limit
+        self._limit = limit
         self.serving = 0
         self.queued: deque[Request | Call] = deque()
         self.reading_paused = False
@@ -95,11 +95,11 @@ class Inbound:
 
     def take(self, msg: Request | Call) -> None:
         """Serve ``msg`` now if there is room, else queue it."""
-        if self.serving < self.limit and not self._conn._write_paused:
-            self.start(msg)
+        if self.serving < self._limit and not self._conn._write_paused:
+            self._start(msg)
             return
         self.queued.append(msg)
-        if len(self.queued) >= self.limit and not self.reading_paused:
+        if len(self.queued) >= self._limit and not self.reading_paused:
             self.reading_paused = True
             self._conn._update_reading()
 
@@ -109,9 +109,9 @@ class Inbound:
         conn = self._conn
         if conn.is_closed:
             return
-        while queued and self.serving < self.limit and not conn._write_paused:
-            self.start(queued.popleft())
-        if self.reading_paused and len(queued) <= self.limit // 2:
+        while queued and self.serving < self._limit and not conn._write_paused:
+            self._start(queued.popleft())
+        if self.reading_paused and len(queued) <= self._limit // 2:
             self.reading_paused = False
             conn._update_reading()
 
@@ -142,8 +142,7 @@ class Inbound:
             "cluster transport: the one-way handler failed on a message from {}", self._conn.peer
         )
 
-    def start(self, msg: Request | Call) -> None:
-        """Serve ``msg`` now (the caller checked there is room: see :meth:`take`)."""
+    def _start(self, msg: Request | Call) -> None:
         try:
             if msg.__class__ is Call:
                 on_call = self._on_call

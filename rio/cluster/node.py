@@ -653,17 +653,7 @@ class ClusterNode(System):
         return self.runtime.deliver(key, handler, args, kwargs, chain, deadline, now)
 
     def _deliver(self, req: NetCall) -> Any:
-        handler = self._handlers.get((req.type_name, req.method))
-        args: Any = None
-        if handler is not None:  # resolve()'s common case, inlined
-            try:
-                args = handler.args_decoder.decode(req.args)
-            except msgspec.DecodeError:
-                args = None  # resolve() names the argument
-        if handler is None or args is None or len(args) != handler.n_positional:
-            handler, args, kwargs = resolve(req, self._handlers)  # or raise, naming why
-        else:
-            kwargs = _NO_KWARGS
+        handler, args, kwargs = resolve(req, self._handlers)
         key = (req.type_name, req.object_id)
         chain = req.chain or (key,)
         if self.runtime._closed:
