@@ -546,14 +546,12 @@ class Router:
 
     def _only_refusals(self, type_name: str) -> BaseException | None:
         """A handshake refusal, when every host of ``type_name`` refused this process."""
-        hosts = self.view.accepting(type_name)
-        refusals = [self._refused_auth.get(m.member_id) for m in hosts]
-        if not hosts or any(
-            r is None or not self._refuses(m.member_id)
-            for m, r in zip(hosts, refusals, strict=True)
-        ):
-            return None
-        return refusals[-1]
+        refusal = None
+        for m in self.view.accepting(type_name):
+            refusal = self._refused_auth.get(m.member_id)
+            if refusal is None or not self._refuses(m.member_id):
+                return None
+        return refusal
 
     def _passed_over(self, type_name: str) -> bool:
         """Whether a member the view says takes ``type_name`` is passed over for now."""
