@@ -131,8 +131,9 @@ def test_bank(tmp_path: Path) -> None:
     assert "alice: opened with $100.00" in out
     assert "20 transfers of $1.00 sent at once: all done" in out
     # The handler's InsufficientFunds crossed Account -> Bank -> script as RemoteError.
-    assert "refused: InsufficientFunds: bob has $50.00, cannot withdraw $50.01" in out
-    assert "e.remote_type = 'InsufficientFunds'" in out
+    # Named by its file, however each process loaded it (script, worker, `rio run`).
+    assert "refused: bank.InsufficientFunds: bob has $50.00, cannot withdraw $50.01" in out
+    assert "e.remote_type = 'bank.InsufficientFunds'" in out
     assert "e.is_a(InsufficientFunds) = True" in out
     assert "transfers done: 23, refused: 1" in out
     assert "total held: $150.00, total deposited: $150.00" in out

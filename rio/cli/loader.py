@@ -12,11 +12,9 @@ from types import ModuleType
 
 from rio.app import App
 from rio.core.errors import ConfigError
+from rio.core.modules import FILE_MODULE_PREFIX, file_module_name
 
 __all__ = ["FILE_MODULE_PREFIX", "ImportFailed", "load_app"]
-
-#: A file target is imported as ``FILE_MODULE_PREFIX + <sanitized stem>``.
-FILE_MODULE_PREFIX = "__rio_app__"
 
 
 class ImportFailed(Exception):
@@ -104,9 +102,7 @@ def _load_file(path: Path) -> ModuleType:
     folder = str(path.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    base = FILE_MODULE_PREFIX + "".join(
-        c if (c.isascii() and c.isalnum()) or c == "_" else "_" for c in path.stem
-    )
+    base = FILE_MODULE_PREFIX + file_module_name(str(path))
     name, n = base, 1
     while name in sys.modules:  # never replace a module that is already there
         existing = sys.modules[name]

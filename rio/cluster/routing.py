@@ -319,7 +319,7 @@ class Router:
             body,
             deadline,
             budget,
-            _Routed(self, out, member, key, handler, args, kwargs, chain, deadline, body),
+            _Routed(self, out, member, key, handler, args, kwargs, chain, deadline, budget, body),
         )
         return out
 
@@ -457,10 +457,14 @@ class Router:
                     now = loop.time()
                     if now >= deadline:
                         continue
-                req = CallReq(key[0], key[1], handler.name, deadline - now, chain, body)
+                budget = deadline - now
+                req = CallReq(key[0], key[1], handler.name, budget, chain, body)
                 if slot is not None and conn.writable:
                     self._handed_off(slot)  # written at once, not waiting here
-                raw = await conn.request(req, timeout=deadline - now)
+                try:
+                    raw = await conn.request(req, timeout=budget)
+                except CallTimeout as e:
+                    raise _unanswered(e, key, handler, member, budget) from None
             except Redirect as r:
                 last = r
                 self.cache.drop(key, member)
@@ -713,6 +717,7 @@ class _Routed:
     __slots__ = (
         "args",
         "body",
+        "budget",
         "chain",
         "deadline",
         "handler",
@@ -734,6 +739,7 @@ class _Routed:
         kwargs: dict[str, Any],
         chain: tuple[Key, ...],
         deadline: float,
+        budget: float,
         body: msgspec.Raw,
     ) -> None:
         self.router = router
@@ -745,6 +751,7 @@ class _Routed:
         self.kwargs = kwargs
         self.chain = chain
         self.deadline = deadline
+        self.budget = budget
         self.body = body
 
     def done(self) -> bool:
@@ -775,8 +782,25 @@ class _Routed:
                 )
             )
             task.add_done_callback(partial(_copy_outcome, self.out))
+        elif isinstance(exception, CallTimeout):
+            budget = self.budget
+            self.out.set_exception(
+                _unanswered(exception, self.key, self.handler, self.member, budget)
+            )
         else:
             self.out.set_exception(exception)
+
+
+def _unanswered(
+    e: CallTimeout, key: Key, handler: Handler, member: str, budget: float
+) -> CallTimeout:
+    """A call's own deadline passed on its way to ``member``: say which call it was.
+
+    (The connection's error names only the request; one the peer raised is its own.)
+    """
+    if getattr(e, "from_peer", False):
+        return e
+    return CallTimeout.unanswered(f"{key[0]}/{key[1]}", handler.name, budget, f" (node {member})")
 
 
 def _copy_outcome(out: asyncio.Future[Any], task: asyncio.Future[Any]) -> None:

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get
 
 import msgspec
 
-from rio.core.errors import RegistrationError
-from rio.core.registry import RESERVED, ActorType, Handler, register
+from rio.core.errors import RegistrationError, UnknownActorType
+from rio.core.registry import RESERVED, ActorType, Handler, key_text_problem, register
 
 if TYPE_CHECKING:
     from rio.core.ref import Ref
@@ -88,6 +88,7 @@ class Actor(Generic[S]):
         "_rio_status": "",
         "_rio_system": "",
         "_rio_timers": "",
+        "_rio_unsaved": "",
         "_rio_version": "",
     }
 
@@ -104,6 +105,7 @@ class Actor(Generic[S]):
     _rio_status: int
     _rio_system: Runtime
     _rio_timers: dict[Any, Timer] | None
+    _rio_unsaved: bool  # its last save failed: what it holds is not what is stored
     _rio_version: int
 
     _rio_type: ClassVar[ActorType]
@@ -134,10 +136,10 @@ class Actor(Generic[S]):
             None,
         )
         type_name = name or cls.__name__
-        if not type_name or "/" in type_name:
+        if not type_name or "/" in type_name or key_text_problem(type_name):
             raise RegistrationError(
                 f"actor type name {type_name!r} of {cls.__qualname__} is not allowed: "
-                "it must be non-empty and contain no '/'"
+                "it must be non-empty valid Unicode text, with no '/' and no NUL character"
             )
         state_type = _state_type_of(cls)
         if state_type is None and parent is not None:
@@ -227,7 +229,14 @@ class Actor(Generic[S]):
         """
         from rio.core.ref import new_ref
 
-        return new_ref(cls._rio_type, object_id, None)
+        try:
+            info = cls._rio_type
+        except AttributeError:  # rio.Actor itself (its subclasses all have a type)
+            raise UnknownActorType(
+                f"{cls.__qualname__}.ref(): rio.Actor has no actors of its own; call ref "
+                "on one of your actor classes (a subclass of rio.Actor)"
+            ) from None
+        return new_ref(info, object_id, None)
 
     @property
     def system(self) -> System:

@@ -10,11 +10,12 @@ from typing import Any
 
 import msgspec
 
-from rio.core.errors import StateDecodeError
+from rio.core.errors import StateDecodeError, StateEncodeError
 
 __all__ = [
     "ENCODE_ERRORS",
     "PLAIN_TYPES",
+    "check_state",
     "decode_state",
     "decode_state_json",
     "encode_state",
@@ -51,6 +52,29 @@ def encode_state(state: Any) -> bytes:
 def encode_state_json(state: Any) -> bytes:
     """Encode a state value as JSON (for engines that store JSON documents)."""
     return _json_encoder.encode(state)
+
+
+def check_state(state: Any, state_type: Any, type_name: str, object_id: str) -> None:
+    """Check that ``state`` would load back as ``state_type`` once stored.
+
+    msgspec encodes values as they are, whatever the fields declare, so a state that
+    holds a ``str`` in an ``int`` field saves fine and then fails every activation.
+    This encodes it and decodes the result as a load would.
+
+    Raises:
+        StateEncodeError: it would not decode, naming msgspec's path to the bad field.
+        msgspec.EncodeError, TypeError, ValueError, OverflowError: it does not encode.
+    """
+    data = _msgpack_encoder.encode(state)
+    try:
+        _msgpack_decoder(state_type).decode(data)
+    except msgspec.DecodeError as e:
+        tname = getattr(state_type, "__qualname__", repr(state_type))
+        raise StateEncodeError(
+            f"{type_name}/{object_id}: the state cannot be saved: it would not load back "
+            f"as {tname}: {e}; give each field a value of its declared type "
+            "(nothing was written)"
+        ) from None
 
 
 def decode_state(data: bytes, state_type: Any, type_name: str, object_id: str) -> Any:

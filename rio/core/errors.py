@@ -33,6 +33,8 @@ from __future__ import annotations
 import traceback
 from typing import Any, ClassVar
 
+from rio.core.modules import MAIN_MODULES, travel_name
+
 __all__ = [
     "ActivationFailed",
     "BadArguments",
@@ -248,11 +250,9 @@ class StateEncodeError(StorageError, TypeError):
 
 def qualified_name(exc_type: type[BaseException]) -> str:
     """``module.QualName`` of an exception class, builtins without a module."""
-    module = exc_type.__module__
-    if module in ("builtins", "__main__", "__mp_main__"):
+    module = travel_name(exc_type.__module__)  # a script or `rio run` file: by its stem
+    if module in ("builtins", *MAIN_MODULES):
         return exc_type.__qualname__
-    if module.startswith("__rio_app__"):  # a file loaded by `rio run`: name it by its stem
-        module = module.removeprefix("__rio_app__")
     return f"{module}.{exc_type.__qualname__}"
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rio.core.context import _SYSTEM, current_system
 from rio.core.errors import BadArguments, UnknownMethod
-from rio.core.registry import ActorType, Handler
+from rio.core.registry import ActorType, Handler, key_text_problem
 from rio.core.streams import DEFAULT_BUFFER
 
 if TYPE_CHECKING:
@@ -135,6 +135,10 @@ def new_ref(
                 f"actor ids are str (or int), got {type(object_id).__name__} "
                 f"{object_id!r} for {info.name}"
             )
+    if not object_id.isascii() or "\x00" in object_id:
+        problem = key_text_problem(object_id)
+        if problem is not None:
+            raise BadArguments(f"actor id {object_id!r} of {info.name} is not allowed: {problem}")
     ref: Ref[Any] = object.__new__(info.ref_cls)
     ref._rio_type = info
     ref._rio_key = (info.name, object_id)

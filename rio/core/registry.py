@@ -9,6 +9,7 @@ resolve.
 from __future__ import annotations
 
 import inspect
+import operator
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,15 @@ from rio.core.errors import BadArguments, RegistrationError, UnknownActorType, U
 if TYPE_CHECKING:
     from rio.core.actor import Actor
 
-__all__ = ["ActorType", "Handler", "actor_type", "all_types", "lookup_type", "register"]
+__all__ = [
+    "ActorType",
+    "Handler",
+    "actor_type",
+    "all_types",
+    "key_text_problem",
+    "lookup_type",
+    "register",
+]
 
 #: Names of the Actor base and the Ref that handlers may not take.
 RESERVED: frozenset[str] = frozenset(
@@ -74,29 +83,73 @@ def _each(
     return check
 
 
+def key_text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be part of an actor's key (type name or id), or None.
+
+    Keys are stored as UTF-8 text by every engine: a NUL character (which PostgreSQL
+    refuses) and a lone surrogate (which has no UTF-8 form) are refused everywhere.
+    """
+    if "\x00" in text:
+        return "it contains a NUL character"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as e:
+            return f"it is not valid Unicode text ({e.reason} at index {e.start})"
+    return None
+
+
 def _make_checker(name: str, tp: Any) -> Callable[[Any], Any] | None:
-    """A function that returns the value (possibly converted) or raises ``ValueError``."""
+    """A function that returns the value (possibly converted) or raises ``ValueError``.
+
+    A value is converted as it would arrive from another process, so a handler gets
+    the same wherever its actor lives: an ``int`` for a ``float`` parameter arrives as
+    a ``float``, an ``IntEnum`` or a ``str`` subclass for ``int`` or ``str`` as a
+    plain ``int`` or ``str``.
+    """
     if tp is Any or tp is object or tp is inspect.Parameter.empty:
         return None
     if tp is int:
 
         def check_int(v: Any) -> Any:
-            if type(v) is int or (isinstance(v, int) and not isinstance(v, bool)):
+            if type(v) is int:
                 return v
+            if isinstance(v, int) and not isinstance(v, bool):
+                return operator.index(v)  # an IntEnum's value, as it travels
             raise ValueError(f"Expected `int`, got `{type(v).__name__}`")
 
         return check_int
     if tp is float:
 
         def check_float(v: Any) -> Any:
-            if type(v) is float or (isinstance(v, int | float) and not isinstance(v, bool)):
+            if type(v) is float:
                 return v
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                return float(v)
             raise ValueError(f"Expected `float`, got `{type(v).__name__}`")
 
         return check_float
-    if isinstance(tp, type) and (
-        tp in (str, bytes, bool, bytearray) or issubclass(tp, msgspec.Struct)
-    ):
+    if tp is str:
+
+        def check_str(v: Any) -> Any:
+            if type(v) is str:
+                return v
+            if isinstance(v, str):
+                return str.__str__(v)  # the text itself, as it travels (str() of an Enum is not)
+            raise ValueError(f"Expected `str`, got `{type(v).__name__}`")
+
+        return check_str
+    if tp in (bytes, bytearray):
+
+        def check_buffer(v: Any) -> Any:
+            if type(v) is tp:
+                return v
+            if isinstance(v, tp):
+                return tp(v)
+            raise ValueError(f"Expected `{tp.__name__}`, got `{type(v).__name__}`")
+
+        return check_buffer
+    if isinstance(tp, type) and (tp is bool or issubclass(tp, msgspec.Struct)):
 
         def check_instance(v: Any) -> Any:
             if isinstance(v, tp):

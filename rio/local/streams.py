@@ -25,7 +25,6 @@ are renewed with the replacement worker.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -34,6 +33,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 
+from rio.core.modules import local_names, travel_name
 from rio.core.streams import TOPIC, StreamKey, StreamLink, Streams
 from rio.local.config import owner_of
 from rio.local.protocol import (
@@ -60,40 +60,16 @@ def event_type_name(cls: type) -> str:
     """How an event's class travels: ``module:qualname``; empty for builtins."""
     name = _type_names.get(cls)
     if name is None:
-        name = _type_names[cls] = f"{cls.__module__}:{cls.__qualname__}"
+        name = _type_names[cls] = f"{travel_name(cls.__module__)}:{cls.__qualname__}"
     return name
 
 
 _ANY_LIST: msgspec.msgpack.Decoder[list[Any]] = msgspec.msgpack.Decoder(list[Any])
-_MAIN_ALIASES = {"__main__": "__mp_main__", "__mp_main__": "__main__"}
-#: How ``rio run app.py`` names the module of a file (rio.cli.loader.FILE_MODULE_PREFIX).
-_FILE_PREFIX = "__rio_app__"
-
-
-def _module_names(module_name: str) -> list[str]:
-    """Where this process may have the module a sender named ``module_name``.
-
-    ``__main__`` and ``__mp_main__`` stand for each other; a file that ``rio run``
-    loaded (``__rio_app__<stem>``) may be imported here as ``<stem>``, or run as the
-    main script.
-    """
-    names = [module_name]
-    alias = _MAIN_ALIASES.get(module_name)
-    if alias is not None:
-        names.append(alias)
-    if module_name.startswith(_FILE_PREFIX):
-        stem = module_name[len(_FILE_PREFIX) :]
-        names.append(stem)
-        for main in ("__main__", "__mp_main__"):
-            path = getattr(sys.modules.get(main), "__file__", None)
-            if path and os.path.splitext(os.path.basename(path))[0] == stem:
-                names.append(main)
-    return names
 
 
 def _resolve(name: str) -> type | None:
     module_name, _, qualname = name.partition(":")
-    for mod in _module_names(module_name):
+    for mod in local_names(module_name):
         module = sys.modules.get(mod) if mod else None
         obj: Any = module
         for part in qualname.split("."):

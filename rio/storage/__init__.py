@@ -13,8 +13,9 @@ URL                                    engine
                                        (also ``rediss://``; ``rio-actors[redis]``)
 =====================================  =========================================
 
-Every networked engine takes ``?prefix=`` (table or key prefix), ``pool_size=`` and
-``connect_timeout=``; see each module for its own options.
+Every networked engine takes ``?prefix=`` (table or key prefix), ``pool_size=``,
+``connect_timeout=`` and ``command_timeout=`` (seconds, 10 each); see each module for
+its own options.
 
 Engines register a URL scheme with :func:`register_engine`; :func:`storage_from_url`
 builds an (unopened) engine from a URL.

@@ -5,8 +5,8 @@ table set built on it needs, whether it holds actor state or, later, cluster
 membership and placement:
 
 * **URL options** — :func:`parse_engine_url` reads host, credentials, database and
-  the options every engine knows (``prefix``, ``pool_size``, ``connect_timeout``),
-  refuses unknown ones, and keeps the password out of :attr:`EngineURL.url`.
+  the options every engine knows (``prefix``, ``pool_size``, ``connect_timeout``,
+  ``command_timeout``), refuses unknown ones, and keeps the password out of :attr:`EngineURL.url`.
 * **Versioned migrations** — :meth:`Engine.migrate` applies a *component*'s list of
   migrations (``"state"``, later ``"membership"``…) once, under a server-side lock,
   so several processes starting at once run each step exactly once. The applied
@@ -18,6 +18,9 @@ membership and placement:
   ``retry`` are tried once more on a fresh connection, so the first call after a
   server restart succeeds. Only idempotent or replay-safe calls may retry: state
   writes carry a random token so a replayed compare-and-set recognises its own write.
+  Connecting is bounded by ``connect_timeout`` and each call by ``command_timeout``,
+  so a server that accepts connections but never answers (a wrong port, a network
+  partition) fails calls with :class:`StorageUnavailable`, never hangs them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from rio.core.errors import ConfigError, StateConflict, StorageError, StorageUna
 from rio.storage import mask_url
 
 __all__ = [
+    "MIGRATION_TIMEOUT",
     "SQL_PREFIX_RE",
     "Engine",
     "EngineURL",
@@ -56,7 +60,13 @@ SQL_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 #: credentials, or the operation itself failed.
 Failure = Literal["unavailable", "auth", "other"]
 
-_COMMON_OPTIONS = ("prefix", "pool_size", "connect_timeout")
+_COMMON_OPTIONS = ("prefix", "pool_size", "connect_timeout", "command_timeout")
+#: Seconds a migration may take, waiting for another process's lock included (each
+#: engine waits 120 s at most for it).
+MIGRATION_TIMEOUT = 180.0
+#: Seconds a call past its limit gets to clean up (free its connection) before it is
+#: cancelled again.
+CLEANUP_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class EngineURL:
     prefix: str
     pool_size: int
     connect_timeout: float
+    command_timeout: float
     options: dict[str, str]
 
 
@@ -88,8 +99,9 @@ def parse_engine_url(
     """Parse ``scheme://user:password@host:port/database?option=value…``.
 
     Known options for every engine: ``prefix`` (table or key prefix), ``pool_size``
-    (most connections held, default 10) and ``connect_timeout`` (seconds, default 10);
-    ``extra_options`` names the engine's own, returned in :attr:`EngineURL.options`.
+    (most connections held, default 10), ``connect_timeout`` (seconds to connect,
+    default 10) and ``command_timeout`` (seconds a call may wait for its answer,
+    default 10); ``extra_options`` names the engine's own, returned in :attr:`EngineURL.options`.
 
     Example::
 
@@ -122,6 +134,7 @@ def parse_engine_url(
         )
     pool_size = _positive(opts.pop("pool_size", "10"), "pool_size", engine, masked)
     timeout = _positive(opts.pop("connect_timeout", "10"), "connect_timeout", engine, masked)
+    command = _positive(opts.pop("command_timeout", "10"), "command_timeout", engine, masked)
     if pool_size != int(pool_size):
         raise ConfigError(f"{engine} URL {masked!r}: pool_size must be a whole number")
     return EngineURL(
@@ -135,6 +148,7 @@ def parse_engine_url(
         prefix=prefix,
         pool_size=int(pool_size),
         connect_timeout=timeout,
+        command_timeout=command,
         options=opts,
     )
 
@@ -243,8 +257,13 @@ class Engine(abc.ABC):
             if self._open:
                 return
             try:
-                await self._connect()
+                async with asyncio.timeout(self.cfg.connect_timeout) as limit:
+                    await self._connect()
             except self._errors() as e:
+                if limit.expired():  # connected, perhaps, but the server never answered
+                    raise self._unanswered(
+                        "connecting", self.cfg.connect_timeout, "connect_timeout"
+                    ) from None
                 raise self.error("connecting", e) from e
             self._open = True
 
@@ -255,26 +274,72 @@ class Engine(abc.ABC):
                 self._open = False
                 await self._disconnect()
 
-    async def run(self, action: str, call: Callable[[], Awaitable[T]], *, retry: bool) -> T:
+    async def run(
+        self,
+        action: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        retry: bool,
+        limit: float | None = None,
+    ) -> T:
         """Await ``call()``, translating driver errors; ``action`` names it in messages.
 
         With ``retry``, a call that failed because its connection was lost is tried
-        once more (the pool has dropped the dead connection by then).
+        once more (the pool has dropped the dead connection by then). An attempt
+        fails with :class:`StorageUnavailable` once it has waited ``limit``
+        seconds (default ``command_timeout``; migrations, which may wait for another
+        process's lock, give :data:`MIGRATION_TIMEOUT`), and is not retried then: the
+        server may be cut off, and the caller's deadline is running.
         """
         if not self._open:
             raise StorageError(f"{self.url} is not open: call open() first")
         errors = self._errors()
+        if limit is None:
+            limit = self.cfg.command_timeout
         try:
-            return await call()
+            return await self._attempt(action, call, limit)
+        except StorageError:
+            raise  # no answer in time: not retried
         except errors as e:
             if not retry or self._classify(e) != "unavailable":
                 raise self.error(action, e) from e
             with contextlib.suppress(Exception):  # best effort: the retry tells the rest
                 await self._connection_lost()
         try:
-            return await call()
+            return await self._attempt(action, call, limit)
+        except StorageError:
+            raise
         except errors as e:
             raise self.error(action, e) from e
+
+    async def _attempt(self, action: str, call: Callable[[], Awaitable[T]], limit: float) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        # A driver may wait, after its query is cancelled, for the server to confirm
+        # the cancellation before it frees the connection (asyncpg does): from a cut-off
+        # server that never comes. Cancelled again, it drops the connection instead.
+        again = _Recancel(task)
+        handle = loop.call_at(loop.time() + limit + CLEANUP_GRACE, again)
+        try:
+            async with asyncio.timeout(limit) as timer:
+                return await call()
+        except TimeoutError:
+            if not timer.expired():
+                raise  # the driver's own
+            raise self._unanswered(action, limit, "command_timeout") from None
+        except asyncio.CancelledError:
+            if again.fired and task.uncancel() == 0:  # ours, and no one else's
+                raise self._unanswered(action, limit, "command_timeout") from None
+            raise
+        finally:
+            handle.cancel()
+
+    def _unanswered(self, action: str, seconds: float, option: str) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"{self.kind} at {self.url}: {action} got no answer within {seconds:g}s "
+            f"({option}); the server is slow, cut off, or not a {self.kind} server"
+        )
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (*self._driver_errors(), OSError, TimeoutError)
@@ -327,3 +392,17 @@ class Engine(abc.ABC):
 
     async def _connection_lost(self) -> None:  # noqa: B027 (optional hook)
         """Drop idle connections that may be dead too (after a server restart)."""
+
+
+class _Recancel:
+    """Cancels a task when called, and remembers that it did."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()

@@ -3,8 +3,9 @@
 Used by engines with a native JSON column (PostgreSQL's ``jsonb``). A state type is
 JSON-able when msgspec's type tree holds only JSON-safe types — structs, strings,
 ints, bools, lists, dicts, enums, date/time, UUID, decimal. ``bytes``, ``Any`` and
-custom or raw types are not: JSON cannot say what they were. Floats are checked per
-value, because msgspec writes NaN and infinity as ``null``; strings holding NUL are
+custom or raw types are not: JSON cannot say what they were, and ``jsonb`` cannot
+say whether a number was an ``int`` or a ``float`` (``int | float``). Floats are
+checked per value, because msgspec writes NaN and infinity as ``null``; strings holding NUL are
 refused per value too (``jsonb`` cannot store them).
 """
 
@@ -74,6 +75,9 @@ def _walk(t: msgspec.inspect.Type, found: set[str], seen: set[int]) -> None:
     elif isinstance(t, ins.Metadata):
         _walk(t.type, found, seen)
     elif isinstance(t, ins.UnionType):
+        kinds = {type(member) for member in t.types}
+        if ins.IntType in kinds and ins.FloatType in kinds:
+            found.add("opaque")  # jsonb writes 2.0 as 2: which of the two it was is lost
         for member in t.types:
             _walk(member, found, seen)
     elif isinstance(t, ins.ListType | ins.SetType | ins.FrozenSetType | ins.VarTupleType):

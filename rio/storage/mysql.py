@@ -2,7 +2,8 @@
 
 URL: ``mysql://user:password@host:3306/database?prefix=rio_`` (``mariadb://`` too).
 Options: ``prefix`` (table prefix, default ``rio_``), ``pool_size`` (default 10),
-``connect_timeout`` (seconds). The user defaults to ``root``; the database is required.
+``connect_timeout`` and ``command_timeout`` (seconds, 10 each). The user defaults to
+``root``; the database is required.
 
 One InnoDB table, ``<prefix>state``: msgpack in a ``LONGBLOB``, keyed by
 ``(type_name, object_id)`` stored as ``VARBINARY`` (UTF-8 bytes), because the
@@ -42,6 +43,7 @@ from rio.core.codec import decode_state, encode_state
 from rio.core.errors import ConfigError, StorageError
 from rio.storage import register_engine
 from rio.storage._engine import (
+    MIGRATION_TIMEOUT,
     Engine,
     Failure,
     TableNames,
@@ -213,7 +215,9 @@ class MySQLEngine(Engine):
                     if not conn.closed:
                         await query("SELECT RELEASE_LOCK(%s)", name)
 
-        return await self.run(f"migrating {component} tables", run, retry=True)
+        return await self.run(
+            f"migrating {component} tables", run, retry=True, limit=MIGRATION_TIMEOUT
+        )
 
 
 class MySQLStorage(StateStorage):

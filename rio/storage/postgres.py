@@ -2,9 +2,9 @@
 
 URL: ``postgresql://user:password@host:5432/database?prefix=rio_&schema=public``
 (``postgres://`` too). Options: ``prefix`` (table prefix, default ``rio_``),
-``schema`` (created if missing), ``pool_size`` (default 10), ``connect_timeout``
-(seconds), ``sslmode`` (``disable``, ``prefer``, ``require``, ``verify-ca``,
-``verify-full``).
+``schema`` (created if missing), ``pool_size`` (default 10), ``connect_timeout`` and
+``command_timeout`` (seconds, 10 each), ``sslmode`` (``disable``, ``prefer``,
+``require``, ``verify-ca``, ``verify-full``).
 
 One table, ``<prefix>state``, keyed by ``(type_name, object_id)``, with two value
 columns of which exactly one is set (a CHECK constraint says so):
@@ -43,6 +43,7 @@ from rio.core.codec import decode_state, decode_state_json, encode_state
 from rio.core.errors import ConfigError
 from rio.storage import register_engine
 from rio.storage._engine import (
+    MIGRATION_TIMEOUT,
     SQL_PREFIX_RE,
     Engine,
     Failure,
@@ -218,7 +219,9 @@ class PostgresEngine(Engine):
 
                 return await apply_migrations(self.url, component, len(migrations), read, apply)
 
-        return await self.run(f"migrating {component} tables", run, retry=True)
+        return await self.run(
+            f"migrating {component} tables", run, retry=True, limit=MIGRATION_TIMEOUT
+        )
 
 
 async def _no_reset(conn: Any) -> None:

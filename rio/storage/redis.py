@@ -3,7 +3,7 @@
 URL: ``redis://user:password@host:6379/0?prefix=rio:`` (``rediss://`` for TLS); the
 path is the database number. Options: ``prefix`` (key prefix, default ``rio:``;
 letters, digits and ``_:.-``, so it is also a safe ``SCAN`` pattern), ``pool_size``
-(default 10), ``connect_timeout`` (seconds).
+(default 10), ``connect_timeout`` and ``command_timeout`` (seconds, 10 each).
 
 Each state is one hash, ``<prefix>state:<len>:<type>:<id>`` (the type name's length in
 UTF-8 bytes keeps ``a:b``/``c`` and ``a``/``b:c`` apart), with fields ``v`` (version),
@@ -50,7 +50,14 @@ from redis.exceptions import (
 from rio.core.codec import decode_state, encode_state
 from rio.core.errors import ConfigError, StorageError
 from rio.storage import register_engine
-from rio.storage._engine import Engine, Failure, apply_migrations, conflict, parse_engine_url
+from rio.storage._engine import (
+    MIGRATION_TIMEOUT,
+    Engine,
+    Failure,
+    apply_migrations,
+    conflict,
+    parse_engine_url,
+)
 from rio.storage.base import StateStorage, StoredReminder, StoredState, to_ms
 
 __all__ = [
@@ -261,7 +268,9 @@ class RedisEngine(Engine):
             finally:
                 await client.eval(_UNLOCK, 1, lock, token)
 
-        return await self.run(f"migrating {component} keys", run, retry=True)
+        return await self.run(
+            f"migrating {component} keys", run, retry=True, limit=MIGRATION_TIMEOUT
+        )
 
 
 class RedisStorage(StateStorage):

@@ -298,6 +298,24 @@ async def test_a_call_with_a_nan_budget_is_refused_and_deadlines_keep_working(
     await hold
 
 
+async def test_a_client_call_that_times_out_names_its_actor_and_method(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    # As on every other path, not "node X did not answer request 7".
+    await nodes(1)
+    async with rio.connect(urls[0], secret=SECRET) as client:
+        for object_id in ("first-call", "cached"):  # the routed path, then the fast one
+            ref = client.ref(RvCounter, object_id)
+            if object_id == "cached":
+                await ref.get()
+            with pytest.raises(rio.CallTimeout) as info:
+                await ref.with_timeout(0.3).hold(2.0)
+            message = str(info.value)
+            assert f"RvCounter/{object_id}.hold() did not answer within " in message
+            assert "(node " in message
+            assert "ref.with_timeout(seconds)" in message
+
+
 async def test_calls_in_flight_when_a_client_closes_fail_at_once(
     nodes: Nodes, urls: tuple[str, str]
 ) -> None:

@@ -95,6 +95,20 @@ def test_ids_other_than_str_or_int_are_refused(bad_id: object) -> None:
         TaCounter.ref(bad_id)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("bad_id", "problem"),
+    [("a\x00b", "contains a NUL character"), ("x\ud800", "not valid Unicode text")],
+)
+def test_ids_no_storage_engine_can_keep_are_refused(bad_id: str, problem: str) -> None:
+    # Every engine stores keys as UTF-8 text (PostgreSQL refuses NUL): refused at the
+    # ref, the same on every engine, rather than as a driver error on the first save.
+    with pytest.raises(
+        rio.BadArguments, match=f"actor id .* of TaCounter is not allowed: .*{problem}"
+    ):
+        TaCounter.ref(bad_id)
+    assert TaCounter.ref("naïve ☃").id == "naïve ☃"
+
+
 def test_refs_are_values() -> None:
     a = TaCounter.ref("a")
     assert a == TaCounter.ref("a")

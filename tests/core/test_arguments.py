@@ -1,5 +1,6 @@
 """Messages and answers: Struct arguments and results, and bad calls refused clearly."""
 
+import enum
 from typing import Any
 
 import msgspec
@@ -64,6 +65,19 @@ class TgTyped(rio.Actor):
 
     async def _hidden(self) -> None:
         pass
+
+
+class TgKind(enum.IntEnum):
+    LOW = 1
+
+
+class TgColor(str, enum.Enum):  # noqa: UP042 - str() of this kind is not its text
+    RED = "red"
+
+
+class TgSeen(rio.Actor):
+    async def seen(self, f: float, i: int, s: str, fs: list[float]) -> list[str]:
+        return [repr(f), repr(i), repr(s), repr(fs)]
 
 
 class TgBroken(rio.Actor):
@@ -284,3 +298,10 @@ async def test_types_not_hosted_by_the_app_are_refused(make_app: AppFactory) -> 
         assert "hosted: TgHosted" in message
         assert "add it to App(actors=[...])" in message
         assert not await is_active(system, TgNotHosted, "h")
+
+
+async def test_a_handler_gets_the_same_values_wherever_its_actor_lives(system: rio.System) -> None:
+    # What another process would decode: an int for a float parameter is a float, an
+    # IntEnum for an int is a plain int, a str Enum for a str is its text.
+    seen = await TgSeen.ref("s").seen(3, TgKind.LOW, TgColor.RED, [1, 2.5])
+    assert seen == ["3.0", "1", "'red'", "[1.0, 2.5]"]

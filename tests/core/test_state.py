@@ -51,11 +51,21 @@ class TsAccount(rio.Actor[TsAccountState]):
         self.state = TsAccountState(balance=balance)
         await self.save()
 
+    async def deposit_wrong(self, amount: int) -> None:
+        self.state.balance += amount
+        self.state.history.append(str(amount))  # type: ignore[arg-type]
+        await self.save()
+
 
 class TsAutoSaved(rio.Actor[TsAccountState], save_on_deactivate=True):
     async def add(self, amount: int) -> int:
         self.state.balance += amount
         return self.state.balance
+
+    async def add_and_save_wrong(self, amount: int) -> None:
+        self.state.balance += amount
+        self.state.history.append("not an int")  # type: ignore[arg-type]
+        await self.save()
 
     async def balance(self) -> int:
         return self.state.balance
@@ -178,6 +188,40 @@ async def test_save_on_deactivate_at_app_stop(make_app: AppFactory, sqlite_url: 
         await TsAutoSaved.ref("stop").add(9)
     async with make_app(storage=sqlite_url):
         assert await TsAutoSaved.ref("stop").balance() == 9
+
+
+async def test_a_state_that_would_not_load_back_is_not_saved(engine_system: rio.System) -> None:
+    # msgspec would encode a str in a list[int] field; stored, it would fail every
+    # later activation of the object. The save is refused instead, naming the field.
+    ref = TsAccount.ref("wrong")
+    await ref.deposit(1)
+    with pytest.raises(rio.StateEncodeError) as info:
+        await ref.deposit_wrong(5)
+    message = str(info.value)
+    assert "TsAccount/wrong: the state cannot be saved" in message
+    assert "$.history[1]" in message
+    assert await stored(engine_system, TsAccount, "wrong") == TsAccountState(1, [1])
+    # The failed turn's changes go with its activation: the caller was told they were
+    # not stored, and the next call sees what is.
+    assert await ref.balance() == 1
+    assert await ref.deposit(2) == 3
+
+
+async def test_a_failed_save_is_not_written_on_deactivation(
+    sqlite_system: rio.System, logs: list[str]
+) -> None:
+    ref = TsAutoSaved.ref("failed")
+    await ref.add(1)
+    with pytest.raises(rio.StateEncodeError):
+        await ref.add_and_save_wrong(10)
+    # Deactivated after the failed turn, without saving its changes (nor the add
+    # before it, which had not been saved either: save_on_deactivate would have).
+    assert await stored(sqlite_system, TsAutoSaved, "failed") is None
+    assert await ref.balance() == 0
+    assert any(
+        "not saving TsAutoSaved/failed on deactivation: its last save failed" in line
+        for line in logs
+    )
 
 
 async def test_clear_state(system: rio.System) -> None:

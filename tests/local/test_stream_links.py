@@ -4,6 +4,7 @@ backlog drops reported as lag, events rebuilt as their class."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import msgspec
@@ -163,18 +164,35 @@ async def test_topics_register_with_every_other_process(workers: int) -> None:
     assert sorted(dst for dst, _ in hub.take()) == [p for p in range(workers + 1) if p != 1]
 
 
-def test_a_class_in_a_file_rio_run_loaded_is_found_under_its_plain_name() -> None:
-    import sys
+@pytest.mark.parametrize("here", ["lk_plain_app", "__rio_app__lk_plain_app", "__main__"])
+@pytest.mark.parametrize("there", ["lk_plain_app", "__rio_app__lk_plain_app", "__main__"])
+def test_a_class_travels_by_its_file_however_each_end_loaded_it(
+    here: str, there: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One file, app.py: `python app.py` runs it as __main__, `rio run app.py` loads it
+    # as __rio_app__app, a client imports it as app. Events and errors name its
+    # classes the same way whichever of the three each end did.
     import types
 
-    from rio.local.streams import _resolve
+    from rio.core.errors import qualified_name
+    from rio.local.streams import _resolve, event_type_name
 
-    module = types.ModuleType("lk_plain_app")
-    module.LkEvent = LkEvent  # type: ignore[attr-defined]
-    sys.modules["lk_plain_app"] = module
-    try:
-        # A node ran `rio run lk_plain_app.py`; this process imported the file.
-        assert _resolve("__rio_app__lk_plain_app:LkEvent") is LkEvent
-        assert _resolve("__rio_app__lk_other:LkEvent") is None
-    finally:
-        del sys.modules["lk_plain_app"]
+    def module(name: str, cls: type) -> None:
+        mod = types.ModuleType(name)
+        mod.__file__ = "/srv/lk-plain-app.py" if name == "__main__" else "/srv/lk_plain_app.py"
+        setattr(mod, cls.__name__, cls)
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    sent = type("LkSent", (Exception,), {"__module__": there})
+    module(there, sent)
+    name = event_type_name(sent)
+    assert name == "lk_plain_app:LkSent"
+    remote_type = qualified_name(sent)
+    assert remote_type == "lk_plain_app.LkSent"
+    mine = type("LkSent", (Exception,), {"__module__": here})
+    for gone in {"lk_plain_app", "__rio_app__lk_plain_app", "__main__"} - {here}:
+        monkeypatch.delitem(sys.modules, gone, raising=False)
+    module(here, mine)
+    assert _resolve(name) is mine
+    assert _resolve("lk_other:LkSent") is None
+    assert qualified_name(mine) == remote_type  # so RemoteError.is_a matches
