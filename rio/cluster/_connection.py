@@ -668,8 +668,12 @@ class Connection(asyncio.BufferedProtocol):
                 )
                 return reason
             return f"the connection broke: {exc}" if exc is not None else "it closed the connection"
+        if not self._server_side and not self._handshake.server_nonce:
+            # It never sent its challenge: no verdict on our secret (it was stopping,
+            # or it is no rio node), so nothing to warn about.
+            return "it closed the connection before the handshake began"
         if not self._server_side:
-            self._refused = True
+            self._refused = True  # it saw our proof, and hung up
             reason = (
                 "it closed the connection during the handshake: the cluster secrets "
                 "differ, or the rio versions or TLS settings do, or it is not a rio node "

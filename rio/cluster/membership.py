@@ -30,6 +30,7 @@ from loguru import logger
 
 from rio.cluster.settings import ClusterSettings
 from rio.cluster.store import ClusterStore, Member
+from rio.core.background import cancel_and_wait
 from rio.core.errors import ConfigError, RioError, StorageError
 
 __all__ = ["MembershipAgent", "MembershipView", "ring_successors"]
@@ -97,8 +98,7 @@ class MembershipView:
     async def stop(self) -> None:
         """Stop refreshing."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def refresh(self) -> None:
@@ -319,9 +319,7 @@ class MembershipAgent:
     async def stop(self) -> None:
         """Stop heartbeats and probes (the row stays as it is)."""
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
     async def _set_status(self, status: Any) -> None:
         row = await self.store.update(self.me, status=status)

@@ -54,6 +54,7 @@ import msgspec
 from loguru import logger
 
 from rio.cluster.routing import SubscribeReq, UnsubscribeReq
+from rio.core.background import cancel_and_wait
 from rio.core.errors import BadArguments, NodeUnreachable, RioError, SystemStopping
 from rio.core.streams import TOPIC, StreamKey, StreamRelay, Streams, StreamUplink
 from rio.local.streams import EventDecoders, event_runs
@@ -696,9 +697,7 @@ class ClusterSubscriptions(StreamUplink):
         self._closed = True
         tasks = [p.dialing for p in self._peers.values() if p.dialing is not None]
         tasks.extend(self._watchers)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         self._peers.clear()
         self._by_conn.clear()
         if self.streams.uplink is self:

@@ -20,9 +20,30 @@ if TYPE_CHECKING:
     from rio.core.actor import Actor
     from rio.core.runtime import Runtime
 
-__all__ = ["Background"]
+__all__ = ["Background", "cancel_and_wait"]
+
+#: Seconds between cancellations of a task that went on after being cancelled.
+RECANCEL_EVERY = 0.1
 
 R = TypeVar("R")
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel rio's own service ``tasks`` (refresh loops...) and wait until they end.
+
+    A task that goes on after its cancellation is cancelled again, every
+    :data:`RECANCEL_EVERY` seconds: a driver may have swallowed the first one (redis-py's
+    ``asyncio.wait_for`` can, on Python 3.11), and a service loop would then run on, and
+    this wait with it, for good. Their outcomes are not raised.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_EVERY)
+    for t in tasks:
+        if not t.cancelled():
+            t.exception()  # retrieved: a task that failed before was logged by its owner
 
 
 class _Thread:

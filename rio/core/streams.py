@@ -372,8 +372,7 @@ class Streams:
         if log.relays or log.nsubs > 0:
             return
         self._unregister(log)
-        if not log.remote:
-            self._drop(log)
+        self._drop_if_unused(log)
 
     # -- called by the link with what other processes send ----------------------------
 
@@ -392,14 +391,18 @@ class Streams:
         if log is None or log.remote.get(src) != link_id:
             return
         del log.remote[src]
-        if not log.remote and log.nsubs <= 0:
-            self._drop(log)
+        self._drop_if_unused(log)
 
     def forget_process(self, src: int) -> None:
         """Process ``src`` died: drop its subscriptions here."""
         for log in list(self._logs.values()):
-            if log.remote.pop(src, None) is not None and not log.remote and log.nsubs <= 0:
-                self._drop(log)
+            if log.remote.pop(src, None) is not None:
+                self._drop_if_unused(log)
+
+    def _drop_if_unused(self, log: Log) -> None:
+        """Drop ``log`` once no subscriber, relay to other nodes or other process uses it."""
+        if log.nsubs <= 0 and not log.relays and not log.remote:
+            self._drop(log)
 
     def receive(self, link_id: int, events: list[Any], missed: int = 0) -> None:
         """Events published elsewhere for log ``link_id`` (unknown ids are stale: dropped)."""

@@ -717,3 +717,28 @@ def test_a_joining_node_is_waited_for_while_its_heartbeat_moves_whatever_its_clo
     assert not view.joining("T")
     view.apply([row("fresh", time.time())])
     assert view.joining("T")  # fresh by its own clock from the first read
+
+
+async def test_a_view_stops_even_when_its_store_swallowed_the_cancellation() -> None:
+    # redis-py's asyncio.wait_for can swallow a cancellation on Python 3.11: the
+    # refresh loop then went on, and leaving `async with rio.connect(...)` hung.
+    reading = asyncio.Event()
+    reads: list[int] = []
+    swallowed: list[bool] = []
+
+    async def fetch() -> list[Member]:
+        reads.append(1)
+        if len(reads) == 2:  # the first refresh after start()
+            reading.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed.append(True)  # as the driver does: the read "completes"
+        return []
+
+    view = MembershipView(fetch, 0.01, "test")
+    await view.start()
+    await reading.wait()
+    async with asyncio.timeout(5):
+        await view.stop()
+    assert swallowed == [True]

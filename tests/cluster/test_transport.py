@@ -731,6 +731,28 @@ def test_a_server_that_cannot_prove_the_secret_is_refused(run: Run, logs: list[s
     run(main())
 
 
+def test_a_peer_that_hangs_up_before_its_challenge_is_not_called_a_secret_mismatch(
+    run: Run, logs: list[str]
+) -> None:
+    # A node killed while we dial it, or no rio node at all: it never saw our proof,
+    # so nothing says the secrets differ (and the router must not pass it over as such).
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(_auth.HELLO_SIZE)
+        writer.close()
+
+    async def main() -> None:
+        fake = await asyncio.start_server(hang_up, HOST, 0)
+        port = fake.sockets[0].getsockname()[1]
+        async with fake:
+            with pytest.raises(rio.NodeUnreachable) as info:
+                await connect(HOST, port, secret=SECRET, name="gone")
+        assert "before the handshake began" in str(info.value)
+        assert not getattr(info.value, "handshake_refused", False)
+        assert not logged(logs, "WARNING", "handshake with gone failed")
+
+    run(main())
+
+
 def test_the_secret_never_crosses_the_wire(run: Run) -> None:
     async def main() -> None:
         seen = bytearray()

@@ -11,8 +11,8 @@ import msgspec
 import pytest
 
 import rio
-from rio.core.streams import Streams
-from rio.local.protocol import Events, Subscribe, Subscribed, decode
+from rio.core.streams import StreamRelay, Streams
+from rio.local.protocol import Events, Subscribe, Subscribed, Unsubscribe, decode
 from rio.local.streams import BACKLOG, StreamLinks, event_type_name
 
 
@@ -150,6 +150,38 @@ async def test_an_unknown_event_class_arrives_as_builtins(logs: list[str]) -> No
     links.on_message(owner, Events(subscribe.link, 0, "nowhere:Gone", raw))
     assert await anext(sub) == {"n": 1}
     assert any("events of type nowhere:Gone arrive as builtins" in line for line in logs)
+
+
+class _Relay(StreamRelay):
+    """What a cluster node keeps for a subscriber on another node: records pushes."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def push(self, event: Any) -> None:
+        self.events.append(event)
+
+    def push_many(self, events: list[Any], missed: int) -> None:
+        self.events.extend(events)
+
+    def dropped(self, missed: int, lost: bool = False) -> None:
+        pass
+
+
+@pytest.mark.parametrize("how", ["unsubscribes", "dies"])
+async def test_a_relay_to_another_node_outlives_a_worker_subscriber(how: str) -> None:
+    # A node's main process relays a topic to a client on another node; a subscriber in
+    # one of its workers comes and goes. The relay must go on getting what is published.
+    streams, _hub, links = _pair()
+    relay = _Relay()
+    streams.add_relay(KEY, relay)
+    links.on_message(0, Subscribe(7, *KEY))
+    if how == "unsubscribes":
+        links.on_message(0, Unsubscribe(7, *KEY))
+    else:
+        streams.forget_process(0)
+    streams.publish(KEY, LkEvent(1))
+    assert relay.events == [LkEvent(1)]
 
 
 @pytest.mark.parametrize("workers", [1, 3])
