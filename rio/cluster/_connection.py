@@ -668,17 +668,19 @@ class Connection(asyncio.BufferedProtocol):
                 )
                 return reason
             return f"the connection broke: {exc}" if exc is not None else "it closed the connection"
-        if not self._server_side and not self._handshake.server_nonce:
-            # It never sent its challenge: no verdict on our secret (it was stopping,
-            # or it is no rio node), so nothing to warn about.
-            return "it closed the connection before the handshake began"
         if not self._server_side:
-            self._refused = True  # it saw our proof, and hung up
-            reason = (
-                "it closed the connection during the handshake: the cluster secrets "
-                "differ, or the rio versions or TLS settings do, or it is not a rio node "
-                "(its log says which)"
-            )
+            self._refused = True
+            if self._handshake.server_nonce:  # it read our proof, and hung up
+                reason = (
+                    "it closed the connection in the handshake, after our proof: the cluster "
+                    "secrets differ (its log says so)"
+                )
+            else:
+                reason = (
+                    "it closed the connection in the handshake, before its challenge: the TLS "
+                    "settings or rio versions differ, or it is not a rio node, or it was "
+                    "stopping (its log says which)"
+                )
             logger.warning("cluster transport: handshake with {} failed: {}", self.peer, reason)
             return reason
         reason = "it closed the connection during the handshake"

@@ -400,6 +400,7 @@ class NodeCore:
         #: placement hook yet, so calls that come (meant for a previous incarnation
         #: at this address) are redirected rather than activated unclaimed.
         self._serving = False
+        self._joined_at = 0.0  # monotonic time its row said joining
 
     @property
     def link(self) -> ClusterLink:
@@ -464,6 +465,7 @@ class NodeCore:
                 link.store, s, self.member, link.view, self._probe, self._stats
             )
             await self._agent.join()
+            self._joined_at = time.monotonic()
         except BaseException:
             await self.abort()
             raise
@@ -486,6 +488,11 @@ class NodeCore:
     async def activate(self) -> None:
         """Take new activations."""
         assert self._agent is not None
+        # Subscribers register their streams with a joining node as they see it: give
+        # them the grace before anything is activated or published here.
+        wait = self._joined_at + self.settings.grace - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
         # Serving first: once the table says active, a call placed here must be
         # served, not turned away as "not serving yet".
         self._serving = True

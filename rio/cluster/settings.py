@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import ssl
@@ -59,6 +60,11 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         suspicion_window: seconds a suspicion counts (10.0).
         heartbeat_period: how often a member writes its row (2.0).
         refresh: how often every process rereads the membership table (1.0).
+        join_grace: seconds a new node stays ``joining``, listening, before it takes
+            activations and clients publish topics through it: time for every
+            subscriber in the cluster to see it and register its streams there, so
+            that no event published on it is missed (default: twice ``refresh``;
+            raise it when clients refresh less often than the nodes).
         prune_after: seconds after which dead and left rows are deleted (3600).
         redirects: redirects a call follows before it fails (3).
         tls_cert: a PEM certificate chain: with ``tls_key``, the node's listener speaks
@@ -83,6 +89,7 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     suspicion_window: float = 10.0
     heartbeat_period: float = 2.0
     refresh: float = 1.0
+    join_grace: float | None = None
     prune_after: float = 3600.0
     redirects: int = 3
     tls_cert: str | None = None
@@ -122,6 +129,10 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
                 raise ConfigError(f"cluster setting {name} must be > 0, got {getattr(self, name)}")
         if not self.refresh > 0:
             raise ConfigError(f"cluster setting refresh must be > 0, got {self.refresh}")
+        if self.join_grace is not None and not 0 <= self.join_grace < math.inf:
+            raise ConfigError(
+                f"cluster setting join_grace must be >= 0 seconds, got {self.join_grace}"
+            )
         for name in ("probe_targets", "missed_probes", "votes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"cluster setting {name} must be >= 1, got {getattr(self, name)}")
@@ -136,6 +147,11 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
         cluster_store_from_url(self.url)  # a malformed URL too, before anything starts
         return resolved
+
+    @property
+    def grace(self) -> float:
+        """Seconds a new node waits, joining, before it serves (see ``join_grace``)."""
+        return 2 * self.refresh if self.join_grace is None else self.join_grace
 
     def server_ssl(self) -> ssl.SSLContext | None:
         """The listener's TLS context, or None for plain TCP.

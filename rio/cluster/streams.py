@@ -676,10 +676,14 @@ class ClusterSubscriptions(StreamUplink):
                 self._send_publish(conn, topic, events)
 
     def _publisher_for(self, topic: str) -> str | None:
-        live = [mid for mid in self.view.live if mid != self.me]
-        if not live:
-            return None
-        return max(live, key=lambda mid: _rank(topic, mid))
+        # An active member: one still joining may not hold every subscriber's
+        # registration yet (it turns active after ClusterSettings.join_grace).
+        members = [m.member_id for m in self.view.all_accepting() if m.member_id != self.me]
+        if not members:  # none active: a joining or draining one, rather than nothing
+            members = [mid for mid in self.view.live if mid != self.me]
+            if not members:
+                return None
+        return max(members, key=lambda mid: _rank(topic, mid))
 
     def _send_publish(self, conn: Connection, topic: str, events: list[Any]) -> None:
         def make(missed: int, type_name: str, run: Any) -> PublishMsg:

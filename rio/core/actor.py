@@ -88,7 +88,6 @@ class Actor(Generic[S]):
         "_rio_status": "",
         "_rio_system": "",
         "_rio_timers": "",
-        "_rio_unsaved": "",
         "_rio_version": "",
     }
 
@@ -105,7 +104,6 @@ class Actor(Generic[S]):
     _rio_status: int
     _rio_system: Runtime
     _rio_timers: dict[Any, Timer] | None
-    _rio_unsaved: bool  # its last save failed: what it holds is not what is stored
     _rio_version: int
 
     _rio_type: ClassVar[ActorType]

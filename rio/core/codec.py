@@ -13,18 +13,23 @@ import msgspec
 from rio.core.errors import StateDecodeError, StateEncodeError
 
 __all__ = [
+    "CHECK_LIMIT",
     "ENCODE_ERRORS",
     "PLAIN_TYPES",
-    "check_state",
     "decode_state",
     "decode_state_json",
+    "encode_checked",
     "encode_state",
     "encode_state_json",
+    "not_loadable",
 ]
 
 #: Types of the values a handler answers most, never awaitable: checked before asking
 #: a value's type for ``__await__`` (a miss costs a formatted AttributeError).
 PLAIN_TYPES = frozenset({int, str, float, bool, type(None), bytes, list, dict, tuple})
+
+#: Encoded states up to this many bytes are checked to load back before they are saved.
+CHECK_LIMIT = 1 << 20
 
 #: What encoding a value with msgspec may raise (a type it cannot encode, an int
 #: over 64 bits...).
@@ -54,27 +59,36 @@ def encode_state_json(state: Any) -> bytes:
     return _json_encoder.encode(state)
 
 
-def check_state(state: Any, state_type: Any, type_name: str, object_id: str) -> None:
-    """Check that ``state`` would load back as ``state_type`` once stored.
+def encode_checked(state: Any, state_type: Any, type_name: str, object_id: str) -> bytes:
+    """Encode a state as msgpack, checking first that it would load back as ``state_type``.
 
     msgspec encodes values as they are, whatever the fields declare, so a state that
-    holds a ``str`` in an ``int`` field saves fine and then fails every activation.
-    This encodes it and decodes the result as a load would.
+    holds a ``str`` in an ``int`` field would save fine and then fail every later
+    activation. Encodings up to :data:`CHECK_LIMIT` bytes are decoded as a load
+    would; larger ones are not (the check would cost more than the write).
 
     Raises:
-        StateEncodeError: it would not decode, naming msgspec's path to the bad field.
+        StateEncodeError: it would not load back, naming msgspec's path to the field.
         msgspec.EncodeError, TypeError, ValueError, OverflowError: it does not encode.
     """
     data = _msgpack_encoder.encode(state)
-    try:
-        _msgpack_decoder(state_type).decode(data)
-    except msgspec.DecodeError as e:
-        tname = getattr(state_type, "__qualname__", repr(state_type))
-        raise StateEncodeError(
-            f"{type_name}/{object_id}: the state cannot be saved: it would not load back "
-            f"as {tname}: {e}; give each field a value of its declared type "
-            "(nothing was written)"
-        ) from None
+    if len(data) <= CHECK_LIMIT:
+        try:
+            _msgpack_decoder(state_type).decode(data)
+        except msgspec.DecodeError as e:
+            raise not_loadable(e, state_type, type_name, object_id) from None
+    return data
+
+
+def not_loadable(
+    e: msgspec.DecodeError, state_type: Any, type_name: str, object_id: str
+) -> StateEncodeError:
+    """The error for a state whose encoding does not decode as ``state_type`` (``e``)."""
+    tname = getattr(state_type, "__qualname__", repr(state_type))
+    return StateEncodeError(
+        f"{type_name}/{object_id}: the state cannot be saved: it would not load back as "
+        f"{tname}: {e}; give each field a value of its declared type (nothing was written)"
+    )
 
 
 def decode_state(data: bytes, state_type: Any, type_name: str, object_id: str) -> Any:

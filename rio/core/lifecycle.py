@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from loguru import logger
 
 from rio.core.actor import Actor
-from rio.core.codec import ENCODE_ERRORS, check_state, encode_state
+from rio.core.codec import ENCODE_ERRORS, encode_state
 from rio.core.context import CURRENT_TURN
 from rio.core.errors import (
     ActivationFailed,
@@ -103,7 +103,6 @@ class Lifecycle:
         act._rio_status = NEW
         act._rio_deact = False
         act._rio_draining = False
-        act._rio_unsaved = False
         act._rio_bg = None
         act._rio_timers = None
         act._rio_version = 0
@@ -239,7 +238,12 @@ class Lifecycle:
                     CURRENT_TURN.reset(token)
             await self.background.stop_all(act)
             if was_active and info.save_on_deactivate and info.state_type is not None:
-                await self._save_on_deactivate(act)
+                try:
+                    await self.save_state(act)
+                except Exception as e:
+                    logger.opt(exception=e).error(
+                        "{}: saving {} on deactivation failed: {}", self.name, key_str(key), e
+                    )
         finally:
             act._rio_busy -= 1
             act._rio_status = DEAD
@@ -251,27 +255,6 @@ class Lifecycle:
                 if not w.done():
                     w.set_result(None)
             self._rehome(act)
-
-    async def _save_on_deactivate(self, act: Actor[Any]) -> None:
-        """Save a deactivating actor's state (``save_on_deactivate``), logging a failure.
-
-        Not when its last save failed: its caller was told the state was not stored.
-        """
-        where = key_str(act._rio_key)
-        if act._rio_unsaved:
-            logger.warning(
-                "{}: not saving {} on deactivation: its last save failed, so the next "
-                "activation loads the stored state",
-                self.name,
-                where,
-            )
-            return
-        try:
-            await self.save_state(act)
-        except Exception as e:
-            logger.opt(exception=e).error(
-                "{}: saving {} on deactivation failed: {}", self.name, where, e
-            )
 
     def _rehome(self, act: Actor[Any]) -> None:
         """Hand messages that arrived during deactivation to a fresh activation."""
@@ -330,21 +313,16 @@ class Lifecycle:
         done: asyncio.Future[None] = self._loop_().create_future()
         self._saving[key] = done
         try:
-            check_state(act.state, info.state_type, info.name, act.id)
             act._rio_version = await self.storage.save(
                 info.name, act.id, act.state, info.state_type, act._rio_version
             )
-        except BaseException as e:
-            # The caller learns the state was not stored, but it lives on in memory:
-            # the activation goes after this turn, so the next call loads what storage
-            # holds, and save_on_deactivate does not write it either.
-            act._rio_unsaved = True
+        except StateConflict:
             self.deactivate_soon(act)
-            if isinstance(e, ENCODE_ERRORS) and not isinstance(e, StateEncodeError):
-                raise unencodable_state(info.name, act.id, act.state, e) from e
             raise
-        else:
-            act._rio_unsaved = False
+        except ENCODE_ERRORS as e:
+            if isinstance(e, StateEncodeError):  # the engine's own check named the field
+                raise
+            raise unencodable_state(info.name, act.id, act.state, e) from e
         finally:
             del self._saving[key]
             done.set_result(None)

@@ -28,12 +28,12 @@ def file_module_name(path: str) -> str:
 
 
 def _main_name(main: str) -> str | None:
-    """What the script that this process runs as ``main`` travels as, if it is a file."""
-    module = sys.modules.get(main)
-    spec = getattr(module, "__spec__", None)
-    if spec is not None and spec.name not in MAIN_MODULES:  # python -m pkg.mod
-        return str(spec.name)
-    path = getattr(module, "__file__", None)
+    """What the script that this process runs as ``main`` travels as, if it is a file.
+
+    Its file's stem, even under ``python -m pkg.mod``: the worker processes load the
+    script from its file, with no package to name it by.
+    """
+    path = getattr(sys.modules.get(main), "__file__", None)
     return file_module_name(path) if isinstance(path, str) else None
 
 

@@ -125,7 +125,10 @@ def _make_checker(name: str, tp: Any) -> Callable[[Any], Any] | None:
             if type(v) is float:
                 return v
             if isinstance(v, int | float) and not isinstance(v, bool):
-                return float(v)
+                try:
+                    return float(v)
+                except OverflowError:
+                    raise ValueError("Expected `float`, got an `int` too large for one") from None
             raise ValueError(f"Expected `float`, got `{type(v).__name__}`")
 
         return check_float

@@ -315,6 +315,7 @@ class Engine(abc.ABC):
     async def _attempt(self, action: str, call: Callable[[], Awaitable[T]], limit: float) -> T:
         task = asyncio.current_task()
         assert task is not None
+        cancelling = task.cancelling()  # a caller cleaning up after its own cancellation
         loop = asyncio.get_running_loop()
         # A driver may wait, after its query is cancelled, for the server to confirm
         # the cancellation before it frees the connection (asyncpg does): from a cut-off
@@ -329,7 +330,7 @@ class Engine(abc.ABC):
                 raise  # the driver's own
             raise self._unanswered(action, limit, "command_timeout") from None
         except asyncio.CancelledError:
-            if again.fired and task.uncancel() == 0:  # ours, and no one else's
+            if again.fired and task.uncancel() <= cancelling:  # ours, and no one else's
                 raise self._unanswered(action, limit, "command_timeout") from None
             raise
         finally:

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from rio.core.codec import ENCODE_ERRORS, decode_state_json, encode_state_json
+from rio.core.codec import CHECK_LIMIT, ENCODE_ERRORS, decode_state_json, encode_state_json
 
 __all__ = ["json_document"]
 
@@ -37,13 +37,14 @@ def json_document(state: Any, state_type: Any) -> bytes | None:
         return None
     if b"\\u0000" in doc:  # jsonb cannot hold NUL characters
         return None
-    if plan == _CHECK_FLOATS and b"null" in doc:
-        # msgspec writes NaN and infinity as null: keep JSON only if nothing changed.
-        try:
-            same = bool(decode_state_json(doc, state_type, "", "") == state)
+    # msgspec writes NaN and infinity as null: keep JSON only if nothing changed.
+    nulls = plan == _CHECK_FLOATS and b"null" in doc
+    if nulls or len(doc) <= CHECK_LIMIT:
+        try:  # a value of the wrong type too: msgpack then, whose check has the last word
+            loaded = decode_state_json(doc, state_type, "", "")
         except Exception:
-            same = False
-        if not same:
+            return None
+        if nulls and loaded != state:
             return None
     return doc
 
@@ -75,8 +76,9 @@ def _walk(t: msgspec.inspect.Type, found: set[str], seen: set[int]) -> None:
     elif isinstance(t, ins.Metadata):
         _walk(t.type, found, seen)
     elif isinstance(t, ins.UnionType):
-        kinds = {type(member) for member in t.types}
-        if ins.IntType in kinds and ins.FloatType in kinds:
+        if any(isinstance(m, ins.FloatType) for m in t.types) and any(
+            _int_like(m) for m in t.types
+        ):
             found.add("opaque")  # jsonb writes 2.0 as 2: which of the two it was is lost
         for member in t.types:
             _walk(member, found, seen)
@@ -91,3 +93,17 @@ def _walk(t: msgspec.inspect.Type, found: set[str], seen: set[int]) -> None:
     elif isinstance(t, ins.StructType | ins.DataclassType | ins.TypedDictType | ins.NamedTupleType):
         for f in t.fields:
             _walk(f.type, found, seen)
+
+
+def _int_like(t: msgspec.inspect.Type) -> bool:
+    """Whether values of ``t`` are written as JSON integers (an int, an int enum...)."""
+    ins = msgspec.inspect
+    if isinstance(t, ins.Metadata):
+        return _int_like(t.type)
+    if isinstance(t, ins.IntType):
+        return True
+    if isinstance(t, ins.EnumType):
+        return issubclass(t.cls, int)
+    if isinstance(t, ins.LiteralType):
+        return any(isinstance(v, int) for v in t.values)
+    return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rio.core.codec import decode_state, encode_state
+from rio.core.codec import decode_state, encode_checked
 from rio.core.errors import StateConflict
 from rio.storage.base import StateStorage, StoredReminder, StoredState, to_ms
 
@@ -63,7 +63,9 @@ class MemoryStorage(StateStorage):
             )
         # Stored encoded, as a durable engine would: later changes to the live state
         # object are not "saved" by accident, and unencodable states fail here too.
-        self._data[key] = StoredState(encode_state(state), version + 1)
+        self._data[key] = StoredState(
+            encode_checked(state, state_type, type_name, object_id), version + 1
+        )
         return version + 1
 
     async def delete(self, type_name: str, object_id: str, expected_version: int) -> None:

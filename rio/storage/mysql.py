@@ -39,7 +39,7 @@ from typing import Any
 
 import aiomysql
 
-from rio.core.codec import decode_state, encode_state
+from rio.core.codec import decode_state, encode_checked
 from rio.core.errors import ConfigError, StorageError
 from rio.storage import register_engine
 from rio.storage._engine import (
@@ -304,7 +304,7 @@ class MySQLStorage(StateStorage):
         self._check_key(type_name, object_id)
         # Sent as hex, the same size as the driver's own _binary X'..' literal: aiomysql
         # cannot escape bytes with PyMySQL >= 1.2.3 (aio-libs/aiomysql#1080).
-        data = encode_state(state).hex()
+        data = encode_checked(state, state_type, type_name, object_id).hex()
         if len(data) + len(object_id) * 4 + 1024 > self._max_packet:
             raise StorageError(
                 f"{type_name}/{object_id} in {self.url}: the state is {len(data) // 2} bytes "

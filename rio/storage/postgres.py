@@ -39,7 +39,7 @@ from typing import Any
 
 import asyncpg
 
-from rio.core.codec import decode_state, decode_state_json, encode_state
+from rio.core.codec import decode_state, decode_state_json, encode_checked
 from rio.core.errors import ConfigError
 from rio.storage import register_engine
 from rio.storage._engine import (
@@ -332,7 +332,7 @@ class PostgresStorage(StateStorage):
     ) -> int:
         """Compare-and-set one state (INSERT for version 0, UPDATE otherwise)."""
         doc = json_document(state, state_type)
-        data = encode_state(state) if doc is None else None
+        data = encode_checked(state, state_type, type_name, object_id) if doc is None else None
         token = random.getrandbits(63)
         pool = self.engine.pool
         if expected_version == 0:

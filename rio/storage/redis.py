@@ -47,7 +47,7 @@ from redis.exceptions import (
     TimeoutError,
 )
 
-from rio.core.codec import decode_state, encode_state
+from rio.core.codec import decode_state, encode_checked
 from rio.core.errors import ConfigError, StorageError
 from rio.storage import register_engine
 from rio.storage._engine import (
@@ -348,7 +348,7 @@ class RedisStorage(StateStorage):
         expected_version: int,
     ) -> int:
         """Compare-and-set one state in a Lua script."""
-        data = encode_state(state)
+        data = encode_checked(state, state_type, type_name, object_id)
         args = [expected_version, data, random.getrandbits(63)]
         key = self.key(type_name, object_id)
         ok, version = await self.engine.run(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from rio.core.codec import decode_state, encode_state
+from rio.core.codec import decode_state, encode_checked
 from rio.core.errors import ConfigError, StateConflict, StorageError, StorageUnavailable
 from rio.storage.base import StateStorage, StoredReminder, StoredState, to_ms
 
@@ -273,7 +273,7 @@ class SQLiteStorage(StateStorage):
         expected_version: int,
     ) -> int:
         """Compare-and-set one state (an INSERT for version 0, an UPDATE otherwise)."""
-        data = encode_state(state)
+        data = encode_checked(state, state_type, type_name, object_id)
         db = self._conn()
         try:
             if expected_version == 0:

@@ -434,3 +434,40 @@ def test_a_refused_batch_is_split_and_only_what_cannot_go_alone_is_dropped() -> 
     assert sum(m for m, _ in sent) == 2  # the big one and the object, counted
     got = [StBlob(**b) for m in conn.sent for b in msgspec.msgpack.decode(m.events)]
     assert [b.n for b in got] == [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+async def test_a_node_that_joins_misses_no_topic_event_a_client_publishes(
+    nodes: Nodes, url: str
+) -> None:
+    # A client publishes each topic through one member, chosen by rank; a new member
+    # may rank first. Until every subscriber has registered there, events published
+    # through it would reach no one: it takes them only once it is active, after
+    # join_grace, by when the listener (refreshing every second) has registered.
+    (a,) = await nodes(1)
+    topics = [f"join-{i}" for i in range(8)]
+    async with (
+        rio.connect(url, secret=SECRET) as listener,
+        rio.connect(url, secret=SECRET) as publisher,
+    ):
+        subs = [listener.subscribe(t) for t in topics]
+        for sub in subs:
+            await sub  # registered with a
+        joining = asyncio.ensure_future(nodes(1, join_grace=2.5))
+        sent = 0
+        after = 0  # rounds published since b took some topic
+        while after < 20:
+            await publisher.view.refresh()  # it sees b as early as can be
+            for t in topics:
+                publisher.publish(StTick(sent, "client"), topic=t)
+            sent += 1
+            if joining.done():
+                (b,) = joining.result()
+                route = publisher.subscriptions._publisher_for
+                if any(route(t) == b.core.member_id for t in topics):
+                    after += 1
+            await asyncio.sleep(0.01)
+        for sub in subs:
+            got = await take(sub, sent)
+            assert ticks(got) == list(range(sent)), got[-5:]
+            sub.close()

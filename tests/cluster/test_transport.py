@@ -734,8 +734,9 @@ def test_a_server_that_cannot_prove_the_secret_is_refused(run: Run, logs: list[s
 def test_a_peer_that_hangs_up_before_its_challenge_is_not_called_a_secret_mismatch(
     run: Run, logs: list[str]
 ) -> None:
-    # A node killed while we dial it, or no rio node at all: it never saw our proof,
-    # so nothing says the secrets differ (and the router must not pass it over as such).
+    # A TLS node dialed in plain TCP, another rio version, no rio node at all, or a
+    # node killed while we dial: it never read our proof, so the secrets are not the
+    # reason (it is still passed over, as a node that refuses us).
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(_auth.HELLO_SIZE)
         writer.close()
@@ -746,9 +747,13 @@ def test_a_peer_that_hangs_up_before_its_challenge_is_not_called_a_secret_mismat
         async with fake:
             with pytest.raises(rio.NodeUnreachable) as info:
                 await connect(HOST, port, secret=SECRET, name="gone")
-        assert "before the handshake began" in str(info.value)
-        assert not getattr(info.value, "handshake_refused", False)
-        assert not logged(logs, "WARNING", "handshake with gone failed")
+        message = str(info.value)
+        assert (
+            "in the handshake, before its challenge: the TLS settings or rio versions differ"
+            in message
+        )
+        assert "secrets" not in message
+        assert logged(logs, "WARNING", "handshake with gone failed", "before its challenge")
 
     run(main())
 
@@ -1029,7 +1034,10 @@ def test_tls_with_a_self_signed_certificate(run: Run, tmp_path: Path, logs: list
                 rio.NodeUnreachable, match=r"TLS failed: .*CERTIFICATE_VERIFY_FAILED"
             ):
                 await connect(HOST, server.port, secret=SECRET, ssl=untrusting, options=opts)
-            with pytest.raises(rio.NodeUnreachable, match="the rio versions or TLS settings"):
+            with pytest.raises(
+                rio.NodeUnreachable,
+                match="before its challenge: the TLS settings or rio versions differ",
+            ):
                 await connect(HOST, server.port, secret=SECRET, options=opts)  # no TLS
             await still_serves_tls(server, client_ctx)
         async with node() as plain:

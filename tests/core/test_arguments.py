@@ -305,3 +305,5 @@ async def test_a_handler_gets_the_same_values_wherever_its_actor_lives(system: r
     # IntEnum for an int is a plain int, a str Enum for a str is its text.
     seen = await TgSeen.ref("s").seen(3, TgKind.LOW, TgColor.RED, [1, 2.5])
     assert seen == ["3.0", "1", "'red'", "[1.0, 2.5]"]
+    with pytest.raises(rio.BadArguments, match="argument 'f': Expected `float`, got an `int` too"):
+        await TgSeen.ref("s").seen(10**400, 1, "s", [])

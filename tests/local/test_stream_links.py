@@ -228,3 +228,20 @@ def test_a_class_travels_by_its_file_however_each_end_loaded_it(
     assert _resolve(name) is mine
     assert _resolve("lk_other:LkSent") is None
     assert qualified_name(mine) == remote_type  # so RemoteError.is_a matches
+
+
+def test_a_script_run_with_python_m_travels_by_its_file_stem(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `python -m pkg.app`: the worker processes load the script from its file, with no
+    # package, so the driver names its classes by the file's stem too.
+    import importlib.machinery
+    import types
+
+    from rio.core.modules import travel_name
+
+    main = types.ModuleType("__main__")
+    main.__file__ = "/srv/pkg/app.py"
+    main.__spec__ = importlib.machinery.ModuleSpec("pkg.app", None)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert travel_name("__main__") == "app"

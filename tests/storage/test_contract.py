@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import sys
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import pytest
@@ -244,18 +246,26 @@ async def test_states_json_cannot_carry(open_storage: OpenStorage) -> None:
     assert await s.load("Odd", "any", dict) == ({"k": b"bytes", "t": [1, 2]}, 1)
 
 
+class Level(enum.IntEnum):
+    LOW = 1
+
+
 class Samples(msgspec.Struct):
     values: list[int | float]
+    level: Level | float = Level.LOW
+    pick: Literal[1, 2] | float = 1
 
 
 async def test_ints_and_floats_keep_their_type(open_storage: OpenStorage) -> None:
     # jsonb would write the float 1e16 as 10000000000000000, an int once read back.
     s = await open_storage()
-    state = Samples([1, 1.5, 1e16, 2.0, 10**18])
+    state = Samples([1, 1.5, 1e16, 2.0, 10**18], 1e16, 2.0)
     await s.save("Num", "x", state, Samples, 0)
     got = await s.load("Num", "x", Samples)
     assert got is not None
     assert [(type(v), v) for v in got.value.values] == [(type(v), v) for v in state.values]
+    assert (type(got.value.level), got.value.level) == (float, 1e16)
+    assert (type(got.value.pick), got.value.pick) == (float, 2.0)
 
 
 _CHILD = """

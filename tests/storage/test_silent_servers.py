@@ -144,3 +144,50 @@ async def test_a_cut_off_server_fails_calls_within_command_timeout_and_loses_not
                 await storage.close()
     finally:
         await net_backend.drop(prefix)
+
+
+@pytest.mark.slow
+async def test_a_save_in_cleanup_after_a_cancellation_still_gets_the_storage_error(
+    net_backend: Backend,
+) -> None:
+    # Code that saves its progress in `except CancelledError:` runs in a task already
+    # cancelling: a cut-off server must still fail that save with StorageUnavailable,
+    # and the task's own cancellation must be left as it was.
+    prefix = net_backend.new_prefix()
+    parts = urlsplit(net_backend.base_url)
+    partition = _Partition((parts.hostname or "127.0.0.1", parts.port or 0))
+    try:
+        async with partition.serving() as port:
+            storage = storage_from_url(_via(net_backend.url(prefix), port, command_timeout="0.3"))
+            await storage.open()
+            try:
+                assert await storage.save("P", "c", Counter(1), Counter, 0) == 1
+                outcome: list[str] = []
+                started = asyncio.Event()
+
+                async def worker() -> None:
+                    started.set()
+                    try:
+                        await asyncio.sleep(10)
+                    except asyncio.CancelledError:
+                        try:
+                            await storage.save("P", "c", Counter(2), Counter, 1)
+                        except StorageUnavailable as e:
+                            outcome.append(str(e))
+                        outcome.append(f"cancelling={asyncio.current_task().cancelling()}")
+                        raise
+
+                task = asyncio.ensure_future(worker())
+                await started.wait()
+                partition.flowing.clear()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert len(outcome) == 2, outcome
+                assert "got no answer within 0.3s (command_timeout)" in outcome[0]
+                assert outcome[1] == "cancelling=1"
+                partition.flowing.set()
+            finally:
+                await storage.close()
+    finally:
+        await net_backend.drop(prefix)
