@@ -444,7 +444,7 @@ async def test_a_node_that_joins_misses_no_topic_event_a_client_publishes(
     # may rank first. Until every subscriber has registered there, events published
     # through it would reach no one: it takes them only once it is active, after
     # join_grace, by when the listener (refreshing every second) has registered.
-    (a,) = await nodes(1)
+    await nodes(1)
     topics = [f"join-{i}" for i in range(8)]
     async with (
         rio.connect(url, secret=SECRET) as listener,
