@@ -166,6 +166,9 @@ class App:
         self._main: MainFn | None = None
         self._system: System | None = None
         self._token: Any = None
+        #: What the last :meth:`stop` cut short or lost (see ``System.stop_problems``);
+        #: ``rio run`` exits 1 when it is not empty.
+        self.stop_problems: list[str] = []
 
     # -- building ------------------------------------------------------------------------
 
@@ -328,6 +331,7 @@ class App:
             return
         try:
             await system.stop()
+            self.stop_problems = system.stop_problems()
         finally:
             with contextlib.suppress(ValueError):  # reset from another context: leave it
                 reset_system(self._token)

@@ -692,6 +692,39 @@ def test_a_signal_while_a_node_starts_undoes_the_start(
     assert rows == [("left",)]
 
 
+def test_sigterm_to_every_process_of_the_app_still_drains_the_workers(
+    start: Any, tmp_path: Path
+) -> None:
+    # systemd's default stop (KillMode=control-group) signals every process of the
+    # service, workers included: they died before they drained, losing the turn's save.
+    data = tmp_path / "data"
+    child = start("run", str(APPS / "group_term_app.py"), "--data-dir", str(data))
+    child.expect("stdout", "turn started")
+    pid = child.proc.pid
+    workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert workers, child.transcript()
+    for target in [pid, *map(int, workers)]:
+        os.kill(target, signal.SIGTERM)
+    code = child.finish()
+    assert "turn finished" in child.stdout(), child.transcript()
+    assert "before it drained" not in child.stderr(), child.transcript()
+    assert stored_states(data / "cli-group-term.db") == {("GtTask", "t"): {"done": True}}
+    assert code == 0, child.transcript()
+
+
+def test_a_stop_that_cut_turns_short_exits_1(start: Any) -> None:
+    # A supervisor or a deploy script must be able to tell that work was lost.
+    child = start("run", str(APPS / "drain_timeout_app.py"))
+    child.expect("stdout", "turn started")
+    child.proc.send_signal(signal.SIGTERM)
+    code = child.finish()
+    assert code == 1, child.transcript()
+    assert (
+        "rio run: stopped without draining completely: drain timeout (0.3s) passed with 1 "
+        "activation(s) busy (DtLong/d): cancelled" in child.stderr()
+    ), child.transcript()
+
+
 def test_a_second_sigint_during_the_drain_exits_at_once(start: Any) -> None:
     child = start("run", str(APPS / "stuck_drain_app.py"))
     child.expect("stdout", "ready")

@@ -214,6 +214,12 @@ def run(
         raise typer.Exit(2) from None
     try:
         rio_app.run()
+        if rio_app.stop_problems:  # a supervisor must see that work was lost
+            _echo_err(
+                "rio run: stopped without draining completely: "
+                f"{'; '.join(rio_app.stop_problems)}\n"
+            )
+            raise typer.Exit(1)
     except RemoteError as e:  # a handler raised: its frames are the useful part
         if e.remote_traceback:
             _echo_err(user_traceback_text(e.remote_traceback))

@@ -606,6 +606,10 @@ class ClusterNode(System):
         self.runtime.reminder_poller = self.reminders  # a local registration wakes it
         self.reminders.start()
 
+    def stop_problems(self) -> list[str]:
+        """See :meth:`rio.System.stop_problems`."""
+        return self.runtime.stop_problems()
+
     async def stop(self) -> None:
         """Drain: take no new activations, finish turns, save, release, leave."""
         if not self._started or self._stopping:

@@ -142,6 +142,7 @@ class Runtime(Lifecycle, System):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = -1
         self._stopping = False
+        self._stop_problems: list[str] = []
         self._started = False
         self._closed = False
         #: The system refs made here route through (a worker pool sets itself).
@@ -210,6 +211,10 @@ class Runtime(Lifecycle, System):
         """True between :meth:`start` and :meth:`stop`."""
         return self._started and not self._stopping
 
+    def stop_problems(self) -> list[str]:
+        """See :meth:`rio.System.stop_problems`."""
+        return list(self._stop_problems)
+
     async def stop(self) -> None:
         """Drain (see :meth:`drain`), then close storage."""
         if not self._started or self._closed:
@@ -247,6 +252,10 @@ class Runtime(Lifecycle, System):
                 self.drain_timeout,
                 len(self._acts),
                 stuck,
+            )
+            self._stop_problems.append(
+                f"drain timeout ({self.drain_timeout:g}s) passed with {len(self._acts)} "
+                f"activation(s) busy ({stuck}): cancelled"
             )
             stuck_tasks = [*self._turn_tasks, *self._deact_tasks]
             for task in stuck_tasks:

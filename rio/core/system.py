@@ -37,6 +37,14 @@ class System(abc.ABC):
     name: str
     default_timeout: float
 
+    def stop_problems(self) -> list[str]:
+        """What the last stop cut short or lost; empty when it drained completely.
+
+        Turns cancelled at the drain timeout, a worker that died before it drained:
+        their state not saved yet is lost.
+        """
+        return []
+
     def ref(self, actor: type[Actor[Any]] | str, object_id: str | int) -> Ref[Any]:
         """A ref bound to this system; ``actor`` is a class or a registered type name."""
         from rio.core.ref import new_ref

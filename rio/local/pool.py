@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from functools import partial
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,10 @@ if TYPE_CHECKING:
 __all__ = ["PoolStats", "PoolSystem"]
 
 START_TIMEOUT = 60.0
+#: A worker that dies again within this many seconds of starting is restarted after
+#: a backoff that doubles each time (0.5 s up to 30 s): one object that crashes its
+#: worker whenever it activates must not make the pool restart workers in a loop.
+CRASH_WINDOW = 10.0
 #: Keys whose owning worker the driver remembers (the cache is emptied when full).
 OWNER_CACHE = 1 << 16
 
@@ -87,7 +92,17 @@ class PoolStats(msgspec.Struct, frozen=True):
 
 
 class _Worker:
-    __slots__ = ("exited", "gen", "index", "pidfd", "proc", "ready", "restarting")
+    __slots__ = (
+        "early_deaths",
+        "exited",
+        "gen",
+        "index",
+        "pidfd",
+        "proc",
+        "ready",
+        "restarting",
+        "started",
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -97,6 +112,8 @@ class _Worker:
         self.ready: asyncio.Future[Ready] | None = None
         self.exited = asyncio.Event()
         self.restarting = False
+        self.started = 0.0  # monotonic time of its last spawn
+        self.early_deaths = 0  # deaths in a row within CRASH_WINDOW of starting
 
 
 class PoolSystem(System):
@@ -153,6 +170,7 @@ class PoolSystem(System):
         self._drained: dict[int, asyncio.Event] = {}
         #: Workers that died while the pool stopped, before they drained.
         self.lost_drains = 0
+        self._stop_problems: list[str] = []
         self._tasks: set[asyncio.Future[None]] = set()
         self.streams = Streams(app.name, app.default_timeout)
         #: Fires the durable reminders (storage shared with the workers, opened here
@@ -256,6 +274,7 @@ class PoolSystem(System):
 
     def _spawn(self, w: _Worker) -> None:
         w.gen += 1
+        w.started = time.monotonic()
         cfg = WorkerConfig(
             index=w.index,
             gen=w.gen,
@@ -420,6 +439,7 @@ class PoolSystem(System):
                 done.add(msg.by)
                 self._recheck_resets()
         elif isinstance(msg, Drained):
+            self._stop_problems.extend(f"worker {msg.index}: {p}" for p in msg.problems)
             ev = self._drained.get(msg.index)
             if ev is not None:
                 ev.set()
@@ -478,6 +498,7 @@ class PoolSystem(System):
                     reason,
                 )
                 self.lost_drains += 1
+                self._stop_problems.append(f"worker {w.index} {reason} before it drained")
             if drained is not None:
                 drained.set()
             return
@@ -495,8 +516,9 @@ class PoolSystem(System):
     async def _restart(self, w: _Worker, pid: int, reason: str) -> None:
         """Bring worker ``w`` back: others forget it, then new processes until one serves.
 
-        A worker that keeps failing to start is retried with exponential backoff (up
-        to 30 s); calls to it wait meanwhile, each within its own deadline.
+        A worker that keeps failing to start, or dies again within
+        :data:`CRASH_WINDOW` of starting, is retried with exponential backoff (up to
+        30 s); calls to it wait meanwhile, each within its own deadline.
         """
         lock = self._restart_lock
         assert lock is not None
@@ -505,7 +527,19 @@ class PoolSystem(System):
                 if self._stopping:
                     return
                 await self._forget(w, pid, reason)
-            delay = 0.0
+            ran = time.monotonic() - w.started
+            w.early_deaths = w.early_deaths + 1 if ran < CRASH_WINDOW else 0
+            # The first at once (a kill -9 is no crash loop), then 0.5 s, 1 s... 30 s.
+            delay = min(30.0, 0.5 * 2 ** (w.early_deaths - 2)) if w.early_deaths > 1 else 0.0
+            if delay:
+                logger.error(
+                    "{}: worker {} died {:.1f}s after it started; restarting it in {:.1f}s "
+                    "(an object that crashes its worker as it activates keeps doing so)",
+                    self.name,
+                    w.index,
+                    ran,
+                    delay,
+                )
             while not self._stopping:
                 if delay:  # backing off: other workers restart meanwhile
                     await asyncio.sleep(delay)
@@ -602,6 +636,10 @@ class PoolSystem(System):
 
     # -- stop --------------------------------------------------------------------------
 
+    def stop_problems(self) -> list[str]:
+        """See :meth:`rio.System.stop_problems`."""
+        return list(self._stop_problems)
+
     async def stop(self) -> None:
         """Drain every worker (turns finish, hooks run, state saved), then stop them."""
         if not self._started or self._stopping:
@@ -625,6 +663,7 @@ class PoolSystem(System):
                     await self._drained[w.index].wait()
         except TimeoutError:
             logger.warning("{}: workers did not drain in time; stopping them", self.name)
+            self._stop_problems.append("workers did not drain in time: stopped")
         if reminders is not None:  # their turns ran: reschedule them
             await reminders.stop(5.0)
         if self.node is not None:

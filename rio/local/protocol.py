@@ -132,9 +132,10 @@ class Drain(msgspec.Struct, array_like=True, tag=7):
 
 
 class Drained(msgspec.Struct, array_like=True, tag=8):
-    """Worker to driver: drain finished."""
+    """Worker to driver: drain finished; ``problems``: what it cut short (see stop_problems)."""
 
     index: int
+    problems: list[str] = []
 
 
 class Exit(msgspec.Struct, array_like=True, tag=9):

@@ -326,7 +326,7 @@ class WorkerSystem(System):
         await self.runtime.drain()
         if link is not None:
             await link.placement.flush()
-        self.hub.send(0, Drained(self.me))
+        self.hub.send(0, Drained(self.me, self.runtime.stop_problems()))
 
 
 def _lookup(type_name: str, me: int) -> ActorType:
@@ -414,7 +414,11 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
 def main() -> None:
     """Entry point of ``python -m rio.local.worker``."""
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
+    # The driver decides when to stop: a terminal's Ctrl-C, and a service manager's
+    # SIGTERM to every process of the app (systemd's default), are for it alone. The
+    # worker still dies with it (the lifeline pipe, the parent-death signal).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from rio.core.logs import configure_logging
 
     configure_logging()  # as the driver was told (RIO_LOG_LEVEL), if it was

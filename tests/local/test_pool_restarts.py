@@ -67,6 +67,9 @@ class RsNode(rio.Actor, reentrant=True):
         except rio.CallTimeout as e:
             return str(e)
 
+    async def crash(self) -> None:
+        os._exit(3)  # as a segfault or an abort in native code would
+
     async def bump(self) -> None:
         self.bumped = getattr(self, "bumped", 0) + 1
 
@@ -282,5 +285,30 @@ async def test_a_worker_killed_during_the_drain_is_reported() -> None:
     os.kill(system.worker_pid(1), signal.SIGKILL)
     await stop
     assert system.lost_drains == 1
+    assert app.stop_problems == ["worker 1 was killed by SIGKILL before it drained"]
     with pytest.raises(rio.WorkerLost):
         await call
+
+
+async def test_a_worker_that_keeps_dying_as_it_starts_is_restarted_with_backoff(
+    logs: list[str],
+) -> None:
+    # One object that crashes its worker on every call used to make the pool restart
+    # that worker as fast as calls came: the first restart is at once (a kill -9 is
+    # no crash loop), the next ones wait longer and longer.
+    async with pool(default_timeout=10) as system:
+        assert isinstance(system, PoolSystem)
+        poison = on_worker(system, 1, "p")
+        healthy = on_worker(system, 2, "h")
+        for attempt in range(3):
+            old = system.worker_pid(1)
+            with pytest.raises(rio.WorkerLost):
+                await RsNode.ref(poison).crash()
+            started = time.monotonic()
+            await restarted(system, 1, old)
+            waited = time.monotonic() - started
+            if attempt == 2:  # the third death in a row: 1 s of backoff
+                assert waited >= 0.9, waited
+        assert await RsNode.ref(healthy).ping(7) == 7  # the other worker never stopped
+        said = [line for line in logs if "died" in line and "after it started" in line]
+        assert [line.split("restarting it in ")[1][:4] for line in said] == ["0.5s", "1.0s"]
