@@ -500,11 +500,32 @@ def run(main: Awaitable[T]) -> T:
     return uvloop.run(main)  # type: ignore[arg-type]
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may use (the default number of workers), at least 1.
+
+    Its affinity (taskset, cpusets), capped by a cgroup v2 CPU quota (a container's
+    ``--cpus``, rounded up). ``os.cpu_count()`` counts the machine's: a 2-CPU
+    container on a 64-core host would start 64 workers.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):  # no cgroup v2 quota here
+        pass
+    return max(1, count)
+
+
 def _workers_setting(workers: int | None) -> int:
     if workers is None:
         env = os.environ.get("RIO_WORKERS")
         if env is None:
-            return os.cpu_count() or 1
+            return _usable_cpus()
         try:
             workers = int(env)
         except ValueError:

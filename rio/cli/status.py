@@ -8,7 +8,12 @@ import msgspec
 
 from rio.cluster.store import Member, cluster_store_from_url, require_existing
 
-__all__ = ["ClusterStatus", "cluster_status", "format_status"]
+__all__ = ["SILENT_AFTER", "ClusterStatus", "cluster_status", "format_status"]
+
+#: A live member whose heartbeat is older than this many seconds is shown as silent:
+#: it was killed or cut off, and has not been declared dead (yet, or there is no one
+#: left to declare it). Five default heartbeat periods.
+SILENT_AFTER = 10.0
 
 
 class ClusterStatus(msgspec.Struct, frozen=True):
@@ -17,6 +22,8 @@ class ClusterStatus(msgspec.Struct, frozen=True):
     members: list[Member]
     placements: dict[str, int]
     read_at: float
+    #: Member ids whose row says live but whose heartbeat is over SILENT_AFTER old.
+    silent: list[str] = []
 
 
 async def cluster_status(url: str) -> ClusterStatus:
@@ -36,7 +43,9 @@ async def cluster_status(url: str) -> ClusterStatus:
     finally:
         await store.close()
     members.sort(key=lambda m: (m.status not in ("active", "joining", "draining"), m.node))
-    return ClusterStatus(members, placements, time.time())
+    now = time.time()
+    silent = [m.member_id for m in members if m.live and now - m.heartbeat > SILENT_AFTER]
+    return ClusterStatus(members, placements, now, silent)
 
 
 def format_status(status: ClusterStatus, *, all_members: bool = False) -> str:
@@ -44,13 +53,14 @@ def format_status(status: ClusterStatus, *, all_members: bool = False) -> str:
     rows = [m for m in status.members if all_members or m.live]
     header = ("node", "status", "address", "heartbeat", "activations", "placements", "by type")
     lines: list[tuple[str, ...]] = [header]
+    silent = set(status.silent)
     for m in rows:
         age = status.read_at - m.heartbeat
         by_type = ", ".join(f"{t} {n}" for t, n in sorted(m.by_type.items())) or "-"
         lines.append(
             (
                 m.node,
-                m.status,
+                f"{m.status} (silent)" if m.member_id in silent else m.status,
                 m.address,
                 f"{age:.1f}s ago",
                 str(m.activations),
@@ -62,9 +72,15 @@ def format_status(status: ClusterStatus, *, all_members: bool = False) -> str:
     out = []
     for r in lines:
         out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
-    live = sum(1 for m in status.members if m.live)
-    gone = len(status.members) - live
-    out.append(f"\n{live} live member(s)" + (f", {gone} dead or left" if gone else ""))
+    live = sum(1 for m in status.members if m.live and m.member_id not in silent)
+    gone = sum(1 for m in status.members if not m.live)
+    summary = f"\n{live} live member(s)"
+    if silent:
+        summary += (
+            f", {len(silent)} silent (no heartbeat for over {SILENT_AFTER:g}s: stopped or "
+            "cut off, not declared dead yet)"
+        )
+    out.append(summary + (f", {gone} dead or left" if gone else ""))
     if not rows:
         out.insert(0, "no live members")
     return "\n".join(line.rstrip() for line in out) + "\n"

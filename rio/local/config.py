@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 import zlib
 from typing import Any
 
@@ -91,7 +92,9 @@ def import_modules(modules: list[tuple[str, str | None]]) -> list[str]:
             else:
                 importlib.import_module(name)
         except Exception as e:  # reported to the driver; the worker still starts
-            problems.append(f"importing {name} ({path}) failed: {type(e).__name__}: {e}")
+            frames = traceback.extract_tb(e.__traceback__)
+            where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+            problems.append(f"importing {name} ({path}) failed{where}: {type(e).__name__}: {e}")
     return problems
 
 

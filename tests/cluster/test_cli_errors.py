@@ -66,3 +66,36 @@ async def test_a_client_of_a_missing_sqlite_file_is_refused_and_creates_nothing(
         async with rio.connect(f"sqlite:///{missing}", secret="s"):
             pass
     assert not missing.exists()
+
+
+async def test_status_shows_a_member_that_stopped_heartbeating_as_silent(tmp_path: Path) -> None:
+    # A node killed with -9 and no one left to declare it dead: its row still says
+    # active, and `rio status` counted it live.
+    import time
+
+    from rio.cli.status import cluster_status, format_status
+    from rio.cluster.store import Member, cluster_store_from_url
+
+    url = f"sqlite:///{tmp_path}/cluster.db"
+    store = cluster_store_from_url(url)
+    await store.open()
+    now = time.time()
+    for name, beat in (("fresh", now), ("gone", now - 60)):
+        await store.register(
+            Member(
+                member_id=f"{name}#1",
+                node=name,
+                address="127.0.0.1:7000",
+                incarnation=1,
+                status="active",
+                types=["Counter"],
+                heartbeat=beat,
+                started=beat,
+            )
+        )
+    await store.close()
+    read = await cluster_status(url)
+    assert read.silent == ["gone#1"]
+    text = format_status(read)
+    assert "active (silent)" in text
+    assert "1 live member(s), 1 silent (no heartbeat for over 10s" in text

@@ -2,8 +2,11 @@
 
 import asyncio
 import contextlib
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -301,3 +304,16 @@ async def test_cancelling_serve_while_it_starts_cancels_it(monkeypatch: pytest.M
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await app.serve()
+
+
+def test_the_default_worker_count_follows_the_cpus_this_process_may_use() -> None:
+    # taskset, cpusets and container quotas: not the machine's CPU count.
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "import rio; print(rio.App('cpus', storage='memory://').workers)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RIO_WORKERS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.stdout.strip() == "1", out.stderr

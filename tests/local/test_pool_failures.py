@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from loguru import logger
@@ -118,3 +120,19 @@ async def test_stop_while_a_worker_restarts_is_clean() -> None:
         if pid:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+
+
+def test_a_module_that_fails_to_import_in_a_worker_says_where(tmp_path: Path) -> None:
+    # Only the error's type and text came through: no file, no line to look at.
+    from rio.local.config import import_modules
+
+    bad = tmp_path / "rio_test_worker_only_bad.py"
+    bad.write_text("import os\n\nvalue = undefined_name_here\n")
+    try:
+        problems = import_modules([("rio_test_worker_only_bad", str(bad))])
+    finally:
+        sys.modules.pop("rio_test_worker_only_bad", None)
+    assert problems == [
+        f"importing rio_test_worker_only_bad ({bad}) failed at {bad}:3: "
+        "NameError: name 'undefined_name_here' is not defined"
+    ]
