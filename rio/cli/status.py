@@ -36,7 +36,7 @@ async def cluster_status(url: str) -> ClusterStatus:
     """
     store = cluster_store_from_url(url)
     require_existing(store, url)
-    await store.open()
+    await store.open_existing()
     try:
         members = await store.members()
         placements = await store.placement_counts()

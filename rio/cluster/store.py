@@ -34,7 +34,7 @@ import asyncio
 import importlib
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -109,6 +109,17 @@ class ClusterStore(abc.ABC):
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and create or migrate the tables (idempotent, safe to race)."""
+
+    async def open_existing(self) -> None:
+        """Connect to a cluster's tables as they are, for a reader (``rio status``).
+
+        Nothing is created or migrated (a mistyped URL must not become an empty
+        cluster, nor a newer rio migrate the tables under running nodes).
+
+        Raises:
+            ConfigError: no rio cluster tables there, or at another schema version.
+        """
+        await self.open()
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -251,6 +262,26 @@ def require_existing(store: ClusterStore, url: str) -> None:
             f"no cluster store at {url}: the file {path} does not exist (nodes create it "
             "when they start: check the path, or start a node first)"
         )
+
+
+async def open_existing_schema(engine: Any, migrations: int) -> None:
+    """:meth:`ClusterStore.open_existing` for a store on a networked ``engine``."""
+    await engine.open()
+    try:
+        version = await engine.schema_version("cluster")
+        if version == 0:
+            raise ConfigError(
+                f"no cluster store at {engine.url}: it holds no rio cluster tables (check "
+                "the URL, its database and prefix, or start a node first)"
+            )
+        if version != migrations:
+            raise ConfigError(
+                f"the cluster store at {engine.url} is at schema version {version}, and this "
+                f"rio reads version {migrations}: use the rio version its nodes run"
+            )
+    except BaseException:
+        await engine.close()
+        raise
 
 
 def cluster_store_from_url(url: str) -> ClusterStore:

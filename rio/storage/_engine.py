@@ -369,6 +369,10 @@ class Engine(abc.ABC):
         return text
 
     @abc.abstractmethod
+    async def schema_version(self, component: str) -> int:
+        """``component``'s applied migrations, read without creating anything (0: none)."""
+
+    @abc.abstractmethod
     async def migrate(self, component: str, migrations: Sequence[Any]) -> int:
         """Apply ``component``'s pending migrations once across all processes.
 

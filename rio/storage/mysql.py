@@ -164,6 +164,25 @@ class MySQLEngine(Engine):
             await cur.execute(sql, tuple(args) or None)
             return cur.rowcount, list(await cur.fetchall())
 
+    async def schema_version(self, component: str) -> int:
+        """See :meth:`Engine.schema_version`."""
+        table = self.tables["schema"]
+
+        async def read() -> int:
+            async with self.pool.acquire() as conn, conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT 1 FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                    (f"{self.cfg.prefix}schema",),
+                )
+                if not await cur.fetchall():
+                    return 0
+                await cur.execute(f"SELECT version FROM {table} WHERE component = %s", (component,))
+                rows = await cur.fetchall()
+                return int(rows[0][0]) if rows else 0
+
+        return await self.run(f"reading the {component} schema version", read, retry=True)
+
     async def migrate(self, component: str, migrations: Sequence[Sequence[str]]) -> int:
         """Apply pending migrations of ``component`` (statements use ``{table}`` names)."""
         name = f"rio-migrate:{self.cfg.database}.{self.cfg.prefix}"[:64]

@@ -184,6 +184,21 @@ class PostgresEngine(Engine):
         if self.pool is not None:
             await self.pool.expire_connections()
 
+    async def schema_version(self, component: str) -> int:
+        """See :meth:`Engine.schema_version`."""
+        table = self.tables["schema"]
+
+        async def read() -> int:
+            async with self.pool.acquire() as conn:
+                if await conn.fetchval("SELECT to_regclass($1)", table) is None:
+                    return 0
+                row = await conn.fetchval(
+                    f"SELECT version FROM {table} WHERE component=$1", component
+                )
+                return int(row or 0)
+
+        return await self.run(f"reading the {component} schema version", read, retry=True)
+
     async def migrate(self, component: str, migrations: Sequence[Sequence[str]]) -> int:
         """Apply pending migrations of ``component`` (statements use ``{table}`` names)."""
 

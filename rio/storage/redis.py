@@ -240,6 +240,15 @@ class RedisEngine(Engine):
             raise StorageError(f"{self.url} is not open: call open() first")
         return self.client
 
+    async def schema_version(self, component: str) -> int:
+        """See :meth:`Engine.schema_version`."""
+        client = self._client()
+
+        async def read() -> int:
+            return int(await client.hget(f"{self.prefix}schema", component) or 0)
+
+        return await self.run(f"reading the {component} schema version", read, retry=True)
+
     async def migrate(self, component: str, migrations: Sequence[RedisMigration]) -> int:
         """Apply pending migrations of ``component`` under a ``SET NX`` lock."""
         client = self._client()

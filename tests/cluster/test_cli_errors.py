@@ -34,6 +34,46 @@ def test_status_of_a_missing_sqlite_file_is_an_error_and_creates_nothing(tmp_pat
     assert not (tmp_path / "typo").exists()
 
 
+async def _pg_tables(prefix: str) -> list[str]:
+    import asyncpg
+    from storage.conftest import PG_URL
+
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        rows = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE starts_with(tablename, $1)", prefix
+        )
+        return [r[0] for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_status_of_a_server_with_no_cluster_there_is_an_error_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    # It used to migrate: a mistyped prefix or database became an empty cluster ("0
+    # live members", exit 0), with its tables created, and a newer rio would have
+    # migrated a running cluster's tables.
+    import asyncio
+    import uuid
+
+    from storage.conftest import PG_URL, REDIS_URL
+
+    prefix = f"rt{uuid.uuid4().hex[:6]}nocluster_"
+    for url in (f"{PG_URL}?prefix={prefix}", f"{REDIS_URL}?prefix={prefix}"):
+        proc = await asyncio.to_thread(run, tmp_path, "status", "--cluster", url)
+        assert proc.returncode == 2, proc.stderr
+        assert "it holds no rio cluster tables (check the URL" in proc.stderr, proc.stderr
+    assert await _pg_tables(prefix) == []
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        assert [k async for k in client.scan_iter(match=f"{prefix}*")] == []
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [

@@ -38,7 +38,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from rio.cluster.store import ClusterStore, Key, Member, Status, register_cluster_store
+from rio.cluster.store import (
+    ClusterStore,
+    Key,
+    Member,
+    Status,
+    open_existing_schema,
+    register_cluster_store,
+)
 from rio.cluster.stores._rows import (
     MEMBER_COLUMNS,
     check_update,
@@ -204,6 +211,16 @@ class RedisClusterStore(ClusterStore):
         except BaseException:
             await self.engine.close()
             raise
+        self._load_scripts()
+
+    async def open_existing(self) -> None:
+        """See :meth:`ClusterStore.open_existing`."""
+        if self._scripts:
+            return
+        await open_existing_schema(self.engine, len(MIGRATIONS))
+        self._load_scripts()
+
+    def _load_scripts(self) -> None:
         client = self.engine.client
         assert client is not None  # opened just above
         sources = {

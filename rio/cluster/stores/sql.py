@@ -46,7 +46,15 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import aiomysql
 import asyncpg
 
-from rio.cluster.store import LIVE, ClusterStore, Key, Member, Status, register_cluster_store
+from rio.cluster.store import (
+    LIVE,
+    ClusterStore,
+    Key,
+    Member,
+    Status,
+    open_existing_schema,
+    register_cluster_store,
+)
 from rio.cluster.stores._rows import (
     LIVE_SQL,
     MEMBER_COLUMNS,
@@ -277,6 +285,14 @@ class SQLClusterStore(ClusterStore):
             except BaseException:
                 await self.engine.close()
                 raise
+            self._ready = True
+
+    async def open_existing(self) -> None:
+        """See :meth:`ClusterStore.open_existing`."""
+        async with self._open_lock:
+            if self._ready:
+                return
+            await open_existing_schema(self.engine, len(self.migrations))
             self._ready = True
 
     async def close(self) -> None:
