@@ -84,10 +84,10 @@ def not_loadable(
     e: msgspec.DecodeError, state_type: Any, type_name: str, object_id: str
 ) -> StateEncodeError:
     """The error for a state whose encoding does not decode as ``state_type`` (``e``)."""
-    tname = getattr(state_type, "__qualname__", repr(state_type))
     return StateEncodeError(
         f"{type_name}/{object_id}: the state cannot be saved: it would not load back as "
-        f"{tname}: {e}; give each field a value of its declared type (nothing was written)"
+        f"{_name(state_type)}: {e}; give each field a value of its declared type (nothing "
+        "was written)"
     )
 
 
@@ -114,9 +114,12 @@ def decode_state_json(data: bytes | str, state_type: Any, type_name: str, object
 def _decode_error(
     e: msgspec.DecodeError, state_type: Any, type_name: str, object_id: str
 ) -> StateDecodeError:
-    tname = getattr(state_type, "__qualname__", repr(state_type))
     return StateDecodeError(
-        f"stored state of {type_name}/{object_id} does not decode into {tname}: {e}. "
+        f"stored state of {type_name}/{object_id} does not decode into {_name(state_type)}: {e}. "
         "The stored value was left untouched; migrate it or change the state type "
         "(new fields need defaults)."
     )
+
+
+def _name(state_type: Any) -> str:
+    return str(getattr(state_type, "__qualname__", repr(state_type)))

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from rio.core.errors import StorageUnavailable
-from rio.storage import storage_from_url
+from rio.storage import StateStorage, storage_from_url
 
 from .conftest import Backend
 
@@ -96,6 +96,28 @@ class _Partition:
             await server.wait_closed()
 
 
+@contextlib.asynccontextmanager
+async def _behind_partition(
+    backend: Backend, command_timeout: str
+) -> AsyncIterator[tuple[StateStorage, _Partition]]:
+    """An open storage on ``backend`` whose connections cross a :class:`_Partition`."""
+    prefix = backend.new_prefix()
+    parts = urlsplit(backend.base_url)
+    partition = _Partition((parts.hostname or "127.0.0.1", parts.port or 0))
+    try:
+        async with partition.serving() as port:
+            url = _via(backend.url(prefix), port, command_timeout=command_timeout)
+            storage = storage_from_url(url)
+            await storage.open()
+            try:
+                yield storage, partition
+            finally:
+                partition.flowing.set()
+                await storage.close()
+    finally:
+        await backend.drop(prefix)
+
+
 @pytest.mark.slow
 async def test_a_server_that_never_answers_fails_the_open_within_connect_timeout(
     net_backend: Backend,
@@ -114,36 +136,20 @@ async def test_a_server_that_never_answers_fails_the_open_within_connect_timeout
 async def test_a_cut_off_server_fails_calls_within_command_timeout_and_loses_nothing(
     net_backend: Backend,
 ) -> None:
-    prefix = net_backend.new_prefix()
-    parts = urlsplit(net_backend.base_url)
-    partition = _Partition((parts.hostname or "127.0.0.1", parts.port or 0))
-    try:
-        async with partition.serving() as port:
-            url = _via(net_backend.url(prefix), port, command_timeout="0.5")
-            storage = storage_from_url(url)
-            await storage.open()
-            try:
-                assert await storage.save("P", "x", Counter(1), Counter, 0) == 1
-                partition.flowing.clear()
-                started = time.monotonic()
-                with pytest.raises(
-                    StorageUnavailable, match=r"saving P/x got no answer within 0\.5s"
-                ):
-                    await storage.save("P", "x", Counter(2), Counter, 1)
-                with pytest.raises(StorageUnavailable, match="command_timeout"):
-                    await storage.load("P", "x", Counter)
-                assert time.monotonic() - started < 5
-                partition.flowing.set()  # healed: the cut-off write may have landed
-                got = await storage.load("P", "x", Counter)
-                assert got is not None
-                assert (got.value.n, got.version) in ((1, 1), (2, 2))
-                assert await storage.save("P", "x", Counter(9), Counter, got.version) == (
-                    got.version + 1
-                )
-            finally:
-                await storage.close()
-    finally:
-        await net_backend.drop(prefix)
+    async with _behind_partition(net_backend, "0.5") as (storage, partition):
+        assert await storage.save("P", "x", Counter(1), Counter, 0) == 1
+        partition.flowing.clear()
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable, match=r"saving P/x got no answer within 0\.5s"):
+            await storage.save("P", "x", Counter(2), Counter, 1)
+        with pytest.raises(StorageUnavailable, match="command_timeout"):
+            await storage.load("P", "x", Counter)
+        assert time.monotonic() - started < 5
+        partition.flowing.set()  # healed: the cut-off write may have landed
+        got = await storage.load("P", "x", Counter)
+        assert got is not None
+        assert (got.value.n, got.version) in ((1, 1), (2, 2))
+        assert await storage.save("P", "x", Counter(9), Counter, got.version) == got.version + 1
 
 
 @pytest.mark.slow
@@ -153,41 +159,31 @@ async def test_a_save_in_cleanup_after_a_cancellation_still_gets_the_storage_err
     # Code that saves its progress in `except CancelledError:` runs in a task already
     # cancelling: a cut-off server must still fail that save with StorageUnavailable,
     # and the task's own cancellation must be left as it was.
-    prefix = net_backend.new_prefix()
-    parts = urlsplit(net_backend.base_url)
-    partition = _Partition((parts.hostname or "127.0.0.1", parts.port or 0))
-    try:
-        async with partition.serving() as port:
-            storage = storage_from_url(_via(net_backend.url(prefix), port, command_timeout="0.3"))
-            await storage.open()
+    async with _behind_partition(net_backend, "0.3") as (storage, partition):
+        assert await storage.save("P", "c", Counter(1), Counter, 0) == 1
+        outcome: list[str] = []
+        started = asyncio.Event()
+
+        async def worker() -> None:
+            started.set()
             try:
-                assert await storage.save("P", "c", Counter(1), Counter, 0) == 1
-                outcome: list[str] = []
-                started = asyncio.Event()
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                try:
+                    await storage.save("P", "c", Counter(2), Counter, 1)
+                except StorageUnavailable as e:
+                    outcome.append(str(e))
+                task = asyncio.current_task()
+                assert task is not None
+                outcome.append(f"cancelling={task.cancelling()}")
+                raise
 
-                async def worker() -> None:
-                    started.set()
-                    try:
-                        await asyncio.sleep(10)
-                    except asyncio.CancelledError:
-                        try:
-                            await storage.save("P", "c", Counter(2), Counter, 1)
-                        except StorageUnavailable as e:
-                            outcome.append(str(e))
-                        outcome.append(f"cancelling={asyncio.current_task().cancelling()}")
-                        raise
-
-                task = asyncio.ensure_future(worker())
-                await started.wait()
-                partition.flowing.clear()
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                assert len(outcome) == 2, outcome
-                assert "got no answer within 0.3s (command_timeout)" in outcome[0]
-                assert outcome[1] == "cancelling=1"
-                partition.flowing.set()
-            finally:
-                await storage.close()
-    finally:
-        await net_backend.drop(prefix)
+        task = asyncio.ensure_future(worker())
+        await started.wait()
+        partition.flowing.clear()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(outcome) == 2, outcome
+        assert "got no answer within 0.3s (command_timeout)" in outcome[0]
+        assert outcome[1] == "cancelling=1"
