@@ -69,6 +69,7 @@ from rio.core.turns import (
     run_resumed,
     waiting,
 )
+from rio.core.watchdog import LoopWatchdog
 from rio.storage.base import StateStorage
 
 __all__ = ["Runtime", "RuntimeStats"]
@@ -177,6 +178,7 @@ class Runtime(Lifecycle, System):
         #: The poller firing reminders from this process, if one runs here (a
         #: reminder registered here wakes it when due before its next poll).
         self.reminder_poller: Reminders | None = None
+        self._watchdog = LoopWatchdog(name)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -189,6 +191,7 @@ class Runtime(Lifecycle, System):
         self._current_tasks = current_task_table(self._loop) or {}
         await self.storage.open()
         self.streams.start()
+        self._watchdog.start()
         self._started = True
         ctx = contextvars.copy_context()
         ctx.run(CURRENT_TURN.set, None)
@@ -273,6 +276,7 @@ class Runtime(Lifecycle, System):
             return
         self._closed = True
         self._stopping = True
+        self._watchdog.stop()
         if self.reminder_poller is not None:
             await self.reminder_poller.stop(0.0)
         self.streams.close()
