@@ -161,7 +161,15 @@ class App:
                         f"or None, got {ttl!r}"
                     )
                 self.idle_ttl[type_name] = None if ttl is None else float(ttl)
-        self.workers = _workers_setting(workers)
+        #: A bad ``RIO_WORKERS``, raised at start unless ``configure(workers=...)``
+        #: (``rio run --workers``) overrides it first.
+        self._workers_error: ConfigError | None = None
+        try:
+            self.workers = _workers_setting(workers)
+        except ConfigError as e:
+            if workers is not None:
+                raise
+            self._workers_error, self.workers = e, _usable_cpus()
         self.cluster = cluster
         self._main: MainFn | None = None
         self._system: System | None = None
@@ -289,6 +297,8 @@ class App:
         """
         if self._system is not None:
             raise ConfigError(f"app {self.name!r} is already running")
+        if self._workers_error is not None:
+            raise self._workers_error
         if os.environ.get("RIO_WORKER_INDEX"):
             raise ConfigError(
                 f"app {self.name!r} was started inside rio worker process "
@@ -417,6 +427,7 @@ class App:
             self.cluster = cluster.resolved()
         if workers is not None:
             self.workers = _workers_setting(workers)
+            self._workers_error = None
         return self
 
     def run(self, main: MainFn | None = None) -> None:

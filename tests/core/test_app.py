@@ -317,3 +317,17 @@ def test_the_default_worker_count_follows_the_cpus_this_process_may_use() -> Non
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
     )
     assert out.stdout.strip() == "1", out.stderr
+
+
+async def test_a_bad_rio_workers_fails_the_start_unless_workers_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The app reads RIO_WORKERS when it is built (as the script is imported), before
+    # `rio run --workers 2` can override it: that override must still win.
+    monkeypatch.setenv("RIO_WORKERS", "abc")
+    app = rio.App("bad-env", storage="memory://")
+    with pytest.raises(rio.ConfigError, match=r"RIO_WORKERS='abc': expected a whole number"):
+        await app.start()
+    app.configure(workers=0)
+    async with app as system:
+        assert system.name == "bad-env"
