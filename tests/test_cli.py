@@ -723,6 +723,28 @@ def test_a_stop_that_cut_turns_short_exits_1(start: Any) -> None:
         "rio run: stopped without draining completely: drain timeout (0.3s) passed with 1 "
         "activation(s) busy (DtLong/d): cancelled" in child.stderr()
     ), child.transcript()
+    assert "Traceback" not in child.stderr(), child.transcript()
+
+
+def test_a_stop_during_the_join_grace_of_a_node_with_workers_undoes_the_start(
+    start: Any, tmp_path: Path
+) -> None:
+    # The pool activated its node outside the start's cleanup: a stop during the
+    # grace left the process hanging on an unclosed store, its row joining.
+    db = tmp_path / "cluster.db"
+    child = start(
+        "run", str(APPS / "grace_app.py"), "--workers", "1", "--cluster", f"sqlite:///{db}"
+    )
+    child.expect("stderr", "(join_grace")
+    child.proc.send_signal(signal.SIGTERM)
+    code = child.finish(timeout=20)
+    assert code == 0, child.transcript()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT status FROM rio_members").fetchall()
+    finally:
+        conn.close()
+    assert rows == [("left",)]
 
 
 def test_a_second_sigint_during_the_drain_exits_at_once(start: Any) -> None:

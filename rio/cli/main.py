@@ -214,12 +214,6 @@ def run(
         raise typer.Exit(2) from None
     try:
         rio_app.run()
-        if rio_app.stop_problems:  # a supervisor must see that work was lost
-            _echo_err(
-                "rio run: stopped without draining completely: "
-                f"{'; '.join(rio_app.stop_problems)}\n"
-            )
-            raise typer.Exit(1)
     except RemoteError as e:  # a handler raised: its frames are the useful part
         if e.remote_traceback:
             _echo_err(user_traceback_text(e.remote_traceback))
@@ -233,6 +227,11 @@ def run(
     except Exception as e:
         _echo_err(user_traceback(e))
         raise typer.Exit(1) from None
+    if rio_app.stop_problems:  # a supervisor must see that work was lost
+        _echo_err(
+            f"rio run: stopped without draining completely: {'; '.join(rio_app.stop_problems)}\n"
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

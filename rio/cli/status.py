@@ -12,8 +12,8 @@ __all__ = ["SILENT_AFTER", "ClusterStatus", "cluster_status", "format_status"]
 
 #: A live member whose heartbeat is older than this many seconds is shown as silent:
 #: it was killed or cut off, and has not been declared dead (yet, or there is no one
-#: left to declare it). Five default heartbeat periods.
-SILENT_AFTER = 10.0
+#: left to declare it). Fifteen default heartbeat periods: well above any sane one.
+SILENT_AFTER = 30.0
 
 
 class ClusterStatus(msgspec.Struct, frozen=True):

@@ -492,6 +492,13 @@ class NodeCore:
         # them the grace before anything is activated or published here.
         wait = self._joined_at + self.settings.grace - time.monotonic()
         if wait > 0:
+            logger.info(
+                "{}: node {} joined; serving in {:.1f}s (join_grace: time for subscribers "
+                "to register here)",
+                self.app.name,
+                self.member_id,
+                wait,
+            )
             await asyncio.sleep(wait)
         # Serving first: once the table says active, a call placed here must be
         # served, not turned away as "not serving yet".

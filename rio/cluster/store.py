@@ -264,21 +264,29 @@ def require_existing(store: ClusterStore, url: str) -> None:
         )
 
 
+def check_existing_schema(url: str, version: int, migrations: int) -> None:
+    """Refuse to read cluster tables at ``version`` (0: none) when this rio has ``migrations``.
+
+    Raises:
+        ConfigError: no rio cluster tables there, or at another schema version.
+    """
+    if version == 0:
+        raise ConfigError(
+            f"no cluster store at {url}: it holds no rio cluster tables (check the URL, its "
+            "database or path, and prefix, or start a node first)"
+        )
+    if version != migrations:
+        raise ConfigError(
+            f"the cluster store at {url} is at schema version {version}, and this rio reads "
+            f"version {migrations}: use the rio version its nodes run"
+        )
+
+
 async def open_existing_schema(engine: Any, migrations: int) -> None:
     """:meth:`ClusterStore.open_existing` for a store on a networked ``engine``."""
     await engine.open()
     try:
-        version = await engine.schema_version("cluster")
-        if version == 0:
-            raise ConfigError(
-                f"no cluster store at {engine.url}: it holds no rio cluster tables (check "
-                "the URL, its database and prefix, or start a node first)"
-            )
-        if version != migrations:
-            raise ConfigError(
-                f"the cluster store at {engine.url} is at schema version {version}, and this "
-                f"rio reads version {migrations}: use the rio version its nodes run"
-            )
+        check_existing_schema(engine.url, await engine.schema_version("cluster"), migrations)
     except BaseException:
         await engine.close()
         raise

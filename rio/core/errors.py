@@ -33,7 +33,7 @@ from __future__ import annotations
 import traceback
 from typing import Any, ClassVar
 
-from rio.core.modules import MAIN_MODULES, travel_name
+from rio.core.modules import MAIN_MODULES, same_class, travel_name
 
 __all__ = [
     "ActivationFailed",
@@ -185,7 +185,7 @@ class RemoteError(RioError):
             except rio.RemoteError as e:
                 if e.is_a(InsufficientFunds): ...
         """
-        return self.remote_type == qualified_name(exc_type)
+        return same_class(self.remote_type, qualified_name(exc_type))
 
 
 class SystemStopping(RioError, RuntimeError):

@@ -72,6 +72,7 @@ class Lifecycle:
         _loop: asyncio.AbstractEventLoop | None
         _thread_id: int
         _stopping: bool
+        _stop_problems: list[str]
         _hosted: set[str] | None
         _idle_ttl: dict[str, float | None]
         _deact_waiters: dict[Key, list[asyncio.Future[None]]]
@@ -244,6 +245,10 @@ class Lifecycle:
                     logger.opt(exception=e).error(
                         "{}: saving {} on deactivation failed: {}", self.name, key_str(key), e
                     )
+                    if self._stopping:  # its state is lost with this process
+                        self._stop_problems.append(
+                            f"saving {key_str(key)} on deactivation failed: {e}"
+                        )
         finally:
             act._rio_busy -= 1
             act._rio_status = DEAD

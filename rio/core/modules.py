@@ -13,7 +13,14 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["FILE_MODULE_PREFIX", "MAIN_MODULES", "file_module_name", "local_names", "travel_name"]
+__all__ = [
+    "FILE_MODULE_PREFIX",
+    "MAIN_MODULES",
+    "file_module_name",
+    "local_names",
+    "same_class",
+    "travel_name",
+]
 
 #: ``rio run app.py`` imports the file as ``FILE_MODULE_PREFIX + <sanitized stem>``.
 FILE_MODULE_PREFIX = "__rio_app__"
@@ -50,9 +57,26 @@ def travel_name(module: str) -> str:
 
 
 def local_names(travelled: str) -> list[str]:
-    """Modules of this process that may be the one a sender named ``travelled``."""
+    """Modules of this process that may be the one a sender named ``travelled``.
+
+    Besides the name itself: the file ``rio run`` loaded, the script this process
+    runs, and across ``python -m pkg.mod``, where the script's end names it ``mod``
+    and an importer ``pkg.mod``, the one for the other.
+    """
     if travelled in MAIN_MODULES:  # the sender's script was not a file
         return list(MAIN_MODULES)
+    stem = travelled.rpartition(".")[2]
     names = [travelled, FILE_MODULE_PREFIX + travelled]
-    names.extend(main for main in MAIN_MODULES if _main_name(main) == travelled)
+    names.extend(main for main in MAIN_MODULES if _main_name(main) == stem)
+    if "." not in travelled:  # a script's stem: a package module of that name here
+        names.extend(m for m in list(sys.modules) if m.endswith("." + travelled))
     return names
+
+
+def same_class(a: str, b: str) -> bool:
+    """Whether two travelled ``module.QualName`` names may name one class.
+
+    Equal, or one the other's ending at a dot: ``node.Err`` from a ``python -m
+    pkg.node`` script and ``pkg.node.Err`` where that module was imported.
+    """
+    return a == b or a.endswith("." + b) or b.endswith("." + a)

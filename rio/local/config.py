@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import traceback
 import zlib
@@ -92,10 +93,20 @@ def import_modules(modules: list[tuple[str, str | None]]) -> list[str]:
             else:
                 importlib.import_module(name)
         except Exception as e:  # reported to the driver; the worker still starts
-            frames = traceback.extract_tb(e.__traceback__)
-            where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+            frame = _user_frame(traceback.extract_tb(e.__traceback__))
+            where = f" at {frame.filename}:{frame.lineno}" if frame is not None else ""
             problems.append(f"importing {name} ({path}) failed{where}: {type(e).__name__}: {e}")
     return problems
+
+
+def _user_frame(frames: traceback.StackSummary) -> traceback.FrameSummary | None:
+    """The innermost frame in the user's code: not Python's library, nor an installed one."""
+    library = tuple({sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)})
+    for frame in reversed(frames):
+        name = frame.filename
+        if not (name.startswith(library) or "site-packages" in name or name.startswith("<")):
+            return frame
+    return frames[-1] if frames else None
 
 
 def _load_file(name: str, path: str, alias: str | None = None) -> Any:

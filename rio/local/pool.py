@@ -230,6 +230,8 @@ class PoolSystem(System):
                             f"{self.name}: worker {w.index} cannot load your actor classes: "
                             + "; ".join(ready.problems)
                         )
+            if self.node is not None:  # after its join grace: a stop meanwhile undoes all
+                await self.node.activate()
         except BaseException:
             self._stopping = True  # no restarts: this pool never served
             for w in self._workers:  # the first failure is raised; the rest are moot
@@ -243,8 +245,6 @@ class PoolSystem(System):
                 await self.node.abort()
             self._close_fds()
             raise
-        if self.node is not None:
-            await self.node.activate()
         self._started = True
         for w in self._workers:
             # Died after its Ready, while start() still waited (for others, for the

@@ -411,14 +411,20 @@ async def serve(cfg: WorkerConfig, problems: list[str] | None = None) -> None:
     system.hub.close()
 
 
+def _left_to_the_driver(signum: int, frame: object) -> None:
+    """A stop signal sent to a worker: the driver stops the workers (see :func:`main`)."""
+
+
 def main() -> None:
     """Entry point of ``python -m rio.local.worker``."""
     _die_with_parent()
     # The driver decides when to stop: a terminal's Ctrl-C, and a service manager's
     # SIGTERM to every process of the app (systemd's default), are for it alone. The
-    # worker still dies with it (the lifeline pipe, the parent-death signal).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # worker still dies with it (the lifeline pipe, the parent-death signal). A handler
+    # that does nothing, not SIG_IGN: an ignored signal stays ignored in the programs
+    # an actor starts (subprocess.Popen...), whose terminate() would then do nothing.
+    signal.signal(signal.SIGINT, _left_to_the_driver)
+    signal.signal(signal.SIGTERM, _left_to_the_driver)
     from rio.core.logs import configure_logging
 
     configure_logging()  # as the driver was told (RIO_LOG_LEVEL), if it was

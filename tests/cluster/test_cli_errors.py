@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -60,11 +61,16 @@ async def test_status_of_a_server_with_no_cluster_there_is_an_error_and_creates_
     from storage.conftest import PG_URL, REDIS_URL
 
     prefix = f"rt{uuid.uuid4().hex[:6]}nocluster_"
-    for url in (f"{PG_URL}?prefix={prefix}", f"{REDIS_URL}?prefix={prefix}"):
+    other = tmp_path / "other.db"  # an SQLite file that holds something else
+    sqlite3.connect(other).execute("CREATE TABLE user_data (x)").connection.close()
+    urls = [f"{PG_URL}?prefix={prefix}", f"{REDIS_URL}?prefix={prefix}", f"sqlite:///{other}"]
+    for url in urls:
         proc = await asyncio.to_thread(run, tmp_path, "status", "--cluster", url)
         assert proc.returncode == 2, proc.stderr
         assert "it holds no rio cluster tables (check the URL" in proc.stderr, proc.stderr
     assert await _pg_tables(prefix) == []
+    tables = sqlite3.connect(other).execute("SELECT name FROM sqlite_master").fetchall()
+    assert tables == [("user_data",)]
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(REDIS_URL)

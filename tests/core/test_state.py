@@ -183,6 +183,18 @@ async def test_a_conflicting_save_on_deactivate_is_logged_and_overwrites_nothing
     assert await ref.balance() == 50
 
 
+async def test_a_save_on_deactivate_that_fails_at_stop_is_a_stop_problem(
+    make_app: AppFactory, sqlite_url: str
+) -> None:
+    # Its state is lost with the process: `rio run` must exit 1, not 0.
+    app = make_app(storage=sqlite_url)
+    async with app:
+        with pytest.raises(rio.StateEncodeError):
+            await TsAutoSaved.ref("lost").add_and_save_wrong(1)
+    assert len(app.stop_problems) == 1
+    assert "saving TsAutoSaved/lost on deactivation failed" in app.stop_problems[0]
+
+
 async def test_save_on_deactivate_at_app_stop(make_app: AppFactory, sqlite_url: str) -> None:
     async with make_app(storage=sqlite_url):
         await TsAutoSaved.ref("stop").add(9)

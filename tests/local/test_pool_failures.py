@@ -128,11 +128,38 @@ def test_a_module_that_fails_to_import_in_a_worker_says_where(tmp_path: Path) ->
 
     bad = tmp_path / "rio_test_worker_only_bad.py"
     bad.write_text("import os\n\nvalue = undefined_name_here\n")
+    # Failing inside a library it calls: the user's line, not the library's.
+    lib = tmp_path / "rio_test_worker_only_lib.py"
+    lib.write_text('import json\n\nconfig = json.loads("{not json")\n')
+    names = ["rio_test_worker_only_bad", "rio_test_worker_only_lib"]
     try:
-        problems = import_modules([("rio_test_worker_only_bad", str(bad))])
+        problems = import_modules([(name, str(tmp_path / f"{name}.py")) for name in names])
     finally:
-        sys.modules.pop("rio_test_worker_only_bad", None)
-    assert problems == [
+        for name in names:
+            sys.modules.pop(name, None)
+    assert problems[0] == (
         f"importing rio_test_worker_only_bad ({bad}) failed at {bad}:3: "
         "NameError: name 'undefined_name_here' is not defined"
-    ]
+    )
+    assert problems[1].startswith(
+        f"importing rio_test_worker_only_lib ({lib}) failed at {lib}:3: JSONDecodeError"
+    ), problems[1]
+
+
+class PfLauncher(rio.Actor):
+    async def start_and_terminate(self) -> int:
+        def work() -> int:
+            import subprocess
+
+            proc = subprocess.Popen(["sleep", "30"])
+            proc.terminate()
+            return proc.wait(10)
+
+        return await self.run_blocking(work)
+
+
+async def test_programs_an_actor_starts_in_a_worker_still_stop_on_sigterm() -> None:
+    # Workers leave stop signals to the driver; with SIG_IGN, that disposition passed
+    # on to every program an actor started, whose terminate() then did nothing.
+    async with rio.App("pf-launch", storage="memory://", workers=1) as system:
+        assert await system.ref(PfLauncher, "l").start_and_terminate() == -signal.SIGTERM

@@ -230,18 +230,36 @@ def test_a_class_travels_by_its_file_however_each_end_loaded_it(
     assert qualified_name(mine) == remote_type  # so RemoteError.is_a matches
 
 
-def test_a_script_run_with_python_m_travels_by_its_file_stem(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("script_sends", [True, False])
+def test_a_script_run_with_python_m_and_a_process_importing_it_understand_each_other(
+    script_sends: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `python -m pkg.app`: the worker processes load the script from its file, with no
-    # package, so the driver names its classes by the file's stem too.
+    # `python -m pkg.app`: its worker processes load the script from its file, with no
+    # package, so it names its classes by the file's stem ("app"); a client that does
+    # `import pkg.app` names them "pkg.app". Events and RemoteError.is_a must still meet.
     import importlib.machinery
     import types
 
-    from rio.core.modules import travel_name
+    from rio.core.errors import RemoteError, qualified_name
+    from rio.local.streams import _resolve, event_type_name
 
     main = types.ModuleType("__main__")
     main.__file__ = "/srv/pkg/app.py"
     main.__spec__ = importlib.machinery.ModuleSpec("pkg.app", None)
+    imported = types.ModuleType("pkg.app")
+    in_main = type("LkErr", (Exception,), {"__module__": "__main__"})
+    in_pkg = type("LkErr", (Exception,), {"__module__": "pkg.app"})
+    main.LkErr = in_main  # type: ignore[attr-defined]
+    imported.LkErr = in_pkg  # type: ignore[attr-defined]
+    sender, receiver = (in_main, in_pkg) if script_sends else (in_pkg, in_main)
     monkeypatch.setitem(sys.modules, "__main__", main)
-    assert travel_name("__main__") == "app"
+    monkeypatch.setitem(sys.modules, "pkg.app", imported)
+    name = event_type_name(sender)
+    remote_type = qualified_name(sender)
+    assert name == ("app:LkErr" if script_sends else "pkg.app:LkErr")
+    assert remote_type == ("app.LkErr" if script_sends else "pkg.app.LkErr")
+    monkeypatch.delitem(sys.modules, sender.__module__)  # the receiver's process
+    assert _resolve(name) is receiver
+    error = RemoteError(remote_type, "no", "")
+    assert error.is_a(receiver)
+    assert not error.is_a(ValueError)

@@ -34,7 +34,15 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from rio.cluster.store import LIVE, ClusterStore, Key, Member, Status, register_cluster_store
+from rio.cluster.store import (
+    LIVE,
+    ClusterStore,
+    Key,
+    Member,
+    Status,
+    check_existing_schema,
+    register_cluster_store,
+)
 from rio.cluster.stores._rows import (
     LIVE_SQL,
     MEMBER_COLUMNS,
@@ -168,6 +176,26 @@ class SQLiteClusterStore(ClusterStore):
                     synchronous=self._synchronous,
                     prepare=self._migrate_tables,
                 )
+
+    async def open_existing(self) -> None:
+        """See :meth:`ClusterStore.open_existing`: the tables must be there, as they are."""
+        async with self._lock:
+            if self._db is None:
+                self._db = await open_sqlite(
+                    self.path,
+                    self.url,
+                    busy_timeout_ms=self._busy_timeout_ms,
+                    synchronous=self._synchronous,
+                    prepare=self._check_tables,
+                )
+
+    async def _check_tables(self, db: aiosqlite.Connection) -> None:
+        table = f"{self._p}cluster_schema"
+        found = await _one(
+            db, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)
+        )
+        row = await _one(db, f"SELECT version FROM {table}") if found else None
+        check_existing_schema(self.url, int(row[0]) if row else 0, len(MIGRATIONS))
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
