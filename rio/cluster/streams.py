@@ -440,6 +440,8 @@ class ClusterSubscriptions(StreamUplink):
         self._decoders = EventDecoders(name)
         self._publish_out: list[tuple[str, Any]] = []
         self._publish_scheduled = False
+        #: Members that said goodbye (RelaysClosed) while their rows still say live.
+        self._departed: set[str] = set()
         self._closed = False
         router.on_oneway = self.on_oneway
         view.on_joined(self._joined)
@@ -577,6 +579,7 @@ class ClusterSubscriptions(StreamUplink):
         peer.conn = None
         registered, peer.registered = peer.registered, set()
         if peer.clean:  # the member left and sent everything: nothing to renew
+            self._departed.add(peer.member_id)  # its row may say active a while yet
             self._forget(peer)
             return
         for link_id in sorted(registered):
@@ -593,11 +596,20 @@ class ClusterSubscriptions(StreamUplink):
             self.streams.confirmed(link_id, peer.member_id)
         peer.pending = set()
         if peer.publish:
-            dropped = sum(len(e) for _, e in peer.publish)
-            logger.warning(
-                "{}: {} topic event(s) for {} dropped: it left", self.name, dropped, peer.member_id
-            )
-            peer.publish = []
+            queued, peer.publish = peer.publish, []
+            if self._closed:
+                dropped = sum(len(e) for _, e in queued)
+                logger.warning(
+                    "{}: {} topic event(s) for {} dropped: closing",
+                    self.name,
+                    dropped,
+                    peer.member_id,
+                )
+            else:  # through another member, ahead of what came since
+                self._publish_out[:0] = [(t, e) for t, events in queued for e in events]
+                if not self._publish_scheduled:
+                    self._publish_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._flush_publish)
 
     def _joined(self, member_id: str) -> None:
         if self._closed or member_id == self.me or not self._subs:
@@ -678,9 +690,12 @@ class ClusterSubscriptions(StreamUplink):
     def _publisher_for(self, topic: str) -> str | None:
         # An active member: one still joining may not hold every subscriber's
         # registration yet (it turns active after ClusterSettings.join_grace).
-        members = [m.member_id for m in self.view.all_accepting() if m.member_id != self.me]
+        if self._departed:
+            self._departed &= self.view.live.keys()
+        skip = {self.me, *self._departed}
+        members = [m.member_id for m in self.view.all_accepting() if m.member_id not in skip]
         if not members:  # none active: a joining or draining one, rather than nothing
-            members = [mid for mid in self.view.live if mid != self.me]
+            members = [mid for mid in self.view.live if mid not in skip]
             if not members:
                 return None
         return max(members, key=lambda mid: _rank(topic, mid))

@@ -471,3 +471,34 @@ async def test_a_node_that_joins_misses_no_topic_event_a_client_publishes(
             got = await take(sub, sent)
             assert ticks(got) == list(range(sent)), got[-5:]
             sub.close()
+
+
+@pytest.mark.slow
+async def test_a_client_publishing_through_a_node_that_drains_loses_nothing(
+    nodes: Nodes, url: str
+) -> None:
+    # Until its membership refresh, the client went on sending to the node that had
+    # left, and dropped what queued for it: about a second of events.
+    a, b = await nodes(2)
+    async with (
+        rio.connect(url, secret=SECRET) as listener,
+        rio.connect(url, secret=SECRET) as publisher,
+    ):
+        route = publisher.subscriptions._publisher_for
+        topic = next(t for t in (f"drain-{i}" for i in range(100)) if route(t) == b.core.member_id)
+        sub = listener.subscribe(topic)
+        await sub
+        stopping: asyncio.Future[None] | None = None
+        sent = 0
+        while sent < 300:
+            publisher.publish(StTick(sent, "client"), topic=topic)
+            sent += 1
+            if sent == 100:
+                stopping = asyncio.ensure_future(b.stop())
+            await asyncio.sleep(0.005)
+        assert stopping is not None
+        await stopping
+        assert route(topic) == a.core.member_id
+        got = await take(sub, sent)
+        assert ticks(got) == list(range(sent)), got[-5:]
+        sub.close()
