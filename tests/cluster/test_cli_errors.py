@@ -144,4 +144,4 @@ async def test_status_shows_a_member_that_stopped_heartbeating_as_silent(tmp_pat
     assert read.silent == ["gone#1"]
     text = format_status(read)
     assert "active (silent)" in text
-    assert "1 live member(s), 1 silent (no heartbeat for over 10s" in text
+    assert "1 live member(s), 1 silent (no heartbeat for over 30s" in text
