@@ -188,6 +188,15 @@ def stored_states(db: Path) -> dict[tuple[str, str], Any]:
     return {(t, i): msgspec.msgpack.decode(d) for t, i, d in rows}
 
 
+def member_statuses(db: Path) -> list[str]:
+    """The status of every row of an SQLite cluster store's membership table."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)  # never creates the file
+    try:
+        return [s for (s,) in conn.execute("SELECT status FROM rio_members").fetchall()]
+    finally:
+        conn.close()
+
+
 # -- the command itself --------------------------------------------------------------
 
 
@@ -684,12 +693,7 @@ def test_a_signal_while_a_node_starts_undoes_the_start(
     assert code == 0, child.transcript()
     assert "stop signal received while starting" in child.stderr(), child.transcript()
     assert "Traceback" not in child.stderr(), child.transcript()
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT status FROM rio_members").fetchall()
-    finally:
-        conn.close()
-    assert rows == [("left",)]
+    assert member_statuses(db) == ["left"]
 
 
 def test_sigterm_to_every_process_of_the_app_still_drains_the_workers(
@@ -739,12 +743,7 @@ def test_a_stop_during_the_join_grace_of_a_node_with_workers_undoes_the_start(
     child.proc.send_signal(signal.SIGTERM)
     code = child.finish(timeout=20)
     assert code == 0, child.transcript()
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT status FROM rio_members").fetchall()
-    finally:
-        conn.close()
-    assert rows == [("left",)]
+    assert member_statuses(db) == ["left"]
 
 
 def test_a_second_sigint_during_the_drain_exits_at_once(start: Any) -> None:

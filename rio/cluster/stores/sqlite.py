@@ -167,18 +167,13 @@ class SQLiteClusterStore(ClusterStore):
 
     async def open(self) -> None:
         """Open the file (creating its folder), switch it to WAL and migrate the tables."""
-        async with self._lock:
-            if self._db is None:
-                self._db = await open_sqlite(
-                    self.path,
-                    self.url,
-                    busy_timeout_ms=self._busy_timeout_ms,
-                    synchronous=self._synchronous,
-                    prepare=self._migrate_tables,
-                )
+        await self._open(self._migrate_tables)
 
     async def open_existing(self) -> None:
         """See :meth:`ClusterStore.open_existing`: the tables must be there, as they are."""
+        await self._open(self._check_tables)
+
+    async def _open(self, prepare: Callable[[aiosqlite.Connection], Awaitable[None]]) -> None:
         async with self._lock:
             if self._db is None:
                 self._db = await open_sqlite(
@@ -186,7 +181,7 @@ class SQLiteClusterStore(ClusterStore):
                     self.url,
                     busy_timeout_ms=self._busy_timeout_ms,
                     synchronous=self._synchronous,
-                    prepare=self._check_tables,
+                    prepare=prepare,
                 )
 
     async def _check_tables(self, db: aiosqlite.Connection) -> None:
